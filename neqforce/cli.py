@@ -1,16 +1,29 @@
-"""The ``neqforce`` command line (Typer): thin wrappers over library functions."""
+"""The ``neqforce`` command line (Typer): thin wrappers over library functions.
+
+Each area registers its own commands: :mod:`neqforce.client.cli` (simulate, forces, info),
+:mod:`neqforce.server.cli` (serve), :mod:`neqforce.training.dataset_cli` (dataset generate) and
+:mod:`neqforce.training.cli` (train, evaluate, export).
+"""
 
 from __future__ import annotations
 
 import typer
 
+from neqforce import __version__
+from neqforce.client import cli as client_cli
+from neqforce.server import cli as server_cli
+from neqforce.training import cli as training_cli
+from neqforce.training import dataset_cli
+
 app = typer.Typer(help="neqforce: surrogate force server for nonequilibrium lattice dynamics.",
-                  no_args_is_help=True, add_completion=False)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 
 @app.command()
 def version() -> None:
     """Print the neqforce version."""
-    from neqforce import __version__
-
     typer.echo(__version__)
+
+
+for _module in (client_cli, server_cli, dataset_cli, training_cli):
+    _module.register(app)

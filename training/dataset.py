@@ -1,0 +1,241 @@
+"""NEGF Brownian-dynamics datasets: generation (parallel, resumable) and loading.
+
+A dataset is a folder::
+
+    dataset.json                 manifest: preset, base parameters, runs, versions (rewritten atomically)
+    V3.000_s0.h5, V2.500_s0.h5…  one :mod:`neqforce.trajectory` file per (voltage, seed) run
+
+Each run starts from the relaxed V = 0 CDW (:func:`cdw_ground_state`) and integrates SPEC §5 with
+exact NEGF forces; frames (Q, n, F) are stored every ``save_every`` steps. Finished runs are never
+recomputed; an interrupted run resumes bit-for-bit from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from neqforce.physics import (
+    DEFAULT_V,
+    HolsteinParams,
+    brownian_dynamics,
+    bulk_cdw_amplitude,
+    cdw_ground_state,
+    domain_wall_position,
+    negf_forces,
+)
+from neqforce.trajectory import Trajectory, TrajectoryWriter, read_trajectory, software_versions
+
+MANIFEST = "dataset.json"
+FORMAT = "neqforce.dataset/1"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One NEGF-BD run of a dataset."""
+
+    voltage: float
+    seed: int
+    n_steps: int
+
+    @property
+    def name(self) -> str:
+        return f"V{self.voltage:.3f}_s{self.seed}"
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What to generate: base parameters (voltage taken per run), runs, time step and frame stride."""
+
+    params: HolsteinParams
+    runs: tuple[RunSpec, ...]
+    dt: float = 0.1
+    save_every: int = 1
+    checkpoint_every: int = 10
+    preset: str = "custom"
+    extra: dict = field(default_factory=dict)
+
+
+def preset_spec(name: str) -> DatasetSpec:
+    """Named dataset recipes.
+
+    * ``bundled``: the bundled model's data, 30×28 defaults: DEFAULT_V seeds 0–5 (600 steps, past
+      touchdown at the right electrode) plus V = 2.5 and 2.0 (400 steps) — ~1 h on 2 cores.
+    * ``tiny``: 8×6, two seeds, 20 steps (seconds; for tests).
+    """
+    if name == "bundled":
+        runs = tuple(RunSpec(DEFAULT_V, s, 600) for s in range(6))
+        runs += (RunSpec(2.5, 0, 400), RunSpec(2.0, 0, 400))
+        return DatasetSpec(params=HolsteinParams(), runs=runs, preset=name)
+    if name == "tiny":
+        runs = (RunSpec(DEFAULT_V, 0, 20), RunSpec(DEFAULT_V, 1, 20))
+        return DatasetSpec(params=HolsteinParams(lx=8, ly=6), runs=runs, preset=name)
+    raise ValueError(f"unknown dataset preset {name!r} (known: bundled, tiny)")
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def _run_status(path: Path) -> tuple[bool, int]:
+    """(complete, last step) of a run file; (False, -1) when absent or unreadable."""
+    if not path.exists():
+        return False, -1
+    try:
+        traj = read_trajectory(path)
+    except (ValueError, OSError, KeyError):
+        return False, -1
+    return traj.complete, traj.last_step
+
+
+def run_negf_bd(path: Path, params: HolsteinParams, run: RunSpec, dt: float, save_every: int,
+                checkpoint_every: int, progress: Callable[[int], None] | None = None,
+                extra: dict | None = None) -> Path:
+    """Run (or resume) one NEGF-BD trajectory into ``path``; ``progress(n)`` after n new steps."""
+    p = params.replace(voltage=run.voltage)
+    q0_bulk = bulk_cdw_amplitude(p)
+    if path.exists():
+        writer = TrajectoryWriter.resume(path)
+        if writer.traj.complete:
+            return path
+        # restart at the last recorded state; it is recomputed but not recorded twice
+        start, q = writer.traj.checkpoint_step, writer.traj.checkpoint_q
+    else:
+        traj = Trajectory(params=p, seed=run.seed, dt=dt, save_every=save_every, n_steps=run.n_steps,
+                          backend="negf", model="exact-negf", q0_bulk=q0_bulk, extra=extra or {})
+        writer = TrajectoryWriter(path, traj)
+        start, q = 0, cdw_ground_state(p)
+    last_recorded = writer.traj.checkpoint_step
+    states = brownian_dynamics(q, lambda x: negf_forces(x, p), n_steps=run.n_steps - start, dt=dt,
+                               temperature=p.temperature, seed=run.seed, start_step=start)
+    for state in states:
+        if state.step <= last_recorded:
+            continue
+        writer.record(state.step, state.q, state.force, state.density,
+                      domain_wall_position(state.q, p, q0_bulk))
+        if progress:
+            progress(1)
+        if state.step % checkpoint_every == 0:
+            writer.checkpoint()
+    writer.checkpoint(complete=True)
+    return path
+
+
+def _worker(args: tuple) -> str:
+    path, params, run, dt, save_every, checkpoint_every, queue, extra = args
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        run_negf_bd(Path(path), params, run, dt, save_every, checkpoint_every,
+                    progress=(lambda n: queue.put(n)) if queue is not None else None, extra=extra)
+    return run.name
+
+
+def generate_dataset(out_dir: str | os.PathLike[str], spec: DatasetSpec, workers: int = 2,
+                     show_progress: bool = True) -> Path:
+    """Generate (or complete) the dataset ``spec`` in ``out_dir``; returns the folder.
+
+    Runs are distributed over ``workers`` processes (one BLAS thread each). Runs already complete
+    are skipped; interrupted ones resume from their checkpoint.
+    """
+    from tqdm import tqdm
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = {
+        "format": FORMAT, "preset": spec.preset, "params": spec.params.to_dict(), "dt": spec.dt,
+        "save_every": spec.save_every, "runs": [asdict(r) | {"file": f"{r.name}.h5"} for r in spec.runs],
+        "versions": software_versions(), "extra": spec.extra,
+    }
+    manifest_path = out / MANIFEST
+    if manifest_path.exists():
+        old = json.loads(manifest_path.read_text())
+        if old.get("params") != manifest["params"] or old.get("dt") != spec.dt:
+            raise ValueError(f"{out} holds a dataset with other parameters; use a new folder")
+    _atomic_write_text(manifest_path, json.dumps(manifest, indent=2, sort_keys=True))
+    todo, done_steps = [], 0
+    for run in spec.runs:
+        complete, last = _run_status(out / f"{run.name}.h5")
+        if complete:
+            done_steps += run.n_steps + 1
+        else:
+            todo.append(run)
+            done_steps += last + 1
+    total = sum(r.n_steps + 1 for r in spec.runs)
+    bar = tqdm(total=total, initial=done_steps, unit="step", desc="NEGF-BD", disable=not show_progress,
+               smoothing=0.05)
+    if todo:
+        ctx = mp.get_context("spawn")
+        manager = ctx.Manager()
+        queue = manager.Queue()
+        jobs = [(str(out / f"{r.name}.h5"), spec.params, r, spec.dt, spec.save_every, spec.checkpoint_every,
+                 queue, spec.extra) for r in todo]
+        with ctx.Pool(processes=max(1, min(workers, len(todo)))) as pool:
+            result = pool.map_async(_worker, jobs, chunksize=1)
+            while not result.ready():
+                _drain(queue, bar)
+                time.sleep(0.2)
+            _drain(queue, bar)
+            result.get()
+        manager.shutdown()
+    bar.close()
+    return out
+
+
+def _drain(queue, bar) -> None:
+    n = 0
+    while not queue.empty():
+        n += queue.get_nowait()
+    if n:
+        bar.update(n)
+
+
+def dataset_files(path: str | os.PathLike[str]) -> list[Path]:
+    """Trajectory files of a dataset folder (or a single .h5 file), sorted by name."""
+    p = Path(path)
+    if p.is_file():
+        return [p]
+    if not p.is_dir():
+        raise ValueError(f"dataset not found: {p}")
+    files = sorted(f for f in p.glob("*.h5"))
+    if not files:
+        raise ValueError(f"no trajectory files (*.h5) in {p}")
+    return files
+
+
+def load_dataset(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+                 complete_only: bool = False) -> list[Trajectory]:
+    """Read every trajectory of one or more dataset folders/files."""
+    if isinstance(paths, str | os.PathLike):
+        paths = [paths]
+    trajs = []
+    for p in paths:
+        for f in dataset_files(p):
+            t = read_trajectory(f)
+            if t.complete or not complete_only:
+                t.extra = {**t.extra, "file": str(f)}
+                trajs.append(t)
+    return trajs
+
+
+def dataset_sha256(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> str:
+    """SHA-256 over the (Q, F) frames of all trajectories, in file-name order (content, not bytes)."""
+    h = hashlib.sha256()
+    for t in load_dataset(paths):
+        fr = t.frames()
+        h.update(t.params.to_json().encode())
+        h.update(np.ascontiguousarray(fr["q"]).tobytes())
+        h.update(np.ascontiguousarray(fr["force"]).tobytes())
+    return h.hexdigest()
