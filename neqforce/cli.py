@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from neqforce import __version__
+from neqforce import __version__, healthcheck
 from neqforce.client import cli as client_cli
 from neqforce.server import cli as server_cli
 from neqforce.training import cli as training_cli
@@ -25,5 +25,5 @@ def version() -> None:
     typer.echo(__version__)
 
 
-for _module in (client_cli, server_cli, dataset_cli, training_cli):
+for _module in (client_cli, server_cli, dataset_cli, training_cli, healthcheck):
     _module.register(app)
