@@ -80,7 +80,10 @@ class Trajectory:
     def frames(self) -> dict[str, np.ndarray]:
         """Stacked frames: step (S,), time (S,), q/force/density (S, lx, ly)."""
         shape = (0, *self.params.shape)
-        stack = (lambda xs: np.stack(xs) if xs else np.zeros(shape))
+
+        def stack(xs: list[np.ndarray]) -> np.ndarray:
+            return np.stack(xs) if xs else np.zeros(shape)
+
         steps = np.asarray(self.frame_step, dtype=np.int64)
         return {"step": steps, "time": steps * self.dt, "q": stack(self.frame_q),
                 "force": stack(self.frame_force), "density": stack(self.frame_density)}
