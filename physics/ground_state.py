@@ -51,7 +51,8 @@ def relax(q_init: np.ndarray, params: HolsteinParams, tol: float = FORCE_TOL, ma
             step *= 0.5
             continue
         q, force, err = trial, trial_force, trial_err
-    raise RuntimeError(f"CDW relaxation did not reach max|F| < {tol} in {max_iter} iterations (now {err:.2e})")
+    raise RuntimeError(
+        f"CDW relaxation did not reach max|F| < {tol} in {max_iter} iterations (now {err:.2e})")
 
 
 def cdw_ground_state(params: HolsteinParams, seed: int = 0) -> np.ndarray:
