@@ -159,6 +159,7 @@ def write_trajectory(path: str | os.PathLike[str], traj: Trajectory) -> None:
             f["checkpoint/step"] = traj.checkpoint_step
             f["checkpoint/q"] = (traj.checkpoint_q if traj.checkpoint_q is not None
                                  else np.full(traj.params.shape, np.nan))
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
