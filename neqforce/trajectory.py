@@ -3,7 +3,8 @@
 One file per run (format ``neqforce.trajectory/1``)::
 
     attrs   format, params (JSON of HolsteinParams), seed, dt, save_every, n_steps (planned),
-            backend, model, q0_bulk, versions (JSON), created, complete (bool), extra (JSON)
+            backend, model, q0_bulk, versions (JSON), created, complete (bool),
+            extra (JSON; wall_time_s = wall-clock seconds spent on the run, summed over resumes)
     series/step, series/time, series/xi           every step reached: ξ(t)
     frames/step, frames/time, frames/q, frames/force, frames/density   every ``save_every`` steps
                                                    (density is NaN where the backend gave none)
@@ -20,6 +21,7 @@ import json
 import os
 import platform
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,6 +101,8 @@ class TrajectoryWriter:
     def __init__(self, path: str | os.PathLike[str], trajectory: Trajectory) -> None:
         self.path = Path(path)
         self.traj = trajectory
+        self._started = time.monotonic()
+        self._wall_before = float(trajectory.extra.get("wall_time_s", 0.0))
 
     @classmethod
     def resume(cls, path: str | os.PathLike[str]) -> TrajectoryWriter:
@@ -123,6 +127,7 @@ class TrajectoryWriter:
     def checkpoint(self, complete: bool = False) -> None:
         """Write everything recorded so far (atomically); mark complete at the end of the run."""
         self.traj.complete = complete
+        self.traj.extra["wall_time_s"] = self._wall_before + time.monotonic() - self._started
         write_trajectory(self.path, self.traj)
 
 

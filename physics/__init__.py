@@ -5,7 +5,14 @@ Public API (SPEC §7)::
     HolsteinParams, electron_density, forces, cdw_ground_state, domain_wall_position
 """
 
-from .domain_wall import bulk_cdw_amplitude, domain_wall_position, local_order, metallic_columns
+from .domain_wall import (
+    bulk_cdw_amplitude,
+    domain_wall_position,
+    local_order,
+    metallic_columns,
+    nucleation_time,
+    wall_speed,
+)
 from .dynamics import BDState, ForceFn, brownian_dynamics, step_noise
 from .forces import elastic_energy, elastic_force, electronic_force, forces, negf_forces
 from .ground_state import cdw_ground_state
@@ -19,5 +26,6 @@ __all__ = [
     "broadening", "brownian_dynamics", "bulk_cdw_amplitude", "cdw_ground_state", "check_configuration",
     "domain_wall_position", "elastic_energy", "elastic_force", "electron_density",
     "electron_density_riemann", "electronic_force", "forces", "hamiltonian", "local_order",
-    "metallic_columns", "negf_forces", "neighbour_sum", "reservoirs", "staggered_sign", "step_noise",
+    "metallic_columns", "negf_forces", "neighbour_sum", "nucleation_time", "reservoirs",
+    "staggered_sign", "step_noise", "wall_speed",
 ]

@@ -75,3 +75,31 @@ def domain_wall_position(q: np.ndarray, params: HolsteinParams, q0_bulk: float |
     if q0_bulk is None:
         q0_bulk = bulk_cdw_amplitude(params)
     return float(np.count_nonzero(metallic_columns(q, q0_bulk)) / params.lx)
+
+
+def nucleation_time(time: np.ndarray, xi: np.ndarray, lx: int) -> float:
+    """First time after which at least one column stays metallic (ξ >= 1/lx for all later times).
+
+    Returns nan if the lattice never stays metallic (e.g. below the threshold voltage).
+    """
+    time, xi = np.asarray(time, dtype=float), np.asarray(xi, dtype=float)
+    metallic = xi >= (1.0 - 1e-9) / lx
+    if not metallic.size or not metallic[-1]:
+        return float("nan")
+    # last index that is not metallic; nucleation is the step right after it
+    off = np.flatnonzero(~metallic)
+    return float(time[off[-1] + 1] if off.size else time[0])
+
+
+def wall_speed(time: np.ndarray, xi: np.ndarray, lx: int, window: tuple[float, float] = (0.2, 0.8)) -> float:
+    """Domain-wall speed in columns per time unit: slope of a least-squares line through ξ·lx(t)
+    over the propagation window window[0] <= ξ <= window[1] (away from both electrodes).
+
+    Returns nan when fewer than 5 points fall in the window.
+    """
+    time, xi = np.asarray(time, dtype=float), np.asarray(xi, dtype=float)
+    inside = (xi >= window[0]) & (xi <= window[1])
+    if np.count_nonzero(inside) < 5:
+        return float("nan")
+    slope, _ = np.polyfit(time[inside], xi[inside] * lx, 1)
+    return float(slope)
