@@ -20,6 +20,10 @@ _MEMORY: dict[str, np.ndarray] = {}
 FORCE_TOL = 1e-8
 
 
+#: Relaxed states shipped with the package (the defaults), named by the same key as the disk cache.
+PACKAGED = Path(__file__).with_name("ground_states")
+
+
 def cache_dir() -> Path:
     """Disk cache for relaxed states: $NEQFORCE_CACHE or ~/.cache/neqforce."""
     return Path(os.environ.get("NEQFORCE_CACHE", Path.home() / ".cache" / "neqforce"))
@@ -55,26 +59,39 @@ def relax(q_init: np.ndarray, params: HolsteinParams, tol: float = FORCE_TOL, ma
         f"CDW relaxation did not reach max|F| < {tol} in {max_iter} iterations (now {err:.2e})")
 
 
-def cdw_ground_state(params: HolsteinParams, seed: int = 0) -> np.ndarray:
+def packaged_key(params: HolsteinParams, seed: int = 0) -> str:
+    """File stem under which the relaxed state of ``params`` is cached/packaged."""
+    return _key(params, seed)
+
+
+def _relax_from_checkerboard(params: HolsteinParams, seed: int) -> np.ndarray:
+    p0 = params.replace(voltage=0.0)
+    rng = np.random.default_rng(seed)
+    q_init = staggered_sign(p0.lx, p0.ly) * bulk_cdw_amplitude(p0) + 1e-3 * rng.standard_normal(p0.shape)
+    return relax(q_init, p0)
+
+
+def cdw_ground_state(params: HolsteinParams, seed: int = 0, use_cache: bool = True) -> np.ndarray:
     """Relaxed V = 0 checkerboard CDW Q, shape (lx, ly); the voltage of ``params`` is ignored.
 
     Starts from Q = (-1)^(x+y) q0_bulk (positive at (0, 0)) plus 1e-3 Gaussian noise from ``seed``
     and relaxes to max |F| < 1e-8 with exact NEGF forces. Cached in memory and on disk
-    (:func:`cache_dir`), keyed by the parameters and the seed.
+    (:func:`cache_dir`), keyed by the parameters and the seed; the default 30×28 state ships with the
+    package (``physics/ground_states/``, regenerate with ``use_cache=False``).
     """
     key = _key(params, seed)
+    if not use_cache:
+        return _relax_from_checkerboard(params, seed)
     if key in _MEMORY:
         return _MEMORY[key].copy()
     path = cache_dir() / "ground_state" / f"{key}.npy"
-    if path.exists():
-        q = np.load(path)
-        if q.shape == params.shape:
-            _MEMORY[key] = q
-            return q.copy()
-    p0 = params.replace(voltage=0.0)
-    rng = np.random.default_rng(seed)
-    q_init = staggered_sign(p0.lx, p0.ly) * bulk_cdw_amplitude(p0) + 1e-3 * rng.standard_normal(p0.shape)
-    q = relax(q_init, p0)
+    for candidate in (PACKAGED / f"{key}.npy", path):
+        if candidate.exists():
+            q = np.load(candidate)
+            if q.shape == params.shape:
+                _MEMORY[key] = q
+                return q.copy()
+    q = _relax_from_checkerboard(params, seed)
     _MEMORY[key] = q
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
