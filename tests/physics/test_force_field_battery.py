@@ -108,7 +108,7 @@ def test_y_translation_equivariance(field, shift):
 
 
 def test_x_mirror_equivariance_at_zero_bias(field):
-    """At V = 0 both electrodes are identical reservoirs (Γ = gamma_lead, mu = 0): x -> lx-1-x is a symmetry."""
+    """At V = 0 both electrodes are identical reservoirs (Γ = gamma_lead, mu = 0): x -> lx-1-x."""
     p = HolsteinParams(lx=7, ly=4, voltage=0.0)
     q = _random_q(p, seed=5)
     f, n = field(q, p)

@@ -9,9 +9,9 @@ from neqforce.physics import (
     HolsteinParams,
     brownian_dynamics,
     domain_wall_position,
+    elastic_energy,
     electron_density,
     electron_density_riemann,
-    elastic_energy,
     forces,
     negf_forces,
 )
