@@ -1,0 +1,59 @@
+"""Bounded concurrency with a bounded queue: at most ``slots`` requests compute, ``queue`` more wait."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from .errors import exhausted
+from .metrics import Metrics
+
+#: Waiting requests re-check their deadline and cancellation this often, seconds.
+POLL_S = 0.1
+
+
+class Admission:
+    """Compute slots. ``acquire`` raises RESOURCE_EXHAUSTED when the queue is full, returns False when the
+    caller's deadline passes or it is cancelled while waiting."""
+
+    def __init__(self, slots: int, queue: int, metrics: Metrics) -> None:
+        self.slots, self.queue = slots, queue
+        self.active = self.waiting = 0
+        self._cond = threading.Condition()
+        self._metrics = metrics
+
+    def acquire(self, time_remaining: Callable[[], float | None], is_active: Callable[[], bool]) -> bool:
+        with self._cond:
+            if self.active < self.slots:
+                self.active += 1
+                self._metrics.in_flight.set(self.active)
+                return True
+            if self.waiting >= self.queue:
+                raise exhausted(f"server busy: {self.active} requests computing and {self.waiting} queued "
+                                f"(max_concurrency {self.slots}, max_queue {self.queue}); retry later")
+            self.waiting += 1
+            self._metrics.queued.set(self.waiting)
+            try:
+                while self.active >= self.slots:
+                    remaining = time_remaining()
+                    if (remaining is not None and remaining <= 0) or not is_active():
+                        return False
+                    self._cond.wait(POLL_S if remaining is None else min(POLL_S, remaining))
+                self.active += 1
+                self._metrics.in_flight.set(self.active)
+                return True
+            finally:
+                self.waiting -= 1
+                self._metrics.queued.set(self.waiting)
+
+    def release(self) -> None:
+        with self._cond:
+            self.active -= 1
+            self._metrics.in_flight.set(self.active)
+            self._cond.notify()
+
+
+def monotonic_deadline(seconds: float | None) -> float | None:
+    """Absolute time.monotonic() deadline for a relative timeout (None = no deadline)."""
+    return None if seconds is None else time.monotonic() + seconds

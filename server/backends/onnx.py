@@ -1,0 +1,144 @@
+"""ONNX Runtime backend: a loaded SPEC §9 surrogate model (input ``q``, outputs ``force`` and ``density``)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from neqforce.physics import PHYSICAL_FIELDS
+
+from ..logs import log_event
+
+log = logging.getLogger("neqforce.server.onnx")
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+PARAMS_KEY = "neqforce.params"
+
+
+def default_providers() -> list[str]:
+    """CUDA then CPU when ONNX Runtime was built with CUDA, else CPU only."""
+    return [CUDA, CPU] if CUDA in ort.get_available_providers() else [CPU]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def parse_model_params(text: str | None, path: Path) -> dict[str, float]:
+    """The physical parameters of metadata ``neqforce.params`` (all of PHYSICAL_FIELDS, nothing else)."""
+    if text is None:
+        raise ValueError(f"{path}: metadata '{PARAMS_KEY}' missing (SPEC §9)")
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: metadata '{PARAMS_KEY}' is not JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: metadata '{PARAMS_KEY}' must be a JSON object")
+    unknown = sorted(set(raw) - set(PHYSICAL_FIELDS))
+    missing = sorted(set(PHYSICAL_FIELDS) - set(raw))
+    if unknown or missing:
+        raise ValueError(f"{path}: metadata '{PARAMS_KEY}' has unknown {unknown} / missing {missing} fields")
+    return {name: float(raw[name]) for name in PHYSICAL_FIELDS}
+
+
+def _session(path: Path, providers: Sequence[str], threads: int) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=list(providers))
+    except Exception as exc:  # a GPU provider that fails to initialise: fall back to the CPU
+        if list(providers) == [CPU]:
+            raise
+        log_event(log, logging.WARNING, "onnx_provider_fallback", model=str(path), requested=list(providers),
+                  error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return ort.InferenceSession(str(path), sess_options=opts, providers=[CPU])
+
+
+@dataclass
+class OnnxModel:
+    """One loaded model. ``run`` is thread-safe (ONNX Runtime sessions are)."""
+
+    name: str
+    path: Path
+    sha256: str
+    params: dict[str, float]
+    metadata: dict[str, str]
+    session: ort.InferenceSession = field(repr=False)
+
+    @classmethod
+    def load(cls, path: str | Path, name: str, providers: Sequence[str] | None = None,
+             threads: int = 0) -> OnnxModel:
+        """Load, check the SPEC §9 contract, warm up. ValueError when the file breaks the contract."""
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"model file not found: {path}")
+        requested = list(providers) if providers else default_providers()
+        try:
+            session = _session(path, requested, threads)
+        except Exception as exc:
+            raise ValueError(f"{path}: ONNX Runtime cannot load it: {exc}") from None
+        inputs = {i.name: i for i in session.get_inputs()}
+        outputs = {o.name: o for o in session.get_outputs()}
+        if "q" not in inputs or len(inputs["q"].shape) != 3 or inputs["q"].type != "tensor(float)":
+            raise ValueError(f"{path}: needs input 'q' float32 [batch, lx, ly] (SPEC §9), "
+                             f"has {[(i.name, i.type, i.shape) for i in inputs.values()]}")
+        if not {"force", "density"} <= set(outputs):
+            raise ValueError(f"{path}: needs outputs 'force' and 'density' (SPEC §9), has {sorted(outputs)}")
+        metadata = dict(session.get_modelmeta().custom_metadata_map)
+        model = cls(name=name, path=path, sha256=_sha256(path),
+                    params=parse_model_params(metadata.get(PARAMS_KEY), path), metadata=metadata,
+                    session=session)
+        model.run(np.zeros((1, 8, 6), dtype=np.float32), want_density=True)  # warm-up: first run allocates
+        taken = session.get_providers()
+        if requested[0] not in taken:
+            log_event(log, logging.WARNING, "onnx_provider_unavailable", model=name, requested=requested,
+                      providers=taken)
+        log_event(log, logging.INFO, "model_loaded", model=name, path=str(path), providers=taken,
+                  threads=threads, params=model.params)
+        return model
+
+    @property
+    def providers(self) -> list[str]:
+        """Execution providers the session actually uses, in priority order."""
+        return list(self.session.get_providers())
+
+    def run(self, q: np.ndarray, want_density: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """(force, density or None), float32 (batch, lx, ly), for q (batch, lx, ly) (any float dtype)."""
+        q32 = q if q.dtype == np.float32 else q.astype(np.float32)
+        if want_density:
+            force, density = self.session.run(["force", "density"], {"q": q32})
+            return force, density
+        (force,) = self.session.run(["force"], {"q": q32})
+        return force, None
+
+    def covers(self, params: dict[str, float], rtol: float) -> list[str]:
+        """Names of the parameters outside |request - model| <= rtol * max(1, |model|) (empty = covered)."""
+        return [name for name, value in self.params.items()
+                if not abs(params[name] - value) <= rtol * max(1.0, abs(value))]
+
+
+def unique_names(paths: Sequence[str | Path]) -> list[str]:
+    """File stems, made unique with a numeric suffix (``compact``, ``compact-2``)."""
+    names: list[str] = []
+    for path in paths:
+        stem, candidate, i = Path(path).stem, Path(path).stem, 1
+        while candidate in names:
+            i += 1
+            candidate = f"{stem}-{i}"
+        names.append(candidate)
+    return names

@@ -1,0 +1,100 @@
+"""Server configuration: a frozen dataclass for by :func:`neqforce.server.app.start_server` and the CLI."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+#: Bytes per site in the largest message: FP64 force + FP64 density (a request's FP64 q is half of that).
+BYTES_PER_SITE = 16
+#: Headroom for message framing, parameters and strings, bytes.
+MESSAGE_OVERHEAD = 1 << 20
+
+
+def _default_concurrency() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything ``neqforce serve`` can be told.
+
+    Attributes:
+        host, port: listen address; port 0 picks a free port (see ``RunningServer.port``).
+        models: ONNX model files to load; ``None`` = the bundled model if it exists, ``[]`` = none.
+        max_sites: largest batch * lx * ly in one request (sets the gRPC message size limits).
+        negf_max_sites: largest lattice lx * ly the exact NEGF backend takes (its cost is O(N^3)).
+        max_concurrency: requests computed at the same time (ONNX and NEGF together).
+        max_queue: requests allowed to wait for a compute slot; beyond it RESOURCE_EXHAUSTED.
+        max_streams: StreamForces calls open at the same time; beyond it RESOURCE_EXHAUSTED.
+        token: if set, every ForceService call needs metadata ``authorization: Bearer <token>``.
+        tls_cert, tls_key: PEM files; both set = TLS, neither = plaintext.
+        metrics_port: Prometheus /metrics port (0 = a free port); ``None`` = no metrics endpoint.
+        grace_s: on shutdown, in-flight calls get this many seconds to finish before they are cancelled.
+        drain_s: on shutdown, health reports NOT_SERVING this long before new calls are refused.
+        providers: ONNX Runtime execution providers in priority order; ``None`` = CUDA (when available)
+            then CPU.
+        intra_op_threads: ONNX Runtime intra-op threads per session; ``None`` = cores / max_concurrency
+            (at least 1), 0 = ONNX Runtime's own default.
+        param_rtol: AUTO routing tolerance, |request - model| <= param_rtol * max(1, |model|) per parameter.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    models: Sequence[str | Path] | None = None
+    max_sites: int = 1 << 20
+    negf_max_sites: int = 3600
+    max_concurrency: int = 0
+    max_queue: int = 64
+    max_streams: int = 32
+    token: str | None = None
+    tls_cert: str | Path | None = None
+    tls_key: str | Path | None = None
+    metrics_port: int | None = None
+    grace_s: float = 10.0
+    drain_s: float = 0.0
+    providers: Sequence[str] | None = None
+    intra_op_threads: int | None = None
+    param_rtol: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if self.max_concurrency <= 0:
+            object.__setattr__(self, "max_concurrency", _default_concurrency())
+        for name in ("max_sites", "negf_max_sites", "max_streams"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_queue < 0:
+            raise ValueError(f"max_queue must be >= 0, got {self.max_queue}")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in 0..65535, got {self.port}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both tls_cert and tls_key")
+        if self.token is not None and not self.token:
+            raise ValueError("token must be non-empty (or None for no authentication)")
+        if self.grace_s < 0 or self.drain_s < 0:
+            raise ValueError("grace_s and drain_s must be >= 0")
+        if not self.param_rtol >= 0:
+            raise ValueError(f"param_rtol must be >= 0, got {self.param_rtol}")
+
+    @property
+    def max_message_bytes(self) -> int:
+        """gRPC send/receive limit: room for FP64 force + density of ``max_sites`` sites."""
+        return int(self.max_sites) * BYTES_PER_SITE + MESSAGE_OVERHEAD
+
+    @property
+    def grpc_threads(self) -> int:
+        """Handler threads: computing + queued unary calls + open streams."""
+        return self.max_concurrency + self.max_queue + self.max_streams
+
+    @property
+    def onnx_threads(self) -> int:
+        """Intra-op threads for each ONNX Runtime session (0 = ONNX Runtime's default)."""
+        if self.intra_op_threads is not None:
+            return max(0, int(self.intra_op_threads))
+        return max(1, (os.cpu_count() or 1) // self.max_concurrency)
+
+    @property
+    def is_loopback(self) -> bool:
+        return self.host in ("127.0.0.1", "localhost", "::1") or self.host.startswith("127.")
