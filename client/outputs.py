@@ -1,0 +1,195 @@
+"""Files the client reads and writes: run output names, ξ(t) CSV, configurations in, forces out.
+
+Arrays are (lx, ly) with x the transport direction (SPEC §1). Every file is written to a temporary
+name in the target folder and renamed, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from neqforce.physics import HolsteinParams
+from neqforce.trajectory import FORMAT as TRAJECTORY_FORMAT
+from neqforce.trajectory import Trajectory, read_trajectory, software_versions
+
+FORCES_FORMAT = "neqforce.forces/1"
+H5_SUFFIXES = (".h5", ".hdf5")
+
+
+@dataclass(frozen=True)
+class RunOutputs:
+    """Where a simulation writes: a folder (``runs/sim/trajectory.h5``, ``xi.csv``, ``density.png``,
+    ``xi.png``) or, when ``out`` ends in .h5, files beside it (``runs/a.h5``, ``runs/a_xi.csv``, …)."""
+
+    trajectory: Path
+    xi_csv: Path
+    density_png: Path
+    xi_png: Path
+
+    @classmethod
+    def at(cls, out: str | os.PathLike[str]) -> RunOutputs:
+        out = Path(out)
+        if out.suffix.lower() in H5_SUFFIXES:
+            stem = out.with_suffix("")
+            return cls(out, Path(f"{stem}_xi.csv"), Path(f"{stem}_density.png"), Path(f"{stem}_xi.png"))
+        return cls(out / "trajectory.h5", out / "xi.csv", out / "density.png", out / "xi.png")
+
+    def all(self) -> tuple[Path, ...]:
+        return (self.trajectory, self.xi_csv, self.density_png, self.xi_png)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_xi_csv(path: str | os.PathLike[str], traj: Trajectory) -> Path:
+    """ξ(t) table: step, time (1/gamma), xi (metallic fraction), metallic_columns (= xi * lx)."""
+    time, xi = traj.xi_series()
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["step", "time", "xi", "metallic_columns"])
+    for step, t, x in zip(traj.series_step, time, xi, strict=True):
+        w.writerow([step, repr(float(t)), repr(float(x)), int(round(x * traj.params.lx))])
+    return atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def read_xi_csv(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Columns of a ξ(t) CSV as arrays."""
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return {"step": np.array([int(r["step"]) for r in rows], dtype=np.int64),
+            "time": np.array([float(r["time"]) for r in rows]),
+            "xi": np.array([float(r["xi"]) for r in rows])}
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """A lattice configuration Q (lx, ly) read from a file, with the parameters stored beside it."""
+
+    q: np.ndarray
+    params: HolsteinParams | None
+    source: str
+
+
+def _as_configuration(arr: np.ndarray, source: str) -> np.ndarray:
+    arr = np.asarray(arr)
+    if arr.dtype == object or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+        raise ValueError(f"{source}: expected a real numeric array, got dtype {arr.dtype}")
+    if arr.ndim != 2 or min(arr.shape) < 1:
+        raise ValueError(f"{source}: expected a 2-D array Q[x, y] of shape (lx, ly), got shape {arr.shape}")
+    arr = arr.astype(np.float64)
+    if not np.all(np.isfinite(arr)):
+        bad = np.argwhere(~np.isfinite(arr))[0]
+        raise ValueError(f"{source}: Q contains NaN or Inf (first at x={bad[0]}, y={bad[1]})")
+    return arr
+
+
+def load_configuration(path: str | os.PathLike[str], frame: int | None = None) -> Configuration:
+    """Q from a .npy array (lx, ly), a trajectory .h5 or a forces .h5 written by ``neqforce forces``.
+
+    For a trajectory, ``frame`` indexes the saved frames (negative counts from the end); None
+    means the last state reached (its checkpoint). Raises ValueError with a readable message.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"configuration file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        if frame is not None:
+            raise ValueError("--frame applies to .h5 trajectories, not to .npy files")
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise ValueError(f"{path} is not a readable .npy array: {exc}") from None
+        return Configuration(_as_configuration(arr, str(path)), None, str(path))
+    if suffix not in H5_SUFFIXES:
+        raise ValueError(f"{path}: unsupported file type {suffix!r} (use .npy or .h5)")
+    try:
+        fh = h5py.File(path, "r")
+    except OSError as exc:
+        raise ValueError(f"{path} is not a readable HDF5 file: {exc}") from None
+    with fh:
+        fmt = fh.attrs.get("format")
+    if fmt == TRAJECTORY_FORMAT:
+        traj = read_trajectory(path)
+        if frame is None:
+            q, what = traj.checkpoint_q, f"step {traj.checkpoint_step}"
+            if traj.checkpoint_step < 0:
+                what = "initial state"
+        else:
+            n = len(traj.frame_q)
+            if not -n <= frame < n:
+                raise ValueError(f"{path}: frame {frame} out of range ({n} saved frames)")
+            q, what = traj.frame_q[frame], f"frame {frame} (step {traj.frame_step[frame]})"
+        return Configuration(_as_configuration(q, f"{path} {what}"), traj.params, f"{path} {what}")
+    if fmt == FORCES_FORMAT:
+        with h5py.File(path, "r") as fh:
+            q = fh["q"][()]
+            params = HolsteinParams.from_json(fh.attrs["params"])
+        return Configuration(_as_configuration(q, str(path)), params, str(path))
+    raise ValueError(f"{path} is neither a neqforce trajectory nor a forces file (format {fmt!r})")
+
+
+def write_forces(path: str | os.PathLike[str], q: np.ndarray, force: np.ndarray,
+                 density: np.ndarray | None, params: HolsteinParams, backend: str = "", model: str = "",
+                 extra: dict | None = None) -> Path:
+    """Save one force evaluation: .npy holds F (lx, ly) only; .h5 holds q, force, density (NaN if
+    the backend gave none) and attrs format, params (JSON), backend, model, versions, extra."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(force, dtype=np.float64))
+        return atomic_write_bytes(path, buf.getvalue())
+    if suffix not in H5_SUFFIXES:
+        raise ValueError(f"{path}: unsupported output type {suffix!r} (use .npy or .h5)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as fh:
+            fh.attrs["format"] = FORCES_FORMAT
+            fh.attrs["params"] = params.to_json()
+            fh.attrs["backend"] = backend
+            fh.attrs["model"] = model
+            fh.attrs["versions"] = json.dumps(software_versions(), sort_keys=True)
+            fh.attrs["extra"] = json.dumps(extra or {}, sort_keys=True)
+            fh["q"] = np.asarray(q, dtype=np.float64)
+            fh["force"] = np.asarray(force, dtype=np.float64)
+            fh["density"] = (np.full(params.shape, np.nan) if density is None
+                             else np.asarray(density, dtype=np.float64))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_forces(path: str | os.PathLike[str]) -> dict:
+    """Contents of a forces .h5 file: q, force, density arrays and params, backend, model."""
+    with h5py.File(path, "r") as fh:
+        if fh.attrs.get("format") != FORCES_FORMAT:
+            raise ValueError(f"{path} is not a neqforce forces file")
+        return {"q": fh["q"][()], "force": fh["force"][()], "density": fh["density"][()],
+                "params": HolsteinParams.from_json(fh.attrs["params"]), "backend": str(fh.attrs["backend"]),
+                "model": str(fh.attrs["model"]), "extra": json.loads(fh.attrs["extra"])}

@@ -1,0 +1,167 @@
+"""Figures of a BD run (matplotlib, Agg canvas; no pyplot state is touched).
+
+* :func:`plot_density_snapshots`: n_i maps at several times, like the paper's Fig. 3 — x horizontal
+  with the gate (left electrode, mu_L = -V) on the left and the substrate (mu_R = 0) on the right.
+* :func:`plot_xi`: domain-wall position ξ(t) (metallic fraction of the lattice), like Fig. 4, raw
+  per-step values and a running mean over one time unit.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from neqforce.physics import local_order
+from neqforce.trajectory import Trajectory
+
+from .outputs import atomic_write_bytes
+
+_GATE = "#c28e0e"
+_SUBSTRATE = "#5f6b7a"
+
+
+def _save(fig: Figure, path: str | os.PathLike[str], dpi: int) -> Path:
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def _describe(traj: Trajectory) -> str:
+    p = traj.params
+    who = traj.backend or "?"
+    if traj.model and traj.model != traj.backend:
+        who += f" ({Path(traj.model).name})"
+    return (f"{p.lx}×{p.ly}, V = {p.voltage:g}, T = {p.temperature:g}, dt = {traj.dt:g}, "
+            f"seed {traj.seed} — forces: {who}")
+
+
+def snapshot_indices(n_frames: int, n_panels: int = 6) -> list[int]:
+    """Indices of ``n_panels`` frames evenly spread over ``n_frames`` (first and last included)."""
+    if n_frames <= 0:
+        return []
+    return sorted({int(round(i)) for i in np.linspace(0, n_frames - 1, min(n_panels, n_frames))})
+
+
+def _running_mean(x: np.ndarray, window: int) -> np.ndarray:
+    """Centred running mean (window shrinks at the ends so the curve keeps its length)."""
+    if window <= 1 or x.size == 0:
+        return x.astype(float)
+    kernel = np.ones(window)
+    num = np.convolve(x, kernel, mode="same")
+    den = np.convolve(np.ones_like(x, dtype=float), kernel, mode="same")
+    return num / den
+
+
+def plot_density_snapshots(traj: Trajectory, path: str | os.PathLike[str], n_panels: int = 6,
+                           dpi: int = 150) -> Path:
+    """Grid of n_i(x, y) maps at ``n_panels`` saved times (Fig. 3 style), with electrodes marked.
+
+    Colour scale is diverging about half filling (n = 1/2: metal; checkerboard: CDW). When the
+    force backend returned no density, the staggered CDW order m_i is shown instead.
+    """
+    fr = traj.frames()
+    idx = snapshot_indices(len(fr["step"]), n_panels)
+    if not idx:
+        raise ValueError("the trajectory has no saved frames to plot")
+    density = fr["density"][idx]
+    have_density = bool(np.all(np.isfinite(density)))
+    if have_density:
+        maps, label, cmap = density, r"electron density $n_i$", "RdBu_r"
+        half = max(float(np.max(np.abs(density - 0.5))), 1e-3)
+        vmin, vmax = 0.5 - half, 0.5 + half
+    else:
+        maps, label, cmap = local_order(fr["q"][idx]), r"staggered CDW order $m_i$", "PuOr"
+        half = max(float(np.max(np.abs(maps))), 1e-3)
+        vmin, vmax = -half, half
+    p = traj.params
+    lx, ly = p.lx, p.ly
+    xi_by_step = dict(zip(traj.series_step, traj.series_xi, strict=True))
+    ncols = min(3, len(idx))
+    nrows = int(np.ceil(len(idx) / ncols))
+    aspect = ly / lx
+    panel_w = 3.1
+    fig = Figure(figsize=(panel_w * ncols + 1.3, panel_w * aspect * nrows + 1.2), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False)).ravel()
+    bar = max(1.0, 0.06 * lx)
+    image = None
+    for k, ax in enumerate(axes):
+        if k >= len(idx):
+            ax.set_visible(False)
+            continue
+        step = int(fr["step"][idx[k]])
+        image = ax.imshow(maps[k].T, origin="lower", cmap=cmap, vmin=vmin, vmax=vmax,
+                          extent=(-0.5, lx - 0.5, -0.5, ly - 0.5), interpolation="nearest", aspect="equal")
+        for x0, colour, text in ((-0.5 - bar, _GATE, "gate"), (lx - 0.5, _SUBSTRATE, "substrate")):
+            ax.add_patch(Rectangle((x0, -0.5), bar, ly, facecolor=colour, edgecolor="none", clip_on=False))
+            ax.text(x0 + bar / 2, (ly - 1) / 2, text, rotation=90, ha="center", va="center",
+                    color="white", fontsize=7, fontweight="bold")
+        ax.set_xlim(-0.5 - bar, lx - 0.5 + bar)
+        ax.set_ylim(-0.5, ly - 0.5)
+        xi = xi_by_step.get(step)
+        title = f"t = {step * traj.dt:g}"
+        if xi is not None:
+            title += f",  ξ = {xi:.2f}"
+            if 0.0 < xi < 1.0:
+                ax.axvline(xi * lx - 0.5, color="k", lw=1.0, ls="--", alpha=0.7)
+        ax.set_title(title, fontsize=10)
+        if k % ncols == 0:
+            ax.set_ylabel("y")
+        if k >= len(idx) - ncols:
+            ax.set_xlabel("x  (transport direction)")
+    cbar = fig.colorbar(image, ax=axes[: len(idx)].tolist(), shrink=0.9, pad=0.02)
+    cbar.set_label(label)
+    fig.suptitle(f"{label.split(' $')[0].capitalize()} — {_describe(traj)}\n"
+                 r"gate: $\mu_L=-V$ (left), substrate: $\mu_R=0$ (right); dashed: $\xi\,l_x$",
+                 fontsize=9)
+    return _save(fig, path, dpi)
+
+
+def plot_xi(trajs: Trajectory | Sequence[Trajectory], path: str | os.PathLike[str],
+            labels: Sequence[str] | None = None, smooth_time: float = 1.0, dpi: int = 150) -> Path:
+    """ξ(t) of one or more runs (Fig. 4 style): markers every step, line = running mean over
+    ``smooth_time`` time units; right axis in metallic columns (ξ l_x)."""
+    if isinstance(trajs, Trajectory):
+        trajs = [trajs]
+    if not trajs:
+        raise ValueError("no trajectories to plot")
+    if labels is None:
+        labels = [f"{t.backend or 'run'} (seed {t.seed})" for t in trajs]
+    fig = Figure(figsize=(6.4, 4.0), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    colours = ["#2a9d55", "#e0a800", "#3b6fb6", "#c0392b", "#7d3c98", "#555555"]
+    markers = ["o", "^", "s", "D", "v", "x"]
+    t_max = 0.0
+    for k, (traj, label) in enumerate(zip(trajs, labels, strict=True)):
+        time, xi = traj.xi_series()
+        if time.size == 0:
+            continue
+        colour, marker = colours[k % len(colours)], markers[k % len(markers)]
+        every = max(1, time.size // 60)
+        ax.plot(time[::every], xi[::every], ls="none", marker=marker, ms=3.5, mfc="none", color=colour,
+                alpha=0.8, label=f"{label}")
+        window = max(1, int(round(smooth_time / traj.dt)))
+        if window > 1:
+            ax.plot(time, _running_mean(xi, window), color=colour, lw=1.6)
+        t_max = max(t_max, float(time[-1]))
+    ax.set_xlabel(r"time $t$  ($1/\gamma$)")
+    ax.set_ylabel(r"domain-wall position $\xi$  (metallic fraction)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlim(0, max(t_max, 1e-9))
+    ax.grid(alpha=0.3)
+    lx = trajs[0].params.lx
+    if all(t.params.lx == lx for t in trajs):
+        right = ax.secondary_yaxis("right", functions=(lambda v: v * lx, lambda c: c / lx))
+        right.set_ylabel("metallic columns")
+    ax.legend(loc="upper left", fontsize=8, title=f"markers: ξ per step; line: mean over {smooth_time:g} t",
+              title_fontsize=7, frameon=False)
+    ax.set_title(_describe(trajs[0]) if len(trajs) == 1 else "domain-wall position ξ(t)", fontsize=9)
+    return _save(fig, path, dpi)
