@@ -1,9 +1,98 @@
-"""CLI commands of this subpackage (registered by :mod:`neqforce.cli`)."""
+"""CLI commands ``train``, ``evaluate``, ``export`` (registered by :mod:`neqforce.cli`).
+
+torch is imported inside the command functions only, so ``neqforce --help`` and the server never
+load it.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
 
+def _fail(exc: Exception) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(2) from None
+
+
+def train_cmd(
+    data: list[Path] = typer.Argument(..., help="Dataset folder(s) or trajectory files (.h5)."),
+    out: Path = typer.Option(..., "--out", help="Run folder: model.pt, last.pt, history.json."),
+    preset: str = typer.Option("compact", help="Architecture: 'compact' (default) or 'paper' (Table I)."),
+    hidden: str = typer.Option("", help="Override hidden widths, e.g. '64,64'."),
+    activation: str = typer.Option("", help="Override activation: relu, silu, tanh, gelu."),
+    epochs: int = typer.Option(60, min=1),
+    lr: float = typer.Option(2e-3, help="Adam learning rate (cosine-decayed to lr_min)."),
+    lr_min: float = typer.Option(2e-5),
+    batch_size: int = typer.Option(1024, min=1, help="Sites per minibatch."),
+    patience: int = typer.Option(15, min=1, help="Early stopping: epochs without validation improvement."),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("auto", help="auto (CUDA when present), cpu, cuda, cuda:1 …"),
+    test_fraction: float = typer.Option(0.3, min=0.0, max=0.9, help="Fraction of trajectories held out."),
+    test_ids: str = typer.Option("", help="Explicit test trajectories, e.g. 'V3.000_s4,V3.000_s5'."),
+    voltage: float = typer.Option(3.0, help="Use only trajectories at this voltage."),
+    stride: int = typer.Option(1, min=1, help="Use every stride-th frame."),
+    max_minutes: float = typer.Option(0.0, min=0.0, help="Stop after this many minutes (0: no limit)."),
+    threads: int = typer.Option(0, min=0, help="torch CPU threads (0: default)."),
+    resume: bool = typer.Option(False, help="Continue from OUT/last.pt."),
+) -> None:
+    """Train a force model on NEGF-BD trajectories (split 70/30 by trajectory)."""
+    try:
+        from neqforce.training.train import TrainOptions, train
+
+        opts = TrainOptions(
+            preset=preset, hidden=tuple(int(h) for h in hidden.split(",")) if hidden else None,
+            activation=activation or None, epochs=epochs, lr=lr, lr_min=lr_min, batch_size=batch_size,
+            patience=patience, seed=seed, device=device, test_fraction=test_fraction,
+            test_ids=tuple(s.strip() for s in test_ids.split(",") if s.strip()), voltage=voltage,
+            stride=stride, max_minutes=max_minutes, threads=threads)
+        train([str(d) for d in data], out, opts, resume=resume, log=typer.echo)
+    except (ValueError, KeyError) as exc:
+        _fail(exc)
+
+
+def evaluate_cmd(
+    model: Path = typer.Argument(..., help="Model: .onnx file or training checkpoint (model.pt)."),
+    data: list[Path] = typer.Argument(..., help="Dataset folder(s) or trajectory files (.h5)."),
+    out: Path = typer.Option(Path("eval"), "--out",
+                             help="Folder for metrics.json, parity.png, error_hist.png."),
+    split: str = typer.Option("auto", help="auto, test, train or all trajectories."),
+    voltage: float = typer.Option(None, help="Voltage of the trajectories (default: the model's)."),
+    stride: int = typer.Option(1, min=1, help="Use every stride-th frame."),
+    threads: int = typer.Option(0, min=0, help="CPU threads (0: default)."),
+) -> None:
+    """Paper metrics (MSE and σ of forces rescaled to [-1, 1]) overall and per region, and Fig. 2 PNGs."""
+    try:
+        from neqforce.training.evaluate import evaluate
+
+        evaluate(model, [str(d) for d in data], out, split=split, voltage=voltage, stride=stride,
+                 threads=threads, log=typer.echo)
+    except (ValueError, KeyError) as exc:
+        _fail(exc)
+
+
+def export_cmd(
+    checkpoint: Path = typer.Argument(..., help="Training checkpoint (model.pt)."),
+    out: Path = typer.Option(..., "--out", help="Output .onnx file."),
+    check: bool = typer.Option(True, help="Verify ONNX Runtime against torch on random lattices."),
+) -> None:
+    """Export a checkpoint to ONNX (descriptor + MLP + elastic term in one graph, SPEC §9)."""
+    try:
+        from neqforce.training.export import CHECK_TOL, export_checkpoint
+
+        path, err, meta = export_checkpoint(checkpoint, out, check=check)
+        typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB), "
+                   f"descriptor {meta['neqforce.descriptor']}")
+        if check:
+            typer.echo(f"ONNX Runtime vs torch on random lattices: max |diff| / max(1, |F|) = {err:.2e} "
+                       f"(tolerance {CHECK_TOL:.0e})")
+    except (ValueError, KeyError) as exc:
+        _fail(exc)
+
+
 def register(app: typer.Typer) -> None:
-    """Add this subpackage's commands to the ``neqforce`` app."""
+    """Add ``train``, ``evaluate`` and ``export`` to the ``neqforce`` app."""
+    app.command("train")(train_cmd)
+    app.command("evaluate")(evaluate_cmd)
+    app.command("export")(export_cmd)

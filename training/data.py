@@ -1,0 +1,117 @@
+"""Training data from NEGF-BD trajectories: trajectory split, frames, targets, region labels.
+
+The model learns only the electronic force y_i = F_i - (-k Q_i - kappa Σ_nn Q_j) = g (n_i - 1/2);
+the elastic part is exact. Splits are **by trajectory**: test trajectories are never seen in training.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from neqforce.physics import HolsteinParams, elastic_force
+from neqforce.trajectory import Trajectory
+
+from .descriptors import R_CUT
+
+#: Region names of the per-region metrics (near = within r_c = 6 columns of an electrode column).
+REGIONS = ("bulk", "near_left", "near_right")
+
+
+def traj_id(t: Trajectory) -> str:
+    """Stable name of a trajectory: its file stem (e.g. ``V3.000_s4``), else voltage and seed."""
+    f = t.extra.get("file")
+    return os.path.splitext(os.path.basename(f))[0] if f else f"V{t.params.voltage:.3f}_s{t.seed}"
+
+
+def select_voltage(trajs: Sequence[Trajectory], voltage: float | None) -> list[Trajectory]:
+    """Trajectories at one voltage (all of them when ``voltage`` is None); they must share parameters."""
+    out = [t for t in trajs if voltage is None or abs(t.params.voltage - voltage) < 1e-9]
+    if not out:
+        raise ValueError(f"no trajectory at voltage {voltage}")
+    phys = {tuple(sorted(t.params.physical().items())) for t in out}
+    if len(phys) > 1:
+        raise ValueError("trajectories with different physical parameters; choose one with --voltage")
+    return out
+
+
+def split_by_trajectory(trajs: Sequence[Trajectory], test_fraction: float = 0.3,
+                        test_ids: Sequence[str] | None = None) -> tuple[list[Trajectory], list[Trajectory]]:
+    """(train, test): the last round(test_fraction · n) trajectories by (voltage, seed), or ``test_ids``."""
+    ordered = sorted(trajs, key=lambda t: (t.params.voltage, t.seed, traj_id(t)))
+    if test_ids:
+        test = [t for t in ordered if traj_id(t) in set(test_ids)]
+        missing = set(test_ids) - {traj_id(t) for t in test}
+        if missing:
+            raise ValueError(f"test trajectories not in the data: {', '.join(sorted(missing))}")
+    else:
+        n_test = int(round(test_fraction * len(ordered)))
+        if test_fraction > 0 and len(ordered) > 1:
+            n_test = min(max(n_test, 1), len(ordered) - 1)
+        test = ordered[len(ordered) - n_test:] if n_test else []
+    train = [t for t in ordered if t not in test]
+    if not train:
+        raise ValueError("no training trajectory left after the split")
+    return train, test
+
+
+@dataclass
+class Frames:
+    """Stacked frames of several trajectories (float32 for training)."""
+
+    q: np.ndarray  # (S, lx, ly)
+    force: np.ndarray  # (S, lx, ly) total NEGF force
+    electronic: np.ndarray  # (S, lx, ly) g (n - 1/2) = F - elastic
+    step: np.ndarray  # (S,)
+    traj: np.ndarray  # (S,) index into ``ids``
+    ids: list[str]
+    params: HolsteinParams
+
+    def __len__(self) -> int:
+        return len(self.q)
+
+    def subset(self, mask: np.ndarray) -> Frames:
+        return Frames(self.q[mask], self.force[mask], self.electronic[mask], self.step[mask], self.traj[mask],
+                      self.ids, self.params)
+
+
+def frames_of(trajs: Sequence[Trajectory], stride: int = 1, max_step: int | None = None) -> Frames:
+    """Frames (every ``stride``-th) of trajectories with one lattice shape and parameter set."""
+    if not trajs:
+        raise ValueError("no trajectories")
+    qs, fs, es, steps, idx = [], [], [], [], []
+    for i, t in enumerate(trajs):
+        fr = t.frames()
+        sel = slice(None, None, stride)
+        q, f, st = fr["q"][sel], fr["force"][sel], fr["step"][sel]
+        if max_step is not None:
+            keep = st <= max_step
+            q, f, st = q[keep], f[keep], st[keep]
+        if q.shape[1:] != trajs[0].params.shape:
+            raise ValueError("trajectories of different lattice shapes cannot be stacked")
+        qs.append(q)
+        fs.append(f)
+        es.append(f - elastic_force(q, t.params))
+        steps.append(st)
+        idx.append(np.full(len(q), i))
+    return Frames(q=np.concatenate(qs).astype(np.float32), force=np.concatenate(fs),
+                  electronic=np.concatenate(es).astype(np.float32), step=np.concatenate(steps),
+                  traj=np.concatenate(idx), ids=[traj_id(t) for t in trajs], params=trajs[0].params)
+
+
+def validation_mask(steps: np.ndarray, block: int = 25, every: int = 5) -> np.ndarray:
+    """Frames held out for early stopping: whole blocks of ``block`` steps, one block in ``every``."""
+    return (steps // block) % every == every - 1
+
+
+def region_of_column(lx: int, r_cut: int = R_CUT) -> np.ndarray:
+    """Region label per column x: 1 near the left electrode (x < r_c), 2 near the right one
+    (lx-1-x < r_c), else 0 (bulk). On narrow lattices the left label wins."""
+    x = np.arange(lx)
+    lab = np.zeros(lx, dtype=np.int64)
+    lab[lx - 1 - x < r_cut] = 2
+    lab[x < r_cut] = 1
+    return lab

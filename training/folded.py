@@ -1,0 +1,116 @@
+"""Inference form of a trained :class:`ForceModel`: normalization and descriptor folded into matmuls.
+
+Every feature of the first layer is linear in the 113 neighbour values Q_j (ordered line, top,
+bottom as in :func:`neqforce.training.descriptors.offsets`), except G_A'' = f_A'' f_ref, whose
+first-layer contribution W_G · (f_A'' f_ref) = f_ref · (W_G · f_A'') is a linear map times the
+linear scalar f_ref. So, with raw = (Q_j) (113 channels per site) and one matrix product
+
+    M = W_big @ raw,   W_big = [W_lin; W_G'; W_a'; w_ref]   ((3H + 1) × 113)
+    z = M_lin + M_ref · M_G + b + E[x],   h1 = φ(z + M_a) + φ(z - M_a)
+
+where E[x] is the first-layer weight of the electrode one-hot features of column x. Standardization
+of features and target is folded into the weights. The layout is channels-first (B, C, lx·ly), so
+the neighbour gathers copy whole planes and every layer is one GEMM: this is the graph exported to
+ONNX. It computes the same function as :class:`ForceModel` (tested to float32 rounding).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .descriptors import offsets
+from .model import ACTIVATIONS, ForceModel, neighbour_sum
+
+
+class FoldedForceModel(nn.Module):
+    """q (B, lx, ly) float32 → (force, density), each (B, lx, ly); see the module docstring."""
+
+    def __init__(self, model: ForceModel) -> None:
+        super().__init__()
+        cfg = model.config
+        r = self.r_cut = cfg.r_cut
+        off = offsets(r)
+        w = 2 * r + 1
+        n_line, n_pair = len(off.line), len(off.top)
+        sq_index = [(o[0] + r) * w + (o[1] + r) for o in (*off.line, *off.top, *off.bottom)]
+        self.register_buffer("idx_raw", torch.tensor(sq_index, dtype=torch.int64), persistent=False)
+        self.register_buffer("dy", torch.arange(-r, r + 1, dtype=torch.int64), persistent=False)
+        self.register_buffer("dist", torch.arange(r, dtype=torch.int64), persistent=False)
+
+        with torch.no_grad():
+            first = model.net.first
+            w1 = first.weight / model.s_std  # (H, n_s): standardization folded in
+            b1 = first.bias - w1 @ model.s_mean
+            h = w1.shape[0]
+            w_line, w_sym = w1[:, :n_line], w1[:, n_line:n_line + n_pair]
+            w_g = w1[:, n_line + n_pair:n_line + 2 * n_pair]
+            zeros = torch.zeros(h, n_line)
+            rows = [torch.cat([w_line, w_sym, w_sym], 1), torch.cat([zeros, w_g, -w_g], 1)]
+            self.has_anti = model.net.first_anti is not None
+            if self.has_anti:
+                w_a = model.net.first_anti.weight / model.a_std
+                rows.append(torch.cat([zeros, w_a, -w_a], 1))
+            ref = torch.cat([torch.zeros(n_line), torch.full((n_pair,), 1.0 / n_pair),
+                             torch.full((n_pair,), -1.0 / n_pair)])
+            rows.append(ref.unsqueeze(0))
+            self.register_buffer("w_big", torch.cat(rows, 0).contiguous())
+            self.register_buffer("b1", b1.unsqueeze(1).contiguous())  # (H, 1)
+            n_elec = w1.shape[1] - (n_line + 2 * n_pair)
+            self.has_elec = n_elec > 0
+            self.register_buffer("w_elec", w1[:, n_line + 2 * n_pair:].contiguous())  # (H, 2r)
+            self.hidden = h
+            self.act = ACTIVATIONS[cfg.activation]()
+            linears = [m for m in model.net.rest if isinstance(m, nn.Linear)]
+            ws, bs = [], []
+            for i, lin in enumerate(linears):
+                wi, bi = lin.weight.clone(), lin.bias.clone()
+                if i == len(linears) - 1:  # fold the target scale: y = y_std · out + y_mean
+                    wi, bi = wi * model.y_std, bi * model.y_std + model.y_mean
+                ws.append(nn.Parameter(wi.contiguous(), requires_grad=False))
+                bs.append(nn.Parameter(bi.unsqueeze(1).contiguous(), requires_grad=False))
+            self.ws, self.bs = nn.ParameterList(ws), nn.ParameterList(bs)
+            self.register_buffer("g", model.g.clone())
+            self.register_buffer("k", model.k.clone())
+            self.register_buffer("kappa", model.kappa.clone())
+
+    def raw_neighbours(self, q: torch.Tensor) -> torch.Tensor:
+        """Q_j of the 113 offsets, channels-first: (B, 113, lx·ly); x outside reads 0, y periodic."""
+        r = self.r_cut
+        b, lx, ly = q.shape[0], q.shape[1], q.shape[2]
+        n = lx * ly
+        p = nn.functional.pad(q, (0, 0, r, r))  # (B, lx + 2r, ly)
+        yidx = torch.remainder(self.dy.unsqueeze(1) + torch.arange(ly, device=q.device).unsqueeze(0), ly)
+        yg = p[:, :, yidx].transpose(1, 2)  # (B, 2r+1 [dy], lx + 2r, ly)
+        yf = yg.reshape(b, 2 * r + 1, (lx + 2 * r) * ly)
+        cols = [yf[:, :, i * ly:i * ly + n] for i in range(2 * r + 1)]  # dx = i - r: (B, 2r+1, N)
+        sq = torch.stack(cols, 1).reshape(b, (2 * r + 1) ** 2, n)  # dx-major, like the square index
+        return sq[:, self.idx_raw]
+
+    def electronic(self, q: torch.Tensor) -> torch.Tensor:
+        """g (n_i - 1/2), (B, lx, ly)."""
+        b, lx, ly = q.shape[0], q.shape[1], q.shape[2]
+        h_ = self.hidden
+        m = torch.matmul(self.w_big, self.raw_neighbours(q))  # (B, R, N)
+        z = m[:, :h_] + m[:, -1:] * m[:, h_:2 * h_] + self.b1
+        if self.has_elec:
+            x = torch.arange(lx, device=q.device).unsqueeze(1)
+            onehot = torch.cat([(x == self.dist).to(q.dtype), ((lx - 1 - x) == self.dist).to(q.dtype)], 1)
+            e = torch.matmul(self.w_elec, onehot.t())  # (H, lx)
+            z = (z.reshape(b, h_, lx, ly) + e.unsqueeze(2)).reshape(b, h_, lx * ly)
+        if self.has_anti:
+            za = m[:, 2 * h_:3 * h_]
+            h = self.act(z + za) + self.act(z - za)
+        else:
+            h = self.act(z)
+        n_layers = len(self.ws)
+        for i in range(n_layers):
+            h = torch.matmul(self.ws[i], h) + self.bs[i]
+            if i < n_layers - 1:
+                h = self.act(h)
+        return h.reshape(b, lx, ly)
+
+    def forward(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        el = self.electronic(q)
+        force = el - self.k * q - self.kappa * neighbour_sum(q)
+        return force, 0.5 + el / self.g

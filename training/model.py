@@ -1,0 +1,205 @@
+"""Torch force model: lattice Q → (total force, density), exportable to ONNX (SPEC §9).
+
+    q (B, lx, ly) ──descriptor──▶ invariant s (B, lx, ly, n_s), antisymmetric a (B, lx, ly, n_a)
+                  ──C_s-averaged MLP──▶ electronic force g (n - 1/2)  (B, lx, ly)
+    force = electronic + (-k Q - kappa Σ_nn Q)   (exact elastic part, SPEC §2)
+    density = 1/2 + electronic / g
+
+The first layer is averaged over the mirror group C_s = {1, σ}: h = φ(W_s s + W_a a + b) +
+φ(W_s s - W_a a + b). Since σ maps (s, a) → (s, -a), h and everything after it are invariant. With
+n_a = 0 (the paper's descriptor) it is a plain MLP. All ops are gathers, slices and matmuls with
+dynamic lx, ly, batch, so ``torch.onnx.export`` yields one graph for any lattice.
+
+Only training code imports this module (it needs torch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from .descriptors import DEVICE_DESCRIPTOR, PAPER_DESCRIPTOR, R_CUT, n_features, offsets
+
+ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh, "gelu": nn.GELU}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture: descriptor kind ('paper' | 'device'), hidden widths, activation, cutoff."""
+
+    descriptor: str = "device"
+    hidden: tuple[int, ...] = (64, 64)
+    activation: str = "silu"
+    r_cut: int = R_CUT
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        return cls(**{**d, "hidden": tuple(d["hidden"])})
+
+    @property
+    def descriptor_name(self) -> str:
+        return PAPER_DESCRIPTOR if self.descriptor == "paper" else DEVICE_DESCRIPTOR
+
+    def macs_per_site(self) -> int:
+        """Multiply-adds per site of the network (first layer counted twice for the A'' block)."""
+        n_s, n_a = n_features(self.descriptor, self.r_cut)
+        widths = [*self.hidden, 1]
+        macs = (n_s + 2 * n_a) * widths[0]
+        for a, b in zip(widths[:-1], widths[1:], strict=True):
+            macs += a * b
+        return macs
+
+
+#: Named architectures. ``paper``: Table I of the paper (113→4096→…→64→1, ReLU) on the paper's
+#: descriptor. ``compact``: the default, chosen by the accuracy/cost measurements in docs/ml_model.md.
+PRESETS: dict[str, ModelConfig] = {
+    "paper": ModelConfig(descriptor="paper", hidden=(4096, 2048, 1024, 512, 256, 128, 64, 64),
+                         activation="relu"),
+    "compact": ModelConfig(descriptor="device", hidden=(64, 64), activation="silu"),
+}
+
+
+class Descriptor(nn.Module):
+    """Torch twin of :mod:`neqforce.training.descriptors` for a batch of lattices.
+
+    forward(q (B, lx, ly)) → (s (B, lx, ly, n_s), a (B, lx, ly, n_a)); x outside the lattice reads 0,
+    y is periodic (wrapping as often as needed for small ly).
+    """
+
+    def __init__(self, kind: str = "device", r_cut: int = R_CUT) -> None:
+        super().__init__()
+        if kind not in ("paper", "device"):
+            raise ValueError(f"unknown descriptor {kind!r} (known: paper, device)")
+        self.kind, self.r_cut = kind, r_cut
+        off = offsets(r_cut)
+        w = 2 * r_cut + 1
+
+        def flat(o: np.ndarray) -> torch.Tensor:  # index into the (2r+1)² square, dx-major
+            return torch.as_tensor((o[:, 0] + r_cut) * w + (o[:, 1] + r_cut), dtype=torch.int64)
+
+        self.register_buffer("idx_line", flat(off.line), persistent=False)
+        self.register_buffer("idx_top", flat(off.top), persistent=False)
+        self.register_buffer("idx_bottom", flat(off.bottom), persistent=False)
+        self.register_buffer("dy", torch.arange(-r_cut, r_cut + 1, dtype=torch.int64), persistent=False)
+        self.register_buffer("dist", torch.arange(r_cut, dtype=torch.int64), persistent=False)
+        self.n_top = len(off.top)
+
+    def square(self, q: torch.Tensor) -> torch.Tensor:
+        """Q at (x + dx, y + dy) for the (2r+1)² square of offsets: (B, lx, ly, (2r+1)²)."""
+        r = self.r_cut
+        lx, ly = q.shape[-2], q.shape[-1]
+        p = nn.functional.pad(q, (0, 0, r, r))  # zeros beyond the electrodes: (B, lx + 2r, ly)
+        yidx = torch.remainder(torch.arange(ly, device=q.device).unsqueeze(1) + self.dy, ly)  # (ly, 2r+1)
+        yg = p[:, :, yidx]  # (B, lx + 2r, ly, 2r+1)
+        cols = [yg[:, i:i + lx] for i in range(2 * r + 1)]  # dx = i - r
+        sq = torch.stack(cols, dim=3)  # (B, lx, ly, 2r+1 [dx], 2r+1 [dy])
+        return sq.flatten(3)
+
+    def forward(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        sq = self.square(q)
+        line = sq[..., self.idx_line]
+        top = sq[..., self.idx_top]
+        bot = sq[..., self.idx_bottom]
+        anti = top - bot
+        f_ref = anti.sum(dim=-1, keepdim=True) / self.n_top  # Q_t - Q_b (means over 50 offsets each)
+        inv = torch.cat([line, top + bot, anti * f_ref], dim=-1)
+        if self.kind == "paper":
+            return inv, anti[..., :0]
+        lx = q.shape[-2]
+        x = torch.arange(lx, device=q.device).unsqueeze(1)
+        elec = torch.cat([(x == self.dist).to(q.dtype), ((lx - 1 - x) == self.dist).to(q.dtype)], dim=1)
+        elec = elec.unsqueeze(0).unsqueeze(2).expand(q.shape[0], lx, q.shape[-1], 2 * self.r_cut)
+        return torch.cat([inv, elec], dim=-1), anti
+
+
+class SymmetrizedMLP(nn.Module):
+    """MLP whose first layer is averaged over C_s: invariant when s is invariant and a odd."""
+
+    def __init__(self, n_inv: int, n_anti: int, hidden: tuple[int, ...], activation: str) -> None:
+        super().__init__()
+        if not hidden:
+            raise ValueError("at least one hidden layer is needed")
+        act = ACTIVATIONS[activation]
+        self.first = nn.Linear(n_inv, hidden[0])
+        self.first_anti = nn.Linear(n_anti, hidden[0], bias=False) if n_anti else None
+        self.act = act()
+        layers: list[nn.Module] = []
+        for a, b in zip(hidden[:-1], hidden[1:], strict=True):
+            layers += [nn.Linear(a, b), act()]
+        layers.append(nn.Linear(hidden[-1], 1))
+        self.rest = nn.Sequential(*layers)
+
+    def forward(self, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        z = self.first(s)
+        if self.first_anti is None:
+            h = self.act(z)
+        else:
+            za = self.first_anti(a)
+            h = self.act(z + za) + self.act(z - za)
+        return self.rest(h).squeeze(-1)
+
+
+class ForceModel(nn.Module):
+    """Lattice → (force, density) with feature standardization and the exact elastic term.
+
+    Buffers (set by training from the training set): ``s_mean``, ``s_std`` (invariant features),
+    ``a_std`` (antisymmetric features: scaled only, so they stay odd), ``y_mean``, ``y_std``
+    (electronic force g (n - 1/2)), and the physical constants ``g``, ``k``, ``kappa``.
+    """
+
+    def __init__(self, config: ModelConfig, g: float, k: float, kappa: float) -> None:
+        super().__init__()
+        self.config = config
+        n_s, n_a = n_features(config.descriptor, config.r_cut)
+        self.descriptor = Descriptor(config.descriptor, config.r_cut)
+        self.net = SymmetrizedMLP(n_s, n_a, config.hidden, config.activation)
+        self.register_buffer("s_mean", torch.zeros(n_s))
+        self.register_buffer("s_std", torch.ones(n_s))
+        self.register_buffer("a_std", torch.ones(n_a))
+        self.register_buffer("y_mean", torch.zeros(()))
+        self.register_buffer("y_std", torch.ones(()))
+        self.register_buffer("g", torch.tensor(float(g)))
+        self.register_buffer("k", torch.tensor(float(k)))
+        self.register_buffer("kappa", torch.tensor(float(kappa)))
+
+    def head(self, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """Normalized network output from raw features (used by training on precomputed features)."""
+        return self.net((s - self.s_mean) / self.s_std, a / self.a_std)
+
+    def electronic(self, q: torch.Tensor) -> torch.Tensor:
+        """Learned electronic force g (n_i - 1/2), (B, lx, ly)."""
+        s, a = self.descriptor(q)
+        return self.head(s, a) * self.y_std + self.y_mean
+
+    def elastic(self, q: torch.Tensor) -> torch.Tensor:
+        """-k Q_i - kappa Σ_nn Q_j: open in x, periodic in y (no y-bonds when ly = 1)."""
+        return -self.k * q - self.kappa * neighbour_sum(q)
+
+    def forward(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        el = self.electronic(q)
+        return el + self.elastic(q), 0.5 + el / self.g
+
+
+def neighbour_sum(q: torch.Tensor) -> torch.Tensor:
+    """Σ_{j nn of i} Q_j for (B, lx, ly), matching :func:`neqforce.physics.neighbour_sum`."""
+    p = nn.functional.pad(q, (0, 0, 1, 1))
+    lx, ly = q.shape[-2], q.shape[-1]
+    sx = p[:, :lx] + p[:, 2:]
+    y = torch.arange(ly, device=q.device)
+    up, down = torch.remainder(y + 1, ly), torch.remainder(y - 1, ly)
+    has_bonds = (up != y).to(q.dtype)  # 0 for a chain (ly = 1), 1 otherwise
+    return sx + (q[:, :, up] + q[:, :, down]) * has_bonds
+
+
+def build_model(config: ModelConfig, params_physical: dict) -> ForceModel:
+    """An untrained model for the physical parameters (dict of SPEC names: g, k, kappa, …)."""
+    return ForceModel(config, g=params_physical["g"], k=params_physical["k"], kappa=params_physical["kappa"])

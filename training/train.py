@@ -1,0 +1,242 @@
+"""Training of force models on NEGF-BD trajectories (MSE loss, Adam, as the paper).
+
+Pipeline: trajectories → split by trajectory (train/test) → validation blocks of the training
+trajectories (early stopping) → descriptors precomputed once (float32) → per-site minibatches of the
+normalized electronic force → best-on-validation weights → test metrics on the held-out trajectories.
+
+Outputs in ``out``: ``model.pt`` (best weights, split, metrics, provenance), ``last.pt`` (resume state,
+rewritten atomically every epoch), ``history.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from neqforce import __version__
+from neqforce.physics import DEFAULT_V
+
+from .checkpoint import load_model, read_checkpoint, save_checkpoint
+from .data import Frames, frames_of, select_voltage, split_by_trajectory, traj_id, validation_mask
+from .dataset import dataset_sha256, load_dataset
+from .descriptors import offsets
+from .metrics import force_metrics, format_metrics
+from .model import PRESETS, ForceModel, ModelConfig, build_model
+
+
+@dataclass
+class TrainOptions:
+    """Hyper-parameters of one training run (defaults: the compact preset's recipe)."""
+
+    preset: str = "compact"
+    hidden: tuple[int, ...] | None = None  # override the preset's widths
+    activation: str | None = None  # override the preset's activation
+    epochs: int = 60
+    lr: float = 2e-3
+    lr_min: float = 2e-5
+    batch_size: int = 1024
+    weight_decay: float = 0.0
+    patience: int = 15
+    seed: int = 0
+    device: str = "auto"
+    test_fraction: float = 0.3
+    test_ids: tuple[str, ...] = ()
+    voltage: float | None = DEFAULT_V
+    stride: int = 1
+    max_minutes: float = 0.0  # 0: no limit
+    threads: int = 0  # torch intra-op threads (0: torch default)
+
+
+def pick_device(name: str) -> torch.device:
+    """'auto' → CUDA when present, else CPU; otherwise the named device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("CUDA requested but not available")
+    return torch.device(name)
+
+
+def model_config(opts: TrainOptions) -> ModelConfig:
+    if opts.preset not in PRESETS:
+        raise ValueError(f"unknown preset {opts.preset!r} (known: {', '.join(PRESETS)})")
+    base = PRESETS[opts.preset]
+    return ModelConfig(descriptor=base.descriptor, hidden=tuple(opts.hidden or base.hidden),
+                       activation=opts.activation or base.activation, r_cut=base.r_cut)
+
+
+@torch.no_grad()
+def compute_features(model: ForceModel, q: np.ndarray, chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Descriptor of every site of every frame: (S·lx·ly, n_s), (S·lx·ly, n_a), float32 on CPU."""
+    ss, aa = [], []
+    for i in range(0, len(q), chunk):
+        s, a = model.descriptor(torch.from_numpy(q[i:i + chunk]))
+        ss.append(s.reshape(-1, s.shape[-1]))
+        aa.append(a.reshape(-1, a.shape[-1]))
+    return torch.cat(ss), torch.cat(aa)
+
+
+def set_normalization(model: ForceModel, s: torch.Tensor, a: torch.Tensor, y: torch.Tensor) -> None:
+    """Standardize features and target on the training set; one-hot electrode features stay 0/1."""
+    n_paper = offsets(model.config.r_cut).n_paper
+    mean, std = s.mean(0), s.std(0)
+    std = torch.where(std < 1e-3, torch.ones_like(std), std)  # constant feature: leave unscaled
+    mean[n_paper:], std[n_paper:] = 0.0, 1.0
+    model.s_mean.copy_(mean)
+    model.s_std.copy_(std)
+    if a.shape[1]:
+        a_rms = a.pow(2).mean(0).sqrt()
+        model.a_std.copy_(torch.where(a_rms < 1e-3, torch.ones_like(a_rms), a_rms))
+    model.y_mean.copy_(y.mean())
+    model.y_std.copy_(y.std().clamp_min(1e-6))
+
+
+@torch.no_grad()
+def predict_forces(model: ForceModel, q: np.ndarray, chunk: int = 64) -> np.ndarray:
+    """Total forces (S, lx, ly) of a model for frames q (S, lx, ly)."""
+    dev = next(model.parameters()).device
+    out = [model(torch.from_numpy(np.ascontiguousarray(q[i:i + chunk], dtype=np.float32)).to(dev))[0].cpu()
+           for i in range(0, len(q), chunk)]
+    return torch.cat(out).numpy().astype(np.float64)
+
+
+def _val_loss(model: ForceModel, s: torch.Tensor, a: torch.Tensor, y: torch.Tensor, dev: torch.device,
+              chunk: int = 65536) -> float:
+    model.eval()
+    tot = 0.0
+    with torch.no_grad():
+        for i in range(0, len(y), chunk):
+            p = model.head(s[i:i + chunk].to(dev), a[i:i + chunk].to(dev))
+            tot += float(((p - y[i:i + chunk].to(dev)) ** 2).sum())
+    model.train()
+    return tot / max(len(y), 1)
+
+
+def train(data: str | os.PathLike[str] | Sequence[str], out: str | os.PathLike[str], opts: TrainOptions,
+          resume: bool = False, log: Callable[[str], None] = print) -> Path:
+    """Train a model; returns the path of ``model.pt`` (best validation weights + test metrics)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    torch.manual_seed(opts.seed)
+    rng = np.random.default_rng(opts.seed)
+    dev = pick_device(opts.device)
+    cfg = model_config(opts)
+
+    trajs = select_voltage(load_dataset(data), opts.voltage)
+    train_t, test_t = split_by_trajectory(trajs, opts.test_fraction, opts.test_ids or None)
+    params = train_t[0].params
+    fr = frames_of(train_t, stride=opts.stride)
+    vmask = validation_mask(fr.step)
+    if vmask.all() or not vmask.any():
+        vmask = np.arange(len(fr)) % 5 == 4
+    log(f"train {[t for t in fr.ids]} ({int((~vmask).sum())} frames, {int(vmask.sum())} validation), "
+        f"test {[traj_id(t) for t in test_t]}, lattice {params.lx}x{params.ly}, "
+        f"V = {params.voltage}, preset {opts.preset}: {cfg.hidden} {cfg.activation}, "
+        f"{cfg.macs_per_site()} MACs/site, device {dev}")
+
+    model = build_model(cfg, params.physical())
+    t0 = time.time()
+    s_all, a_all = compute_features(model, fr.q)
+    y_all = torch.from_numpy(fr.electronic.reshape(-1))
+    site_val = torch.from_numpy(np.repeat(vmask, params.lx * params.ly))
+    s_tr, a_tr, y_tr = s_all[~site_val], a_all[~site_val], y_all[~site_val]
+    s_va, a_va, y_va = s_all[site_val], a_all[site_val], y_all[site_val]
+    del s_all, a_all
+    set_normalization(model, s_tr, a_tr, y_tr)
+    yn_tr = (y_tr - model.y_mean) / model.y_std
+    yn_va = (y_va - model.y_mean) / model.y_std
+    log(f"features: {tuple(s_tr.shape)} + {tuple(a_tr.shape)} in {time.time() - t0:.1f} s")
+
+    model.to(dev).train()
+    opt = torch.optim.Adam(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(opts.epochs, 1), eta_min=opts.lr_min)
+    start_epoch, best_val, best_state, history, bad = 0, math.inf, None, [], 0
+    last_path, best_path = out / "last.pt", out / "model.pt"
+    if resume and last_path.exists():
+        ck = read_checkpoint(last_path)
+        model.load_state_dict(ck["state_dict"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        start_epoch, best_val, history, bad = ck["epoch"] + 1, ck["best_val"], ck["history"], ck["bad_epochs"]
+        best_state = ck["best_state"]
+        torch.set_rng_state(ck["torch_rng"])
+        rng = np.random.default_rng(ck["numpy_rng_seed"])
+        log(f"resumed at epoch {start_epoch}")
+
+    y_scale2 = float(model.y_std) ** 2
+    f_max_train = float(np.abs(fr.force).max())
+    n_tr = len(yn_tr)
+    t_start = time.time()
+    epoch = start_epoch - 1
+    for epoch in range(start_epoch, opts.epochs):
+        perm = torch.from_numpy(rng.permutation(n_tr))
+        tot = 0.0
+        for i in range(0, n_tr, opts.batch_size):
+            idx = perm[i:i + opts.batch_size]
+            p = model.head(s_tr[idx].to(dev), a_tr[idx].to(dev))
+            loss = torch.mean((p - yn_tr[idx].to(dev)) ** 2)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            tot += float(loss.detach()) * len(idx)
+        sched.step()
+        train_loss = tot / n_tr
+        val = _val_loss(model, s_va, a_va, yn_va, dev) if len(yn_va) else train_loss
+        # validation MSE of the total force rescaled by the training F_max (the paper's units)
+        val_mse = val * y_scale2 / f_max_train**2
+        improved = val < best_val
+        if improved:
+            best_val, bad = val, 0
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            bad += 1
+        history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val, "val_mse": val_mse,
+                        "lr": opt.param_groups[0]["lr"], "time_s": time.time() - t_start})
+        log(f"epoch {epoch:4d}  train {train_loss:.3e}  val {val:.3e}  val MSE[-1,1] {val_mse:.2e}"
+            f"{'  *' if improved else ''}  ({time.time() - t_start:.0f} s)")
+        save_checkpoint(last_path, {
+            "config": cfg.to_dict(), "params": params.physical(), "state_dict": model.state_dict(),
+            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch,
+            "best_val": best_val, "best_state": best_state, "history": history, "bad_epochs": bad,
+            "torch_rng": torch.get_rng_state(), "numpy_rng_seed": int(rng.integers(2**63))})
+        (out / "history.json").write_text(json.dumps(history, indent=1))
+        if bad >= opts.patience:
+            log(f"early stop: no validation improvement for {opts.patience} epochs")
+            break
+        if opts.max_minutes and time.time() - t_start > 60 * opts.max_minutes:
+            log(f"time limit of {opts.max_minutes} min reached")
+            break
+
+    model.load_state_dict(best_state)
+    model.to("cpu").eval()
+    metrics: dict = {"validation_mse": best_val * y_scale2 / f_max_train**2}
+    if test_t:
+        te = frames_of(test_t)
+        metrics["test"] = force_metrics(predict_forces(model, te.q), te.force)
+        log("test (held-out trajectories):\n" + format_metrics(metrics["test"]))
+    save_checkpoint(best_path, {
+        "config": cfg.to_dict(), "params": params.physical(), "state_dict": model.state_dict(),
+        "metrics": metrics, "train_ids": fr.ids, "test_ids": [traj_id(t) for t in test_t],
+        "lattice": [params.lx, params.ly], "dataset_sha256": dataset_sha256([t.extra["file"] for t in trajs]),
+        "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(opts).items()},
+        "epochs_run": epoch + 1, "neqforce_version": __version__, "torch_version": torch.__version__,
+        "descriptor": cfg.descriptor_name})
+    log(f"wrote {best_path}")
+    return best_path
+
+
+def load_trained(path: str | os.PathLike[str]) -> tuple[ForceModel, dict]:
+    """Alias of :func:`neqforce.training.checkpoint.load_model` for users of this module."""
+    return load_model(path)
+
+
+__all__ = ["Frames", "ModelConfig", "TrainOptions", "load_trained", "pick_device", "predict_forces", "train"]
