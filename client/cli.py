@@ -1,9 +1,227 @@
-"""CLI commands of this subpackage (registered by :mod:`neqforce.cli`)."""
+"""``neqforce simulate``, ``forces``, ``info``: thin wrappers over :mod:`neqforce.client.jobs`.
+
+Errors a user can fix print one line ``error: ...`` on stderr and exit with code 2; a failure of the
+server or the dynamics exits with 1; Ctrl-C during a simulation exits with 130 after saving.
+"""
 
 from __future__ import annotations
 
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
 import typer
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+EXIT_INTERRUPTED = 130
+
+_PHYS = "Physics (SPEC §4; default: SPEC value, or the stored one on --resume)"
+_SERVER = "Server"
+
+
+def _error(message: str, code: int = EXIT_USAGE) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return " ".join(text.split())
+
+
+def _rpc_error(exc: BaseException) -> typer.Exit:
+    """A failed server call (grpc.RpcError or ForceServerError) as one line; usage errors exit 2."""
+    import grpc
+
+    code = exc.code() if hasattr(exc, "code") else None
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    usage = code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
+                     grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAUTHENTICATED,
+                     grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.RESOURCE_EXHAUSTED)
+    name = code.name if code is not None else "RPC error"
+    return _error(f"server: {name}: {_one_line(Exception(details))}", EXIT_USAGE if usage else EXIT_FAILURE)
+
+
+def _guarded(fn, *args: Any, **kwargs: Any) -> Any:
+    """Call a library function; turn the errors a user sees into one line and an exit code."""
+    import grpc
+
+    from neqforce.client import ForceServerError
+
+    try:
+        return fn(*args, **kwargs)
+    except (ForceServerError, grpc.RpcError) as exc:
+        raise _rpc_error(exc) from None
+    except (ValueError, FileExistsError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
+            PermissionError) as exc:
+        raise _error(_one_line(exc)) from None
+    except (OSError, RuntimeError, FloatingPointError) as exc:
+        raise _error(_one_line(exc), EXIT_FAILURE) from None
+
+
+def _physics_options(lx: int | None, ly: int | None, voltage: float | None, temperature: float | None,
+                     t: float | None, g: float | None, k: float | None, kappa: float | None,
+                     gamma_lead: float | None, gamma_bath: float | None) -> dict[str, Any]:
+    return {"lx": lx, "ly": ly, "voltage": voltage, "temperature": temperature, "t": t, "g": g, "k": k,
+            "kappa": kappa, "gamma_lead": gamma_lead, "gamma_bath": gamma_bath}
+
+
+def _fmt_seconds(s: float) -> str:
+    if not math.isfinite(s):
+        return "?"
+    return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min"
 
 
 def register(app: typer.Typer) -> None:
-    """Add this subpackage's commands to the ``neqforce`` app."""
+    """Add ``simulate``, ``forces`` and ``info`` to the ``neqforce`` app."""
+
+    @app.command()
+    def simulate(
+        out: Path = typer.Option(Path("runs/sim"), "--out", "-o",
+                                 help="Output folder (trajectory.h5, xi.csv, density.png, xi.png), or a "
+                                      "file name ending in .h5 (then NAME_xi.csv, … beside it)."),
+        steps: int | None = typer.Option(None, help="BD steps (default: 600; on --resume: the run's, "
+                                                    "a larger value extends it)."),
+        dt: float | None = typer.Option(None, help="Time step in 1/gamma (default: 0.1)."),
+        seed: int | None = typer.Option(None, help="Noise seed (noise of step s from "
+                                                   "SeedSequence of (seed, s)) (default: 0)."),
+        save_every: int | None = typer.Option(None, "--save-every",
+                                              help="Store Q, F, n every this many steps (default: 10); ξ "
+                                                   "is stored every step."),
+        checkpoint_every: int = typer.Option(50, "--checkpoint-every",
+                                             help="Rewrite the trajectory file every this many steps "
+                                                  "(and at least once a minute)."),
+        init: str = typer.Option("cdw", help="Initial state: 'cdw' (relaxed V = 0 CDW) or a file: .npy "
+                                             "array (lx, ly) or .h5 trajectory (its last state)."),
+        frame: int | None = typer.Option(None, help="With --init FILE.h5: use this saved frame "
+                                                    "(negative counts from the end)."),
+        resume: bool = typer.Option(False, "--resume",
+                                    help="Continue the interrupted run in --out (bit-for-bit the same as "
+                                         "an uninterrupted one)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run in --out."),
+        plots: bool = typer.Option(True, "--plots/--no-plots", help="Write density.png and xi.png."),
+        progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+        backend: str = typer.Option("auto", rich_help_panel=_SERVER,
+                                    help="auto (a model covering the parameters, else NEGF), onnx or negf."),
+        server: str | None = typer.Option(None, rich_help_panel=_SERVER,
+                                          help="HOST:PORT of a running server (default: start an embedded "
+                                               "one on a free loopback port)."),
+        token: str | None = typer.Option(None, envvar="NEQFORCE_TOKEN", rich_help_panel=_SERVER,
+                                         help="Bearer token of the server (env NEQFORCE_TOKEN)."),
+        tls_ca: Path | None = typer.Option(None, "--tls-ca", rich_help_panel=_SERVER,
+                                           help="PEM CA certificate: connect with TLS."),
+        model: Path | None = typer.Option(None, rich_help_panel=_SERVER,
+                                          help="ONNX model for the embedded server (default: the bundled "
+                                               "model, or exact NEGF only if there is none)."),
+        timeout: float = typer.Option(60.0, rich_help_panel=_SERVER, help="Seconds per request."),
+        lx: int | None = typer.Option(None, rich_help_panel=_PHYS, help="Sites along x (transport) (30)."),
+        ly: int | None = typer.Option(None, rich_help_panel=_PHYS, help="Sites along y (periodic) (28)."),
+        voltage: float | None = typer.Option(None, "--voltage", "-V", rich_help_panel=_PHYS,
+                                             help="Bias V; mu_L = -V at the left electrode (3.0)."),
+        temperature: float | None = typer.Option(None, "--temperature", "-T", rich_help_panel=_PHYS,
+                                                 help="Electron and Langevin temperature (0.1)."),
+        t: float | None = typer.Option(None, "--t", rich_help_panel=_PHYS, help="Hopping (1.0)."),
+        g: float | None = typer.Option(None, "--g", rich_help_panel=_PHYS,
+                                       help="Electron-phonon coupling (sqrt(2.24) = 1.4967)."),
+        k: float | None = typer.Option(None, "--k", rich_help_panel=_PHYS, help="Stiffness (1.0)."),
+        kappa: float | None = typer.Option(None, "--kappa", rich_help_panel=_PHYS,
+                                           help="Nearest-neighbour coupling (0.18)."),
+        gamma_lead: float | None = typer.Option(None, "--gamma-lead", rich_help_panel=_PHYS,
+                                                help="Electrode broadening (1.0)."),
+        gamma_bath: float | None = typer.Option(None, "--gamma-bath", rich_help_panel=_PHYS,
+                                                help="Bulk bath broadening (0.001)."),
+    ) -> None:
+        """Brownian-dynamics quench of the CDW (SPEC §5) with forces from a server; writes an HDF5
+        trajectory, ξ(t) as CSV, and density/ξ(t) figures. Ctrl-C saves; --resume continues."""
+        from .jobs import SimulateOptions, run_simulation
+
+        opts = SimulateOptions(
+            out=out, params=_physics_options(lx, ly, voltage, temperature, t, g, k, kappa, gamma_lead,
+                                             gamma_bath),
+            steps=steps, dt=dt, seed=seed, save_every=save_every, checkpoint_every=checkpoint_every,
+            init=init, frame=frame, backend=backend, server=server, token=token,
+            tls_ca=str(tls_ca) if tls_ca else None, model=str(model) if model else None, timeout=timeout,
+            resume=resume, overwrite=overwrite, plots=plots, progress=progress)
+        try:
+            report = _guarded(run_simulation, opts, echo=typer.echo)
+        except KeyboardInterrupt as exc:
+            rep = getattr(exc, "report", None)
+            where = f" at step {rep.last_step} of {rep.n_steps}" if rep is not None else ""
+            resume_cmd = f"neqforce simulate --out {out} --resume"
+            if server:
+                resume_cmd += f" --server {server}"
+            typer.echo(f"\ninterrupted{where}; everything so far is saved in "
+                       f"{rep.outputs.trajectory if rep else out}. Continue with:\n  {resume_cmd}",
+                       err=True)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        last_xi = report.final_xi
+        per_step = report.wall_s / max(1, report.last_step)
+        typer.echo(f"done: {report.last_step} steps, final ξ = {last_xi:.2f}, backend {report.backend} "
+                   f"({report.model or '-'}), {_fmt_seconds(report.wall_s)}"
+                   + (f" ({per_step * 1e3:.1f} ms/step)" if report.wall_s > 0 else ""))
+        for p in report.written:
+            typer.echo(f"  {p}")
+
+    @app.command()
+    def forces(
+        input_path: Path = typer.Argument(..., metavar="INPUT",
+                                          help="Configuration Q: .npy array (lx, ly), or .h5 trajectory "
+                                               "(its last state, or --frame)."),
+        out: Path = typer.Option(..., "--out", "-o", help="Output: .npy (F only) or .h5 (q, F, n, "
+                                                          "parameters, backend, model)."),
+        frame: int | None = typer.Option(None, help="Saved frame of an .h5 trajectory (negative counts "
+                                                    "from the end)."),
+        backend: str = typer.Option("auto", rich_help_panel=_SERVER, help="auto, onnx or negf."),
+        server: str | None = typer.Option(None, rich_help_panel=_SERVER,
+                                          help="HOST:PORT of a running server (default: embedded)."),
+        token: str | None = typer.Option(None, envvar="NEQFORCE_TOKEN", rich_help_panel=_SERVER,
+                                         help="Bearer token (env NEQFORCE_TOKEN)."),
+        tls_ca: Path | None = typer.Option(None, "--tls-ca", rich_help_panel=_SERVER,
+                                           help="PEM CA certificate: connect with TLS."),
+        model: Path | None = typer.Option(None, rich_help_panel=_SERVER,
+                                          help="ONNX model for the embedded server."),
+        timeout: float = typer.Option(60.0, rich_help_panel=_SERVER, help="Seconds per request."),
+        voltage: float | None = typer.Option(None, "--voltage", "-V", rich_help_panel=_PHYS, help="Bias V."),
+        temperature: float | None = typer.Option(None, "--temperature", "-T", rich_help_panel=_PHYS),
+        t: float | None = typer.Option(None, "--t", rich_help_panel=_PHYS),
+        g: float | None = typer.Option(None, "--g", rich_help_panel=_PHYS),
+        k: float | None = typer.Option(None, "--k", rich_help_panel=_PHYS),
+        kappa: float | None = typer.Option(None, "--kappa", rich_help_panel=_PHYS),
+        gamma_lead: float | None = typer.Option(None, "--gamma-lead", rich_help_panel=_PHYS),
+        gamma_bath: float | None = typer.Option(None, "--gamma-bath", rich_help_panel=_PHYS),
+    ) -> None:
+        """Forces F_i (and densities n_i) of one configuration, from a server; lattice size from the array."""
+        from .jobs import compute_forces_file
+
+        rep = _guarded(compute_forces_file, input_path, out, frame=frame,
+                       params=_physics_options(None, None, voltage, temperature, t, g, k, kappa, gamma_lead,
+                                               gamma_bath),
+                       backend=backend, server=server, token=token, tls_ca=str(tls_ca) if tls_ca else None,
+                       model=str(model) if model else None, timeout=timeout)
+        p = rep.params
+        typer.echo(f"{p.lx}×{p.ly}, V = {p.voltage:g}: backend {rep.backend} ({rep.model or '-'}), "
+                   f"max|F| = {rep.max_abs_force:.4g} → {rep.out}")
+
+    @app.command()
+    def info(
+        server: str | None = typer.Option(None, help="HOST:PORT of a running server (default: embedded)."),
+        token: str | None = typer.Option(None, envvar="NEQFORCE_TOKEN", help="Bearer token."),
+        tls_ca: Path | None = typer.Option(None, "--tls-ca", help="PEM CA certificate: connect with TLS."),
+        model: Path | None = typer.Option(None, help="ONNX model for the embedded server."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+        timeout: float = typer.Option(30.0, help="Seconds."),
+    ) -> None:
+        """What a force server offers: backends, models (parameters they cover), limits."""
+        from .jobs import fetch_server_info, format_server_info
+
+        data = _guarded(fetch_server_info, server, token=token, tls_ca=str(tls_ca) if tls_ca else None,
+                        model=str(model) if model else None, timeout=timeout)
+        typer.echo(json.dumps(data, indent=2, sort_keys=True, default=str) if as_json
+                   else format_server_info(data))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("use the `neqforce` command")

@@ -40,7 +40,7 @@ def _describe(traj: Trajectory) -> str:
     if traj.model and traj.model != traj.backend:
         who += f" ({Path(traj.model).name})"
     return (f"{p.lx}×{p.ly}, V = {p.voltage:g}, T = {p.temperature:g}, dt = {traj.dt:g}, "
-            f"seed {traj.seed} — forces: {who}")
+            f"seed {traj.seed}; forces: {who}")
 
 
 def snapshot_indices(n_frames: int, n_panels: int = 6) -> list[int]:
@@ -52,7 +52,8 @@ def snapshot_indices(n_frames: int, n_panels: int = 6) -> list[int]:
 
 def _running_mean(x: np.ndarray, window: int) -> np.ndarray:
     """Centred running mean (window shrinks at the ends so the curve keeps its length)."""
-    if window <= 1 or x.size == 0:
+    window = min(window, x.size)
+    if window <= 1:
         return x.astype(float)
     kernel = np.ones(window)
     num = np.convolve(x, kernel, mode="same")
@@ -84,11 +85,12 @@ def plot_density_snapshots(traj: Trajectory, path: str | os.PathLike[str], n_pan
     p = traj.params
     lx, ly = p.lx, p.ly
     xi_by_step = dict(zip(traj.series_step, traj.series_xi, strict=True))
-    ncols = min(3, len(idx))
+    ncols = {1: 1, 2: 2, 3: 3, 4: 2}.get(len(idx), 3 if len(idx) <= 6 else 4)
     nrows = int(np.ceil(len(idx) / ncols))
     aspect = ly / lx
     panel_w = 3.1
-    fig = Figure(figsize=(panel_w * ncols + 1.3, panel_w * aspect * nrows + 1.2), layout="constrained")
+    fig = Figure(figsize=(max(6.4, panel_w * ncols + 1.3), panel_w * aspect * nrows + 1.4),
+                 layout="constrained")
     axes = np.atleast_1d(fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False)).ravel()
     bar = max(1.0, 0.06 * lx)
     image = None
@@ -114,12 +116,13 @@ def plot_density_snapshots(traj: Trajectory, path: str | os.PathLike[str], n_pan
         ax.set_title(title, fontsize=10)
         if k % ncols == 0:
             ax.set_ylabel("y")
-        if k >= len(idx) - ncols:
+        if k + ncols >= len(idx):  # lowest panel of its column
             ax.set_xlabel("x  (transport direction)")
+            ax.xaxis.set_tick_params(labelbottom=True)
     cbar = fig.colorbar(image, ax=axes[: len(idx)].tolist(), shrink=0.9, pad=0.02)
     cbar.set_label(label)
-    fig.suptitle(f"{label.split(' $')[0].capitalize()} — {_describe(traj)}\n"
-                 r"gate: $\mu_L=-V$ (left), substrate: $\mu_R=0$ (right); dashed: $\xi\,l_x$",
+    fig.suptitle(f"{label.split(' $')[0].capitalize()}: {_describe(traj)}\n"
+                 r"gate $\mu_L=-V$ (left), substrate $\mu_R=0$ (right); dashed line: wall at $\xi\,l_x$",
                  fontsize=9)
     return _save(fig, path, dpi)
 
@@ -139,13 +142,14 @@ def plot_xi(trajs: Trajectory | Sequence[Trajectory], path: str | os.PathLike[st
     ax = fig.add_subplot()
     colours = ["#2a9d55", "#e0a800", "#3b6fb6", "#c0392b", "#7d3c98", "#555555"]
     markers = ["o", "^", "s", "D", "v", "x"]
-    t_max = 0.0
+    t_max, max_every = 0.0, 1
     for k, (traj, label) in enumerate(zip(trajs, labels, strict=True)):
         time, xi = traj.xi_series()
         if time.size == 0:
             continue
         colour, marker = colours[k % len(colours)], markers[k % len(markers)]
         every = max(1, time.size // 60)
+        max_every = max(max_every, every)
         ax.plot(time[::every], xi[::every], ls="none", marker=marker, ms=3.5, mfc="none", color=colour,
                 alpha=0.8, label=f"{label}")
         window = max(1, int(round(smooth_time / traj.dt)))
@@ -161,7 +165,8 @@ def plot_xi(trajs: Trajectory | Sequence[Trajectory], path: str | os.PathLike[st
     if all(t.params.lx == lx for t in trajs):
         right = ax.secondary_yaxis("right", functions=(lambda v: v * lx, lambda c: c / lx))
         right.set_ylabel("metallic columns")
-    ax.legend(loc="upper left", fontsize=8, title=f"markers: ξ per step; line: mean over {smooth_time:g} t",
-              title_fontsize=7, frameon=False)
+    every_txt = "every step" if max_every == 1 else f"every {max_every}th step"
+    ax.legend(loc="upper left", fontsize=8, frameon=False, title_fontsize=7,
+              title=f"markers: ξ at {every_txt}; lines: running mean over Δt = {smooth_time:g}")
     ax.set_title(_describe(trajs[0]) if len(trajs) == 1 else "domain-wall position ξ(t)", fontsize=9)
     return _save(fig, path, dpi)

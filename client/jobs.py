@@ -1,0 +1,338 @@
+"""The client's three jobs as library functions (the CLI in :mod:`neqforce.client.cli` only parses options):
+
+* :func:`run_simulation` — a BD quench against a server (embedded when ``server`` is None), with
+  trajectory, ξ(t) CSV and figures; resumable.
+* :func:`compute_forces_file` — forces of one configuration read from a file, written to a file.
+* :func:`fetch_server_info` / :func:`format_server_info` — what a server offers.
+
+Errors a user can fix (bad parameters, files, addresses) raise ValueError with a one-line message.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from neqforce.physics import HolsteinParams, cdw_ground_state, check_configuration
+
+from .embedded import connect
+from .outputs import RunOutputs, load_configuration, write_forces, write_xi_csv
+from .simulate import Simulation, StreamForces
+
+Echo = Callable[[str], None]
+
+#: Backends a request may name (SPEC: the server routes "auto" to a covering model, else NEGF).
+BACKENDS = ("auto", "onnx", "negf")
+#: Steps of a new run when none are given (the wall crosses a 30-column device in ~500 steps).
+DEFAULT_STEPS = 600
+DEFAULT_SAVE_EVERY = 10
+
+
+def _check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r} (choose one of {', '.join(BACKENDS)})")
+    return backend
+
+
+def resolve_params(overrides: dict[str, Any], base: HolsteinParams | None = None,
+                   shape: tuple[int, int] | None = None) -> HolsteinParams:
+    """``base`` (default: SPEC defaults) with the explicitly given fields replaced.
+
+    ``shape`` is the lattice size imposed by a configuration file; an explicit lx/ly that
+    contradicts it is an error.
+    """
+    given = {k: v for k, v in overrides.items() if v is not None}
+    base = base or HolsteinParams()
+    if shape is not None:
+        for name, value in zip(("lx", "ly"), shape, strict=True):
+            if name in given and given[name] != value:
+                raise ValueError(f"--{name} {given[name]} contradicts the configuration's shape "
+                                 f"(lx, ly) = {shape}")
+            given[name] = value
+    return base.replace(**given)
+
+
+# ---------------------------------------------------------------------------------------- simulate
+@dataclass
+class SimulateOptions:
+    """Everything ``neqforce simulate`` can be told (None = default, or the file's value on resume)."""
+
+    out: Path = Path("runs/sim")
+    params: dict[str, Any] = field(default_factory=dict)
+    steps: int | None = None
+    dt: float | None = None
+    seed: int | None = None
+    save_every: int | None = None
+    checkpoint_every: int = 50
+    init: str = "cdw"
+    frame: int | None = None
+    backend: str = "auto"
+    server: str | None = None
+    token: str | None = None
+    tls_ca: str | None = None
+    model: str | None = None
+    timeout: float = 60.0
+    resume: bool = False
+    overwrite: bool = False
+    plots: bool = True
+    progress: bool = True
+
+
+@dataclass
+class SimulationReport:
+    """What a simulation job produced."""
+
+    outputs: RunOutputs
+    last_step: int
+    n_steps: int
+    complete: bool
+    backend: str
+    model: str
+    wall_s: float
+    written: list[Path]
+    final_xi: float = float("nan")
+    interrupted: bool = False
+
+
+def _check_resume_consistent(sim: Simulation, opts: SimulateOptions) -> None:
+    """On --resume, explicitly given parameters must match the run's."""
+    traj = sim.trajectory
+    stored = traj.params.to_dict() | {"dt": traj.dt, "seed": traj.seed, "save_every": traj.save_every}
+    given = {k: v for k, v in opts.params.items() if v is not None}
+    given |= {k: getattr(opts, k) for k in ("dt", "seed", "save_every") if getattr(opts, k) is not None}
+    for name, value in given.items():
+        if not np.isclose(float(value), float(stored[name]), rtol=1e-12, atol=0.0):
+            raise ValueError(f"--{name.replace('_', '-')} {value:g} differs from the run being resumed "
+                             f"({stored[name]:g}); resume without it, or start a new run")
+    if opts.init != "cdw" or opts.frame is not None:
+        raise ValueError("--init/--frame cannot be used with --resume (the run continues from its "
+                         "checkpoint)")
+
+
+def _initial_state(opts: SimulateOptions, echo: Echo) -> tuple[HolsteinParams, Any]:
+    """Parameters and the initial configuration (a loader, so the slow CDW relaxation runs last)."""
+    if opts.init == "cdw":
+        if opts.frame is not None:
+            raise ValueError("--frame applies to --init FILE.h5")
+        params = resolve_params(opts.params)
+
+        def load() -> np.ndarray:
+            echo(f"initial state: relaxed V = 0 CDW on {params.lx}×{params.ly} (computed once, then cached)")
+            return cdw_ground_state(params)
+
+        return params, load
+    conf = load_configuration(opts.init, frame=opts.frame)
+    params = resolve_params(opts.params, shape=conf.q.shape)
+
+    def load_file() -> np.ndarray:
+        echo(f"initial state: {conf.source}")
+        return check_configuration(conf.q, params, name="initial configuration")
+
+    return params, load_file
+
+
+def run_simulation(opts: SimulateOptions, echo: Echo = print) -> SimulationReport:
+    """Run (or resume) a BD quench against a force server and write trajectory, CSV and figures.
+
+    KeyboardInterrupt is re-raised after the trajectory (and the CSV) hold every step done; the
+    report of an interrupted run is attached to the exception as ``exc.report``.
+    """
+    _check_backend(opts.backend)
+    if opts.checkpoint_every < 1:
+        raise ValueError(f"--checkpoint-every must be >= 1, got {opts.checkpoint_every}")
+    if opts.steps is not None and opts.steps < 0:
+        raise ValueError(f"--steps must be >= 0, got {opts.steps}")
+    outputs = RunOutputs.at(opts.out)
+    path = outputs.trajectory
+    created = False
+    if opts.resume:
+        if not path.exists():
+            raise ValueError(f"nothing to resume: {path} does not exist")
+        sim = Simulation.open(path, n_steps=opts.steps)
+        _check_resume_consistent(sim, opts)
+        params, load_q0 = sim.params, None
+        echo(f"resuming {path} at step {max(sim.last_step, 0)} of {sim.trajectory.n_steps}")
+    else:
+        if path.exists() and not opts.overwrite:
+            raise ValueError(f"{path} already exists (add --resume to continue it, --overwrite to start "
+                             f"over, or choose another --out)")
+        params, load_q0 = _initial_state(opts, echo)
+        sim = None
+    if sim is not None and sim.complete:
+        echo(f"{path} is already complete ({sim.trajectory.n_steps} steps); rewriting ξ(t) and figures")
+        return _finish(sim, outputs, opts, echo, wall=0.0)
+
+    wall0 = time.monotonic()
+    with connect(opts.server, token=opts.token, tls_ca=opts.tls_ca, model=opts.model,
+                 timeout=opts.timeout) as conn:
+        info = conn.client.server_info()  # fails fast (before any slow set-up) on a bad address/token
+        echo(f"forces from {conn.describe()}: {_models_line(info)}; backend {opts.backend!r}")
+        if sim is None:
+            sim = _create(path, params, load_q0(), opts)
+            created = True
+        with conn.client.stream(params, backend=opts.backend, want_density=True) as stream:
+            forces = StreamForces(stream, server=conn.address)
+            say = _tqdm_echo(echo, opts.progress)
+            announced = False
+
+            def announce(state: Any, xi: float) -> None:
+                nonlocal announced
+                if not announced and forces.last is not None:
+                    announced = True
+                    r = forces.last
+                    say(f"backend: {r.backend}, model: {r.model or '-'} ({r.reason})")
+
+            try:
+                sim.run(forces, checkpoint_every=opts.checkpoint_every, callback=announce,
+                        progress=opts.progress,
+                        segment_info={"server": "embedded" if conn.embedded else conn.address,
+                                      "server_version": str(info.get("version", "")),
+                                      "backend_requested": opts.backend})
+            except KeyboardInterrupt as exc:
+                exc.report = _finish(sim, outputs, opts, echo, wall=time.monotonic() - wall0,
+                                     interrupted=True)
+                raise
+            except BaseException:
+                if created and sim.last_step < 0:
+                    sim.path.unlink(missing_ok=True)  # nothing computed: leave no half-started run
+                raise
+    return _finish(sim, outputs, opts, echo, wall=time.monotonic() - wall0)
+
+
+def _create(path: Path, params: HolsteinParams, q0: np.ndarray, opts: SimulateOptions) -> Simulation:
+    """A new run file with the options' settings (defaults where None)."""
+    def pick(value: Any, default: Any) -> Any:
+        return default if value is None else value
+
+    init = opts.init if opts.frame is None else f"{opts.init}[{opts.frame}]"
+    return Simulation.create(path, params, q0, n_steps=pick(opts.steps, DEFAULT_STEPS), dt=pick(opts.dt, 0.1),
+                             seed=pick(opts.seed, 0), save_every=pick(opts.save_every, DEFAULT_SAVE_EVERY),
+                             extra={"init": init}, overwrite=opts.overwrite)
+
+
+def _models_line(info: dict[str, Any]) -> str:
+    models = info.get("models") or []
+    if not models:
+        return "no ML model loaded (exact NEGF, ~1 s per step at 30×28)"
+    return "model " + ", ".join(f"{m.get('name', '?')}" for m in models)
+
+
+def _tqdm_echo(echo: Echo, progress: bool) -> Echo:
+    """Print above a running progress bar instead of through it."""
+    if not progress:
+        return echo
+    from tqdm import tqdm
+
+    return lambda text: tqdm.write(text)
+
+
+def _finish(sim: Simulation, outputs: RunOutputs, opts: SimulateOptions, echo: Echo, wall: float,
+            interrupted: bool = False) -> SimulationReport:
+    traj = sim.trajectory
+    written = [outputs.trajectory, write_xi_csv(outputs.xi_csv, traj)]
+    if opts.plots and traj.frame_step:
+        from .plots import plot_density_snapshots, plot_xi
+
+        written.append(plot_density_snapshots(traj, outputs.density_png))
+        written.append(plot_xi(traj, outputs.xi_png))
+    return SimulationReport(outputs=outputs, last_step=sim.last_step, n_steps=traj.n_steps,
+                            complete=sim.complete, backend=traj.backend, model=traj.model, wall_s=wall,
+                            written=written, interrupted=interrupted,
+                            final_xi=traj.series_xi[-1] if traj.series_xi else float("nan"))
+
+
+# ---------------------------------------------------------------------------------------- forces
+@dataclass
+class ForcesReport:
+    """One force evaluation written to a file."""
+
+    out: Path
+    params: HolsteinParams
+    backend: str
+    model: str
+    reason: str
+    max_abs_force: float
+
+
+def compute_forces_file(input_path: str | os.PathLike[str], out: str | os.PathLike[str], *,
+                        frame: int | None = None, params: dict[str, Any] | None = None,
+                        backend: str = "auto", server: str | None = None, token: str | None = None,
+                        tls_ca: str | None = None, model: str | None = None,
+                        timeout: float = 60.0) -> ForcesReport:
+    """Forces (and densities) of the configuration in ``input_path`` (.npy or .h5), saved to ``out``.
+
+    Parameters: those stored in an .h5 input, else the SPEC defaults; the lattice size is the
+    array's; ``params`` overrides fields explicitly.
+    """
+    _check_backend(backend)
+    out = Path(out)
+    if out.suffix.lower() not in (".npy", ".h5", ".hdf5"):
+        raise ValueError(f"{out}: unsupported output type {out.suffix!r} (use .npy or .h5)")
+    conf = load_configuration(input_path, frame=frame)
+    p = resolve_params(params or {}, base=conf.params, shape=conf.q.shape)
+    with connect(server, token=token, tls_ca=tls_ca, model=model, timeout=timeout) as conn:
+        r = conn.client.compute_forces(conf.q, p, backend=backend, want_density=True)
+    force = np.asarray(r.force, dtype=np.float64)
+    write_forces(out, conf.q, force, r.density, p, backend=str(r.backend), model=str(r.model),
+                 extra={"source": conf.source, "server": "embedded" if server is None else server,
+                        "reason": str(getattr(r, "reason", ""))})
+    return ForcesReport(out=out, params=p, backend=str(r.backend), model=str(r.model),
+                        reason=str(getattr(r, "reason", "")), max_abs_force=float(np.max(np.abs(force))))
+
+
+# ---------------------------------------------------------------------------------------- info
+def fetch_server_info(server: str | None = None, *, token: str | None = None, tls_ca: str | None = None,
+                      model: str | None = None, timeout: float = 30.0) -> dict[str, Any]:
+    """The server's self-description (GetServerInfo) as a dict, with the address added."""
+    with connect(server, token=token, tls_ca=tls_ca, model=model, timeout=timeout) as conn:
+        info = dict(conn.client.server_info())
+        info["embedded"] = conn.embedded
+    return info
+
+
+def format_server_info(info: dict[str, Any]) -> str:
+    """Readable multi-line summary of :func:`fetch_server_info`."""
+    where = info.get("target", info.get("address", "?"))
+    lines = [f"{info.get('name', 'server')} {info.get('version', '')} at {where}"
+             + (" (embedded)" if info.get("embedded") else "")]
+    if info.get("api"):
+        lines.append(f"  api:            {info['api']}")
+    lines.append(f"  authentication: {'bearer token required' if info.get('auth_required') else 'none'}")
+    for b in info.get("backends", []):
+        state = "available" if b.get("available", True) else "unavailable"
+        detail = f" — {b['detail']}" if b.get("detail") else ""
+        eps = b.get("execution_providers") or []
+        lines.append(f"  backend {b.get('backend', '?'):<6} {state}{detail}"
+                     + (f" [{', '.join(eps)}]" if eps else ""))
+    models = info.get("models", [])
+    if not models:
+        lines.append("  models:         none (auto routes every request to exact NEGF)")
+    for m in models:
+        lines.append(f"  model {m.get('name', '?')}: {m.get('path', '')}")
+        if m.get("sha256"):
+            lines.append(f"    sha256      {m['sha256']}")
+        if m.get("descriptor") or m.get("version"):
+            lines.append(f"    descriptor  {m.get('descriptor', '')}, neqforce {m.get('version', '')}")
+        params = m.get("params") or {}
+        if params:
+            lines.append("    covers      " + ", ".join(f"{k}={v:g}" for k, v in params.items()))
+        metrics = m.get("metrics") or {}
+        if metrics:
+            shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                              for k, v in list(metrics.items())[:6] if not isinstance(v, dict | list))
+            if shown:
+                lines.append(f"    metrics     {shown}")
+    routing = info.get("routing") or {}
+    if routing:
+        lines.append(f"  routing:        auto uses a model when every parameter is within "
+                     f"rtol = {routing.get('rtol', 0):g} of it, else NEGF")
+    limits = info.get("limits") or {}
+    if limits:
+        lines.append("  limits:         " + ", ".join(f"{k}={v}" for k, v in limits.items()))
+    return "\n".join(lines)
