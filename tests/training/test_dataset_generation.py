@@ -184,7 +184,7 @@ def _spec(n_steps: int) -> DatasetSpec:
 def test_killed_generation_resumes_bit_for_bit(tmp_path):
     """SIGKILL the whole generator (parent and workers) mid-run, then generate again: the files
     equal those of an uninterrupted generation; both are computed by worker processes."""
-    n_steps = 200
+    n_steps = 120
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-c", _GENERATE.format(n=n_steps), str(killed)],
                             start_new_session=True, stderr=subprocess.PIPE)
