@@ -38,6 +38,9 @@ R_CUT = 6
 #: Descriptor names and versions (stored in model metadata as ``neqforce.descriptor``).
 PAPER_DESCRIPTOR = "paper-cs113/1"
 DEVICE_DESCRIPTOR = "device-cs113+elec12+a50/1"
+#: Descriptor kinds and their names: the paper's, the whole-device one, and an ablation of the latter
+#: without the group-averaged A'' block.
+DESCRIPTORS = {"paper": PAPER_DESCRIPTOR, "device": DEVICE_DESCRIPTOR, "paper+elec": "paper-cs113+elec12/1"}
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,9 @@ def n_features(kind: str = "paper", r_cut: int = R_CUT) -> tuple[int, int]:
         return off.n_paper, 0
     if kind == "device":
         return off.n_paper + 2 * r_cut, len(off.top)
-    raise ValueError(f"unknown descriptor {kind!r} (known: paper, device)")
+    if kind == "paper+elec":
+        return off.n_paper + 2 * r_cut, 0
+    raise ValueError(f"unknown descriptor {kind!r} (known: {', '.join(DESCRIPTORS)})")
 
 
 def neighbour_values(q: np.ndarray, off: np.ndarray) -> np.ndarray:
@@ -131,7 +136,10 @@ def features(q: np.ndarray, kind: str = "paper", r_cut: int = R_CUT) -> tuple[np
         return inv, np.zeros((*inv.shape[:-1], 0))
     if kind == "device":
         return device_features(q, r_cut)
-    raise ValueError(f"unknown descriptor {kind!r} (known: paper, device)")
+    if kind == "paper+elec":
+        inv = device_features(q, r_cut)[0]
+        return inv, np.zeros((*inv.shape[:-1], 0))
+    raise ValueError(f"unknown descriptor {kind!r} (known: {', '.join(DESCRIPTORS)})")
 
 
 def mirror_about(q: np.ndarray, y0: int) -> np.ndarray:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .descriptors import DEVICE_DESCRIPTOR, PAPER_DESCRIPTOR, R_CUT, n_features, offsets
+from .descriptors import DESCRIPTORS, R_CUT, n_features, offsets
 
 ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh, "gelu": nn.GELU}
 
@@ -47,7 +47,7 @@ class ModelConfig:
 
     @property
     def descriptor_name(self) -> str:
-        return PAPER_DESCRIPTOR if self.descriptor == "paper" else DEVICE_DESCRIPTOR
+        return DESCRIPTORS[self.descriptor]
 
     def macs_per_site(self) -> int:
         """Multiply-adds per site of the network (first layer counted twice for the A'' block)."""
@@ -77,8 +77,8 @@ class Descriptor(nn.Module):
 
     def __init__(self, kind: str = "device", r_cut: int = R_CUT) -> None:
         super().__init__()
-        if kind not in ("paper", "device"):
-            raise ValueError(f"unknown descriptor {kind!r} (known: paper, device)")
+        if kind not in DESCRIPTORS:
+            raise ValueError(f"unknown descriptor {kind!r} (known: {', '.join(DESCRIPTORS)})")
         self.kind, self.r_cut = kind, r_cut
         off = offsets(r_cut)
         w = 2 * r_cut + 1
@@ -118,7 +118,7 @@ class Descriptor(nn.Module):
         x = torch.arange(lx, device=q.device).unsqueeze(1)
         elec = torch.cat([(x == self.dist).to(q.dtype), ((lx - 1 - x) == self.dist).to(q.dtype)], dim=1)
         elec = elec.unsqueeze(0).unsqueeze(2).expand(q.shape[0], lx, q.shape[-1], 2 * self.r_cut)
-        return torch.cat([inv, elec], dim=-1), anti
+        return torch.cat([inv, elec], dim=-1), (anti if self.kind == "device" else anti[..., :0])
 
 
 class SymmetrizedMLP(nn.Module):

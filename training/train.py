@@ -37,6 +37,7 @@ class TrainOptions:
     """Hyper-parameters of one training run (defaults: the compact preset's recipe)."""
 
     preset: str = "compact"
+    descriptor: str | None = None  # override the preset's descriptor kind
     hidden: tuple[int, ...] | None = None  # override the preset's widths
     activation: str | None = None  # override the preset's activation
     epochs: int = 60
@@ -51,6 +52,7 @@ class TrainOptions:
     test_ids: tuple[str, ...] = ()
     voltage: float | None = DEFAULT_V
     stride: int = 1
+    max_step: int | None = None  # use frames up to this BD step only
     max_minutes: float = 0.0  # 0: no limit
     threads: int = 0  # torch intra-op threads (0: torch default)
 
@@ -68,7 +70,8 @@ def model_config(opts: TrainOptions) -> ModelConfig:
     if opts.preset not in PRESETS:
         raise ValueError(f"unknown preset {opts.preset!r} (known: {', '.join(PRESETS)})")
     base = PRESETS[opts.preset]
-    return ModelConfig(descriptor=base.descriptor, hidden=tuple(opts.hidden or base.hidden),
+    return ModelConfig(descriptor=opts.descriptor or base.descriptor,
+                       hidden=tuple(opts.hidden or base.hidden),
                        activation=opts.activation or base.activation, r_cut=base.r_cut)
 
 
@@ -78,8 +81,8 @@ def compute_features(model: ForceModel, q: np.ndarray, chunk: int = 64) -> tuple
     ss, aa = [], []
     for i in range(0, len(q), chunk):
         s, a = model.descriptor(torch.from_numpy(q[i:i + chunk]))
-        ss.append(s.reshape(-1, s.shape[-1]))
-        aa.append(a.reshape(-1, a.shape[-1]))
+        ss.append(s.flatten(0, 2))
+        aa.append(a.flatten(0, 2))
     return torch.cat(ss), torch.cat(aa)
 
 
@@ -134,7 +137,7 @@ def train(data: str | os.PathLike[str] | Sequence[str], out: str | os.PathLike[s
     trajs = select_voltage(load_dataset(data), opts.voltage)
     train_t, test_t = split_by_trajectory(trajs, opts.test_fraction, opts.test_ids or None)
     params = train_t[0].params
-    fr = frames_of(train_t, stride=opts.stride)
+    fr = frames_of(train_t, stride=opts.stride, max_step=opts.max_step)
     vmask = validation_mask(fr.step)
     if vmask.all() or not vmask.any():
         vmask = np.arange(len(fr)) % 5 == 4
@@ -220,7 +223,7 @@ def train(data: str | os.PathLike[str] | Sequence[str], out: str | os.PathLike[s
     model.to("cpu").eval()
     metrics: dict = {"validation_mse": best_val * y_scale2 / f_max_train**2}
     if test_t:
-        te = frames_of(test_t)
+        te = frames_of(test_t, max_step=opts.max_step)
         metrics["test"] = force_metrics(predict_forces(model, te.q), te.force)
         log("test (held-out trajectories):\n" + format_metrics(metrics["test"]))
     save_checkpoint(best_path, {

@@ -1,0 +1,60 @@
+"""Shared fixtures of the ML force-field tests: random models and the tiny NEGF dataset."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from neqforce.physics import HolsteinParams  # noqa: E402
+
+
+def _random_model(descriptor: str = "device", hidden=(16, 8), activation: str = "silu", seed: int = 0):
+    """An untrained model with random weights and non-trivial feature/target normalization."""
+    from neqforce.training.model import ModelConfig, build_model
+
+    torch.manual_seed(seed)
+    model = build_model(ModelConfig(descriptor=descriptor, hidden=tuple(hidden), activation=activation),
+                        HolsteinParams().physical())
+    with torch.no_grad():
+        model.s_mean.uniform_(-0.5, 0.5)
+        model.s_std.uniform_(0.5, 2.0)
+        model.a_std.uniform_(0.5, 2.0)
+        model.y_mean.fill_(0.05)
+        model.y_std.fill_(0.6)
+        for p in model.net.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return model.eval()
+
+
+def _cdw_like(shape, seed: int = 0) -> np.ndarray:
+    """A noisy checkerboard with a random local amplitude, float64 (B, lx, ly)."""
+    from neqforce.training.export import random_lattices
+
+    return random_lattices(shape, np.random.default_rng(seed)).astype(np.float64)
+
+
+@pytest.fixture
+def random_model():
+    """Factory: random_model(descriptor='device', hidden=(16, 8), activation='silu', seed=0)."""
+    return _random_model
+
+
+@pytest.fixture
+def cdw_like():
+    """Factory: cdw_like((B, lx, ly), seed) -> configurations like those the dynamics visits."""
+    return _cdw_like
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> str:
+    """The 'tiny' NEGF-BD dataset (8x6, two seeds, 20 steps), generated once per session."""
+    from neqforce.training.dataset import generate_dataset, preset_spec
+
+    out = tmp_path_factory.mktemp("tiny_data")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    generate_dataset(out, preset_spec("tiny"), workers=1, show_progress=False)
+    return str(out)

@@ -1,0 +1,90 @@
+"""End to end on the tiny NEGF dataset: neqforce train → export → evaluate (seconds)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from neqforce.cli import app  # noqa: E402
+
+
+def test_train_export_evaluate(tiny_dataset, tmp_path):
+    runner = CliRunner()
+    run = tmp_path / "run"
+    res = runner.invoke(app, ["train", tiny_dataset, "--out", str(run), "--epochs", "4", "--hidden", "16,16",
+                              "--threads", "1", "--seed", "3"])
+    assert res.exit_code == 0, res.output
+    assert "test (held-out trajectories)" in res.output
+    assert (run / "model.pt").exists() and (run / "last.pt").exists()
+
+    from neqforce.training.checkpoint import read_checkpoint
+
+    ck = read_checkpoint(run / "model.pt")
+    assert ck["train_ids"] == ["V3.000_s0"] and ck["test_ids"] == ["V3.000_s1"]  # split by trajectory
+    assert len(ck["dataset_sha256"]) == 64
+    assert ck["metrics"]["test"]["overall"]["mse"] > 0
+
+    # resume continues from last.pt up to the new epoch count
+    res = runner.invoke(app, ["train", tiny_dataset, "--out", str(run), "--epochs", "5", "--hidden", "16,16",
+                              "--threads", "1", "--seed", "3", "--resume"])
+    assert res.exit_code == 0, res.output
+    assert "resumed at epoch 4" in res.output
+    assert len(json.loads((run / "history.json").read_text())) == 5
+
+    onnx_path = tmp_path / "m.onnx"
+    res = runner.invoke(app, ["export", str(run / "model.pt"), "--out", str(onnx_path)])
+    assert res.exit_code == 0, res.output
+    assert "ONNX Runtime vs torch" in res.output
+
+    from neqforce.training.export import read_metadata
+
+    meta = read_metadata(onnx_path)
+    params = json.loads(meta["neqforce.params"])
+    assert params["voltage"] == 3.0 and "lx" not in params
+    assert json.loads(meta["neqforce.metrics"])["test"]["overall"]["mse"] > 0
+    assert meta["neqforce.dataset_sha256"] == ck["dataset_sha256"]
+
+    ev = tmp_path / "eval"
+    res = runner.invoke(app, ["evaluate", str(onnx_path), tiny_dataset, "--out", str(ev)])
+    assert res.exit_code == 0, res.output
+    for word in ("overall", "near_left", "near_right", "MSE", "sigma"):
+        assert word in res.output
+    metrics = json.loads((ev / "metrics.json").read_text())
+    assert metrics["split"] == "test" and metrics["trajectories"] == ["V3.000_s1"]
+    assert (ev / "parity.png").stat().st_size > 1000 and (ev / "error_hist.png").stat().st_size > 1000
+    # the ONNX model and the checkpoint give the same metrics
+    ev2 = tmp_path / "eval2"
+    res = runner.invoke(app, ["evaluate", str(run / "model.pt"), tiny_dataset, "--out", str(ev2)])
+    assert res.exit_code == 0, res.output
+    m2 = json.loads((ev2 / "metrics.json").read_text())
+    np.testing.assert_allclose(m2["overall"]["mse"], metrics["overall"]["mse"], rtol=1e-4)
+
+
+def test_metrics_against_hand_computation():
+    from neqforce.training.metrics import force_metrics
+
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(3, 14, 4))
+    pred = ref + 0.01 * rng.normal(size=ref.shape)
+    m = force_metrics(pred, ref)
+    fmax = np.abs(ref).max()
+    d = (ref - pred) / fmax
+    assert np.isclose(m["overall"]["mse"], np.mean(d**2)) and np.isclose(m["overall"]["sigma"], d.std())
+    np.testing.assert_allclose(m["near_left"]["mse"], np.mean(d[:, :6] ** 2))
+    np.testing.assert_allclose(m["near_right"]["mse"], np.mean(d[:, 8:] ** 2))
+    np.testing.assert_allclose(m["bulk"]["mse"], np.mean(d[:, 6:8] ** 2))
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(app, ["evaluate", str(tmp_path / "missing.onnx"), str(tmp_path)])
+    assert res.exit_code != 0
+    assert "error:" in res.output and "Traceback" not in res.output
+    res = runner.invoke(app, ["export", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x.onnx")])
+    assert res.exit_code != 0 and "error:" in res.output
