@@ -20,12 +20,16 @@ def train_cmd(
     data: list[Path] = typer.Argument(..., help="Dataset folder(s) or trajectory files (.h5)."),
     out: Path = typer.Option(..., "--out", help="Run folder: model.pt, last.pt, history.json."),
     preset: str = typer.Option("compact", help="Architecture: 'compact' (default) or 'paper' (Table I)."),
+    descriptor: str = typer.Option("", help="Override the descriptor: paper, device, paper+elec."),
     hidden: str = typer.Option("", help="Override hidden widths, e.g. '64,64'."),
     activation: str = typer.Option("", help="Override activation: relu, silu, tanh, gelu."),
+    anti_rank: int = typer.Option(-1, help="Override the A'' block: 0 C_s-averaged first layer, "
+                                  "K > 0 K learned quadratic invariants (-1: preset)."),
     epochs: int = typer.Option(60, min=1),
     lr: float = typer.Option(2e-3, help="Adam learning rate (cosine-decayed to lr_min)."),
     lr_min: float = typer.Option(2e-5),
     batch_size: int = typer.Option(1024, min=1, help="Sites per minibatch."),
+    weight_decay: float = typer.Option(0.0, min=0.0, help="Adam weight decay (L2)."),
     patience: int = typer.Option(15, min=1, help="Early stopping: epochs without validation improvement."),
     seed: int = typer.Option(0),
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu, cuda, cuda:1 …"),
@@ -33,6 +37,7 @@ def train_cmd(
     test_ids: str = typer.Option("", help="Explicit test trajectories, e.g. 'V3.000_s4,V3.000_s5'."),
     voltage: float = typer.Option(3.0, help="Use only trajectories at this voltage."),
     stride: int = typer.Option(1, min=1, help="Use every stride-th frame."),
+    max_step: int = typer.Option(0, min=0, help="Use frames up to this BD step only (0: all)."),
     max_minutes: float = typer.Option(0.0, min=0.0, help="Stop after this many minutes (0: no limit)."),
     threads: int = typer.Option(0, min=0, help="torch CPU threads (0: default)."),
     resume: bool = typer.Option(False, help="Continue from OUT/last.pt."),
@@ -41,12 +46,15 @@ def train_cmd(
     try:
         from neqforce.training.train import TrainOptions, train
 
+        widths = tuple(int(h) for h in hidden.split(",")) if hidden else None
         opts = TrainOptions(
-            preset=preset, hidden=tuple(int(h) for h in hidden.split(",")) if hidden else None,
-            activation=activation or None, epochs=epochs, lr=lr, lr_min=lr_min, batch_size=batch_size,
-            patience=patience, seed=seed, device=device, test_fraction=test_fraction,
+            preset=preset, descriptor=descriptor or None, hidden=widths,
+            activation=activation or None, anti_rank=None if anti_rank < 0 else anti_rank,
+            epochs=epochs, lr=lr, lr_min=lr_min, batch_size=batch_size,
+            weight_decay=weight_decay, patience=patience, seed=seed, device=device,
+            test_fraction=test_fraction,
             test_ids=tuple(s.strip() for s in test_ids.split(",") if s.strip()), voltage=voltage,
-            stride=stride, max_minutes=max_minutes, threads=threads)
+            stride=stride, max_step=max_step or None, max_minutes=max_minutes, threads=threads)
         train([str(d) for d in data], out, opts, resume=resume, log=typer.echo)
     except (ValueError, KeyError) as exc:
         _fail(exc)

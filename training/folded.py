@@ -40,7 +40,9 @@ class FoldedForceModel(nn.Module):
 
         with torch.no_grad():
             first = model.net.first
-            w1 = first.weight / model.s_std  # (H, n_s): standardization folded in
+            n_s = model.s_mean.shape[0]
+            w_quad = first.weight[:, n_s:]  # (H, K) weights of the quadratic A'' invariants (K may be 0)
+            w1 = first.weight[:, :n_s] / model.s_std  # (H, n_s): standardization folded in
             b1 = first.bias - w1 @ model.s_mean
             h = w1.shape[0]
             w_line, w_sym = w1[:, :n_line], w1[:, n_line:n_line + n_pair]
@@ -51,6 +53,11 @@ class FoldedForceModel(nn.Module):
             if self.has_anti:
                 w_a = model.net.first_anti.weight / model.a_std
                 rows.append(torch.cat([zeros, w_a, -w_a], 1))
+            self.n_quad = w_quad.shape[1]
+            if self.n_quad:
+                v = model.net.anti_proj.weight / model.a_std  # (K, n_a)
+                rows.append(torch.cat([torch.zeros(self.n_quad, n_line), v, -v], 1))
+            self.register_buffer("w_quad", w_quad.contiguous())
             ref = torch.cat([torch.zeros(n_line), torch.full((n_pair,), 1.0 / n_pair),
                              torch.full((n_pair,), -1.0 / n_pair)])
             rows.append(ref.unsqueeze(0))
@@ -98,6 +105,9 @@ class FoldedForceModel(nn.Module):
             onehot = torch.cat([(x == self.dist).to(q.dtype), ((lx - 1 - x) == self.dist).to(q.dtype)], 1)
             e = torch.matmul(self.w_elec, onehot.t())  # (H, lx)
             z = (z.reshape(b, h_, lx, ly) + e.unsqueeze(2)).reshape(b, h_, lx * ly)
+        if self.n_quad:
+            u = m[:, 2 * h_:2 * h_ + self.n_quad]
+            z = z + torch.matmul(self.w_quad, u * u)
         if self.has_anti:
             za = m[:, 2 * h_:3 * h_]
             h = self.act(z + za) + self.act(z - za)

@@ -34,6 +34,7 @@ class ModelConfig:
     hidden: tuple[int, ...] = (64, 64)
     activation: str = "silu"
     r_cut: int = R_CUT
+    anti_rank: int = 0  # A'' block: 0 → C_s-averaged first layer; K > 0 → K learned invariants (v_k·a)²
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -43,7 +44,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
-        return cls(**{**d, "hidden": tuple(d["hidden"])})
+        return cls(**{"anti_rank": 0, **d, "hidden": tuple(d["hidden"])})
 
     @property
     def descriptor_name(self) -> str:
@@ -53,7 +54,10 @@ class ModelConfig:
         """Multiply-adds per site of the network (first layer counted twice for the A'' block)."""
         n_s, n_a = n_features(self.descriptor, self.r_cut)
         widths = [*self.hidden, 1]
-        macs = (n_s + 2 * n_a) * widths[0]
+        if n_a and self.anti_rank:
+            macs = n_a * self.anti_rank + (n_s + self.anti_rank) * widths[0]
+        else:
+            macs = (n_s + 2 * n_a) * widths[0]
         for a, b in zip(widths[:-1], widths[1:], strict=True):
             macs += a * b
         return macs
@@ -122,15 +126,21 @@ class Descriptor(nn.Module):
 
 
 class SymmetrizedMLP(nn.Module):
-    """MLP whose first layer is averaged over C_s: invariant when s is invariant and a odd."""
+    """MLP on invariant features s and odd features a, invariant under a → -a.
 
-    def __init__(self, n_inv: int, n_anti: int, hidden: tuple[int, ...], activation: str) -> None:
+    anti_rank = 0: the first layer is averaged over C_s, φ(W_s s + W_a a + b) + φ(W_s s - W_a a + b).
+    anti_rank = K > 0: K learned quadratic invariants (v_k · a)² join s at the input instead.
+    """
+
+    def __init__(self, n_inv: int, n_anti: int, hidden: tuple[int, ...], activation: str,
+                 anti_rank: int = 0) -> None:
         super().__init__()
         if not hidden:
             raise ValueError("at least one hidden layer is needed")
         act = ACTIVATIONS[activation]
-        self.first = nn.Linear(n_inv, hidden[0])
-        self.first_anti = nn.Linear(n_anti, hidden[0], bias=False) if n_anti else None
+        self.anti_proj = nn.Linear(n_anti, anti_rank, bias=False) if n_anti and anti_rank else None
+        self.first = nn.Linear(n_inv + (anti_rank if self.anti_proj is not None else 0), hidden[0])
+        self.first_anti = nn.Linear(n_anti, hidden[0], bias=False) if n_anti and not anti_rank else None
         self.act = act()
         layers: list[nn.Module] = []
         for a, b in zip(hidden[:-1], hidden[1:], strict=True):
@@ -139,6 +149,9 @@ class SymmetrizedMLP(nn.Module):
         self.rest = nn.Sequential(*layers)
 
     def forward(self, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        if self.anti_proj is not None:
+            u = self.anti_proj(a)
+            s = torch.cat([s, u * u], dim=-1)
         z = self.first(s)
         if self.first_anti is None:
             h = self.act(z)
@@ -161,7 +174,7 @@ class ForceModel(nn.Module):
         self.config = config
         n_s, n_a = n_features(config.descriptor, config.r_cut)
         self.descriptor = Descriptor(config.descriptor, config.r_cut)
-        self.net = SymmetrizedMLP(n_s, n_a, config.hidden, config.activation)
+        self.net = SymmetrizedMLP(n_s, n_a, config.hidden, config.activation, config.anti_rank)
         self.register_buffer("s_mean", torch.zeros(n_s))
         self.register_buffer("s_std", torch.ones(n_s))
         self.register_buffer("a_std", torch.ones(n_a))

@@ -12,12 +12,14 @@ torch = pytest.importorskip("torch")
 from neqforce.physics import HolsteinParams  # noqa: E402
 
 
-def _random_model(descriptor: str = "device", hidden=(16, 8), activation: str = "silu", seed: int = 0):
+def _random_model(descriptor: str = "device", hidden=(16, 8), activation: str = "silu", seed: int = 0,
+                  anti_rank: int = 0):
     """An untrained model with random weights and non-trivial feature/target normalization."""
     from neqforce.training.model import ModelConfig, build_model
 
     torch.manual_seed(seed)
-    model = build_model(ModelConfig(descriptor=descriptor, hidden=tuple(hidden), activation=activation),
+    model = build_model(ModelConfig(descriptor=descriptor, hidden=tuple(hidden), activation=activation,
+                                    anti_rank=anti_rank),
                         HolsteinParams().physical())
     with torch.no_grad():
         model.s_mean.uniform_(-0.5, 0.5)

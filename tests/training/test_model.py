@@ -25,8 +25,11 @@ def _numpy_forward(model, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
            "tanh": np.tanh}[cfg.activation]
     s, a = D.features(q, cfg.descriptor)
     s = (s - sd["s_mean"]) / sd["s_std"]
+    if "net.anti_proj.weight" in sd:
+        u = (a / sd["a_std"]) @ sd["net.anti_proj.weight"].T
+        s = np.concatenate([s, u * u], axis=-1)
     z = s @ sd["net.first.weight"].T + sd["net.first.bias"]
-    if a.shape[-1]:
+    if "net.first_anti.weight" in sd:
         za = (a / sd["a_std"]) @ sd["net.first_anti.weight"].T
         h = act(z + za) + act(z - za)
     else:
@@ -41,11 +44,12 @@ def _numpy_forward(model, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return el + elastic_force(q, p), 0.5 + el / p.g
 
 
-@pytest.mark.parametrize("descriptor,activation", [("device", "silu"), ("paper", "relu"),
-                                                   ("paper+elec", "tanh")])
+@pytest.mark.parametrize("descriptor,activation,rank", [("device", "silu", 0), ("paper", "relu", 0),
+                                                        ("paper+elec", "tanh", 0), ("device", "relu", 5)])
 @pytest.mark.parametrize("shape", [(2, 13, 10), (1, 8, 6), (1, 6, 1), (1, 7, 3)])
-def test_torch_and_folded_models_equal_numpy_reference(random_model, cdw_like, descriptor, activation, shape):
-    model = random_model(descriptor, hidden=(24, 12, 8), activation=activation)
+def test_torch_and_folded_models_equal_numpy_reference(random_model, cdw_like, descriptor, activation, rank,
+                                                       shape):
+    model = random_model(descriptor, hidden=(24, 12, 8), activation=activation, anti_rank=rank)
     q = cdw_like(shape, seed=1)
     f_ref, n_ref = _numpy_forward(model, q)
     f_t = _forces(model, q)
@@ -57,9 +61,9 @@ def test_torch_and_folded_models_equal_numpy_reference(random_model, cdw_like, d
     np.testing.assert_allclose(n_f.numpy(), n_ref, atol=2e-5)
 
 
-@pytest.mark.parametrize("descriptor", ["device", "paper"])
-def test_force_field_of_mirrored_lattice_is_mirrored(random_model, cdw_like, descriptor):
-    model = random_model(descriptor)
+@pytest.mark.parametrize("descriptor,rank", [("device", 0), ("paper", 0), ("device", 4)])
+def test_force_field_of_mirrored_lattice_is_mirrored(random_model, cdw_like, descriptor, rank):
+    model = random_model(descriptor, anti_rank=rank)
     folded = FoldedForceModel(model).eval()
     q = cdw_like((1, 14, 11), seed=2)[0]
     for y0 in (0, 4):

@@ -1,0 +1,126 @@
+"""Benchmark: cost of ML force evaluations (ONNX Runtime, CPU) against the exact NEGF forces.
+
+    python bench/ml_forces.py                        # bundled model, paper preset, exact NEGF; 2 threads
+    python bench/ml_forces.py --extra runs/*/m.onnx  # also time other exported models (trade-off table)
+
+Prints, in one run and on the same ``--threads`` CPU threads (ORT intra-op threads; BLAS threads
+for NEGF): the time per force evaluation at 30×28 of the bundled compact model, of the paper's
+Table I network (113→4096→…→64→1; weights are random when no trained paper model is given with
+``--paper``: the cost does not depend on the weights) and of the exact NEGF solver, their ratio, and
+the throughput in sites/s at 100×100 and 1000×1000 (the paper preset at 100×100 only: its first
+hidden layer alone needs 1e6 × 4096 floats at 1000×1000). Configuration: a ±2.39 CDW checkerboard
+with its left 8 columns melted plus noise (a mid-quench state).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from threadpoolctl import threadpool_limits
+
+from neqforce.models import bundled_model_path
+from neqforce.physics import HolsteinParams, negf_forces, staggered_sign
+
+
+def configuration(lx: int, ly: int, seed: int = 0, melted: int = 8) -> np.ndarray:
+    """±2.39 checkerboard, columns 0..melted-1 ~0, N(0, 0.1²) noise; shape (lx, ly)."""
+    rng = np.random.default_rng(seed)
+    q = 2.39 * staggered_sign(lx, ly) + 0.1 * rng.standard_normal((lx, ly))
+    q[:melted] = 0.1 * rng.standard_normal((melted, ly))
+    return q
+
+
+def timed(func: Callable[[], object], min_time: float = 1.0, max_repeat: int = 200) -> float:
+    """Median wall time (s) of ``func`` after one warm-up call, repeated for ≳ min_time seconds."""
+    func()
+    times: list[float] = []
+    while len(times) < max_repeat and (sum(times) < min_time or len(times) < 3):
+        t0 = time.perf_counter()
+        func()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def session(path: str | Path, threads: int) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def paper_model(path: str | None, tmp: Path) -> tuple[Path, str]:
+    """The paper-preset ONNX: the given file, or the Table I network with random weights."""
+    if path:
+        return Path(path), "trained"
+    import torch
+
+    from neqforce.training.export import export_onnx
+    from neqforce.training.model import PRESETS, build_model
+
+    torch.manual_seed(0)
+    model = build_model(PRESETS["paper"], HolsteinParams().physical())
+    out, _ = export_onnx(model, tmp / "paper.onnx", check=False)
+    return out, "random weights"
+
+
+def macs(path: Path) -> str:
+    meta = dict(session(path, 1).get_modelmeta().custom_metadata_map)
+    arch = json.loads(meta.get("neqforce.architecture", "{}"))
+    return f"{arch.get('macs_per_site', float('nan')) / 1e3:.1f}k" if arch else "?"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads for ORT and for NEGF's BLAS")
+    ap.add_argument("--model", default=str(bundled_model_path()), help="model to benchmark (bundled)")
+    ap.add_argument("--paper", default=None, help="trained paper-preset ONNX (default: random weights)")
+    ap.add_argument("--extra", nargs="*", default=[], help="more ONNX models for the 30x28/1000x1000 table")
+    ap.add_argument("--no-negf", action="store_true", help="skip the NEGF timing")
+    ap.add_argument("--big", type=int, default=1000, help="side of the large lattice (1000)")
+    args = ap.parse_args()
+
+    print(f"# ml_forces benchmark: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"threads = {args.threads}, onnxruntime {ort.__version__}")
+    rows: list[tuple[str, str, float]] = []  # (model, lattice, seconds per evaluation)
+    p = HolsteinParams()
+    q30 = configuration(p.lx, p.ly)
+
+    t_negf = float("nan")
+    if not args.no_negf:
+        with threadpool_limits(args.threads):
+            t_negf = timed(lambda: negf_forces(q30, p), min_time=3.0, max_repeat=5)
+        rows.append(("exact NEGF", "30x28", t_negf))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paper_path, paper_kind = paper_model(args.paper, Path(tmp))
+        models = [("bundled compact", Path(args.model)), (f"paper preset ({paper_kind})", paper_path)]
+        models += [(Path(e).parent.name + "/" + Path(e).name, Path(e)) for e in args.extra]
+        for name, path in models:
+            sess = session(path, args.threads)
+            sizes = [(30, 28), (100, 100)] + ([] if name.startswith("paper") else [(args.big, args.big)])
+            for lx, ly in sizes:
+                q = configuration(lx, ly)[None].astype(np.float32)
+                t = timed(lambda s=sess, x=q: s.run(["force"], {"q": x}), min_time=1.0 if lx < 500 else 3.0,
+                          max_repeat=200 if lx < 500 else 5)
+                rows.append((f"{name} [{macs(path)} MAC/site]", f"{lx}x{ly}", t))
+
+    print(f"{'model':<48} {'lattice':>10} {'time/eval':>12} {'sites/s':>12} {'vs NEGF 30x28':>14}")
+    for name, lat, t in rows:
+        lx, ly = (int(v) for v in lat.split("x"))
+        speedup = f"{t_negf / t:,.0f}x" if lat == "30x28" and np.isfinite(t_negf) else ""
+        unit = f"{t * 1e3:9.3f} ms" if t < 1 else f"{t:10.3f} s"
+        print(f"{name:<48} {lat:>10} {unit:>12} {lx * ly / t:12.3e} {speedup:>14}")
+
+
+if __name__ == "__main__":
+    main()
