@@ -84,12 +84,17 @@ def export_cmd(
     checkpoint: Path = typer.Argument(..., help="Training checkpoint (model.pt)."),
     out: Path = typer.Option(..., "--out", help="Output .onnx file."),
     check: bool = typer.Option(True, help="Verify ONNX Runtime against torch on random lattices."),
+    metrics: Path = typer.Option(None, help="metrics.json of a later 'neqforce evaluate' to store as the "
+                                 "test metrics (default: those computed at the end of training)."),
 ) -> None:
     """Export a checkpoint to ONNX (descriptor + MLP + elastic term in one graph, SPEC §9)."""
     try:
+        import json
+
         from neqforce.training.export import CHECK_TOL, export_checkpoint
 
-        path, err, meta = export_checkpoint(checkpoint, out, check=check)
+        test_metrics = json.loads(metrics.read_text()) if metrics else None
+        path, err, meta = export_checkpoint(checkpoint, out, check=check, metrics=test_metrics)
         typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB), "
                    f"descriptor {meta['neqforce.descriptor']}")
         if check:

@@ -117,9 +117,15 @@ def export_onnx(model: ForceModel, out: str | os.PathLike[str], metadata: dict[s
 
 
 def export_checkpoint(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str],
-                      check: bool = True) -> tuple[Path, float, dict[str, str]]:
-    """Export a training checkpoint; returns (path, max ORT-vs-torch error, metadata)."""
+                      check: bool = True, metrics: dict | None = None) -> tuple[Path, float, dict[str, str]]:
+    """Export a training checkpoint; returns (path, max ORT-vs-torch error, metadata).
+
+    ``metrics``: test metrics from a later ``neqforce evaluate`` (metrics.json) to store instead of
+    those computed at the end of training (e.g. when the test trajectories have grown since).
+    """
     model, ck = load_model(checkpoint)
+    if metrics is not None:
+        ck = {**ck, "metrics": {**ck.get("metrics", {}), "test": metrics}}
     meta = model_metadata(ck)
     path, err = export_onnx(model, out, meta, check=check)
     return path, err, meta
