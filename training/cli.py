@@ -56,7 +56,7 @@ def train_cmd(
             test_ids=tuple(s.strip() for s in test_ids.split(",") if s.strip()), voltage=voltage,
             stride=stride, max_step=max_step or None, max_minutes=max_minutes, threads=threads)
         train([str(d) for d in data], out, opts, resume=resume, log=typer.echo)
-    except (ValueError, KeyError) as exc:
+    except (ValueError, KeyError, OSError) as exc:
         _fail(exc)
 
 
@@ -76,7 +76,7 @@ def evaluate_cmd(
 
         evaluate(model, [str(d) for d in data], out, split=split, voltage=voltage, stride=stride,
                  threads=threads, log=typer.echo)
-    except (ValueError, KeyError) as exc:
+    except (ValueError, KeyError, OSError) as exc:
         _fail(exc)
 
 
@@ -100,7 +100,7 @@ def export_cmd(
         if check:
             typer.echo(f"ONNX Runtime vs torch on random lattices: max |diff| / max(1, |F|) = {err:.2e} "
                        f"(tolerance {CHECK_TOL:.0e})")
-    except (ValueError, KeyError) as exc:
+    except (ValueError, KeyError, OSError) as exc:
         _fail(exc)
 
 
