@@ -109,7 +109,7 @@ def start_server(cfg: ServerConfig) -> RunningServer:
     """
     models = load_models(cfg)
     metrics = Metrics()
-    negf = NegfBackend(workers=cfg.max_concurrency)
+    negf = NegfBackend(workers=cfg.max_concurrency, mode=cfg.negf_pool)
     servicer = ForceServicer(cfg, models, negf, metrics)
     options = [("grpc.max_receive_message_length", cfg.max_message_bytes),
                ("grpc.max_send_message_length", cfg.max_message_bytes),

@@ -39,6 +39,8 @@ class ServerConfig:
         intra_op_threads: ONNX Runtime intra-op threads per session; ``None`` = cores / max_concurrency
             (at least 1), 0 = ONNX Runtime's own default.
         param_rtol: AUTO routing tolerance, |request - model| <= param_rtol * max(1, |model|) per parameter.
+        negf_pool: "process" (default: NEGF in spawned worker processes, no GIL stalls, crash isolation) or
+            "thread" (in-process threads: no start-up cost, for embedded single-user servers).
     """
 
     host: str = "127.0.0.1"
@@ -58,6 +60,7 @@ class ServerConfig:
     providers: Sequence[str] | None = None
     intra_op_threads: int | None = None
     param_rtol: float = 1e-6
+    negf_pool: str = "process"
 
     def __post_init__(self) -> None:
         if self.max_concurrency <= 0:
@@ -75,6 +78,8 @@ class ServerConfig:
             raise ValueError("token must be non-empty (or None for no authentication)")
         if self.grace_s < 0 or self.drain_s < 0:
             raise ValueError("grace_s and drain_s must be >= 0")
+        if self.negf_pool not in ("process", "thread"):
+            raise ValueError(f"negf_pool must be 'process' or 'thread', got {self.negf_pool!r}")
         if not self.param_rtol >= 0:
             raise ValueError(f"param_rtol must be >= 0, got {self.param_rtol}")
 
