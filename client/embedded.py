@@ -29,7 +29,7 @@ class Connection:
 
 def embedded_config(model: str | os.PathLike[str] | None = None) -> Any:
     """Server settings of an embedded server: loopback, free port, one computation at a time (a
-    simulation streams one configuration after another), no metrics endpoint."""
+    simulation streams one configuration after another), NEGF in this process, no metrics endpoint."""
     from neqforce.server.app import ServerConfig
 
     models = None
@@ -38,8 +38,11 @@ def embedded_config(model: str | os.PathLike[str] | None = None) -> Any:
         if not path.is_file():
             raise ValueError(f"model file not found: {path}")
         models = [str(path)]
+    extra: dict[str, Any] = {}
+    if "negf_pool" in getattr(ServerConfig, "__dataclass_fields__", {}):
+        extra["negf_pool"] = "thread"  # one user, one process: no worker start-up, Ctrl-C reaches one process
     return ServerConfig(host="127.0.0.1", port=0, models=models, max_concurrency=1, metrics_port=None,
-                        grace_s=1.0)
+                        grace_s=1.0, **extra)
 
 
 @contextmanager

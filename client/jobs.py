@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -176,7 +177,7 @@ def run_simulation(opts: SimulateOptions, echo: Echo = print) -> SimulationRepor
         if sim is None:
             sim = _create(path, params, load_q0(), opts)
             created = True
-        with conn.client.stream(params, backend=opts.backend, want_density=True) as stream:
+        with _closing(conn.client.stream(params, backend=opts.backend, want_density=True)) as stream:
             forces = StreamForces(stream, server=conn.address)
             say = _tqdm_echo(echo, opts.progress)
             announced = False
@@ -203,6 +204,19 @@ def run_simulation(opts: SimulateOptions, echo: Echo = print) -> SimulationRepor
                     sim.path.unlink(missing_ok=True)  # nothing computed: leave no half-started run
                 raise
     return _finish(sim, outputs, opts, echo, wall=time.monotonic() - wall0)
+
+
+@contextmanager
+def _closing(stream: Any) -> Iterator[Any]:
+    """Close a ForceStream at the end of the block; when the block is left by an exception (Ctrl-C in
+    the middle of a gRPC call leaves the call half-done), an error while closing must not replace it."""
+    try:
+        yield stream
+    except BaseException:
+        with suppress(Exception):
+            stream.close()
+        raise
+    stream.close()
 
 
 def _create(path: Path, params: HolsteinParams, q0: np.ndarray, opts: SimulateOptions) -> Simulation:
