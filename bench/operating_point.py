@@ -19,6 +19,7 @@ Definitions (t in units of 1/gamma, dt = 0.1; "columns" = ξ·lx, the number of 
   from the first step with ξ·lx ≥ 3 to the first step with ξ·lx ≥ lx - 6 (away from both electrodes).
 * t_25: the first time with ξ·lx ≥ 25 (the wall has reached column 25); reported in steps too.
 * melting time of column x: the earliest t after which mean_y |m| of that column stays below q0_bulk/2.
+* n metal: mean n_i over the metallic columns (x >= 1) of the last frame.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class RunSummary:
     window_closed: bool  # False: the wall never reached lx - PROP_END_GAP, fit up to the last step
     t_target: float
     final_columns: float
+    n_metal: float  # mean n_i over the metallic columns (x >= 1) of the last frame (nan if none)
     melt_time: np.ndarray  # (lx,)
 
 
@@ -96,12 +98,15 @@ def summarise(traj: Trajectory) -> RunSummary:
     melt_time = np.array([persistent_onset(frames["time"], melted[:, x]) for x in range(p.lx)])
     reached = np.flatnonzero(columns >= TARGET_COLUMN)
     speed, speed_err, closed = wall_speed(times, columns, p.lx)
+    metal_cols = np.flatnonzero(melted[-1])
+    metal_cols = metal_cols[metal_cols >= 1]
+    n_metal = float(frames["density"][-1][metal_cols].mean()) if metal_cols.size else math.nan
     return RunSummary(
         name=Path(traj.extra.get("file", f"V{p.voltage:.3f}_s{traj.seed}")).stem, voltage=p.voltage,
         seed=traj.seed, last_step=traj.last_step, complete=traj.complete,
         t_nuc=persistent_onset(times, columns > 0), speed=speed, speed_err=speed_err, window_closed=closed,
         t_target=float(times[reached[0]]) if reached.size else math.nan,
-        final_columns=float(columns[-1]), melt_time=melt_time)
+        final_columns=float(columns[-1]), n_metal=n_metal, melt_time=melt_time)
 
 
 def relaxed_cdw_numbers(traj: Trajectory) -> dict[str, float]:
@@ -126,16 +131,15 @@ def _label(s: RunSummary) -> str:
 
 def plot_xi(trajs: list[Trajectory], summaries: list[RunSummary], out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7.0, 4.2), dpi=150)
-    voltages = sorted({s.voltage for s in summaries})
-    cmap = {v: c for v, c in zip(voltages, ["tab:blue", "tab:green", "tab:orange", "tab:red", "tab:purple"],
-                                 strict=False)}
-    markers = "^os*Dvp<>h"
-    for traj, s in zip(trajs, summaries, strict=True):
+    voltages = sorted({s.voltage for s in summaries}, reverse=True)
+    markers = dict(zip(voltages, "^sov<>Dp", strict=False))
+    colors = plt.get_cmap("tab10").colors
+    for k, (traj, s) in enumerate(zip(trajs, summaries, strict=True)):
         t, xi = traj.xi_series()
         every = max(1, len(t) // 60)
-        ax.plot(t, xi, "-", lw=0.6, color=cmap.get(s.voltage, "k"), alpha=0.5)
-        ax.plot(t[::every], xi[::every], markers[s.seed % len(markers)], ms=3.5,
-                color=cmap.get(s.voltage, "k"), label=_label(s))
+        color = colors[k % len(colors)]
+        ax.plot(t, xi, "-", lw=0.6, color=color, alpha=0.6)
+        ax.plot(t[::every], xi[::every], markers[s.voltage], ms=3.2, color=color, label=_label(s))
     ax.set_xlabel(r"time $t$ (units of $1/\gamma$)")
     ax.set_ylabel(r"domain-wall position $\xi$ (metallic fraction)")
     ax.set_ylim(-0.02, 1.02)
@@ -150,21 +154,28 @@ def plot_xi(trajs: list[Trajectory], summaries: list[RunSummary], out: Path) -> 
     return path
 
 
-def plot_snapshots(traj: Trajectory, out: Path, n_panels: int = 6) -> Path:
+def plot_snapshots(traj: Trajectory, out: Path, n_panels: int = 8, n_cols: int = 4) -> Path:
     fr = traj.frames()
     idx = np.unique(np.linspace(0, len(fr["step"]) - 1, n_panels).round().astype(int))
-    fig, axes = plt.subplots(1, len(idx), figsize=(2.1 * len(idx) + 0.8, 2.9), dpi=150,
-                             sharey=True, constrained_layout=True)
-    for ax, i in zip(np.atleast_1d(axes), idx, strict=False):
+    n_rows = math.ceil(len(idx) / n_cols)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.6 * n_cols + 0.9, 2.75 * n_rows + 0.4), dpi=150,
+                             sharex=True, sharey=True, constrained_layout=True, squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        if k >= len(idx):
+            ax.set_visible(False)
+            continue
+        i = idx[k]
         im = ax.imshow(fr["density"][i].T, origin="lower", cmap="RdBu_r", vmin=0.0, vmax=1.0,
                        interpolation="nearest", aspect="equal")
         ax.set_title(f"t = {fr['time'][i]:g} (step {fr['step'][i]})", fontsize=8)
-        ax.set_xlabel("x", fontsize=8)
         ax.tick_params(labelsize=7)
-    np.atleast_1d(axes)[0].set_ylabel("y", fontsize=8)
+        if k // n_cols == n_rows - 1:
+            ax.set_xlabel("x (transport)", fontsize=8)
+        if k % n_cols == 0:
+            ax.set_ylabel("y", fontsize=8)
     fig.colorbar(im, ax=axes, shrink=0.8, label=r"$n_i$")
-    fig.suptitle(f"density snapshots, V = {traj.params.voltage:g}, seed {traj.seed} "
-                 "(left electrode at x = 0, mu_L = -V)", fontsize=9)
+    fig.suptitle(f"electron density $n_i$, NEGF-BD, V = {traj.params.voltage:g}, seed {traj.seed} "
+                 r"(left electrode at x = 0 with $\mu_L = -V$, right electrode at x = lx-1)", fontsize=9)
     path = out / "density_snapshots.png"
     fig.savefig(path)
     plt.close(fig)
@@ -225,14 +236,14 @@ def main() -> None:
     print(f"\nper run (t in 1/gamma; steps = t/dt; speed = d(xi*lx)/dt over {PROP_START} <= xi*lx <= "
           f"{p.lx - PROP_END_GAP}):")
     header = (f"{'run':<14}{'steps':>7}{'t_nuc':>8}{'speed [col/t]':>17}{'t_25':>8}{'step_25':>9}"
-              f"{'final xi*lx':>13}{'last 3 columns melt at t':>27}")
+              f"{'final xi*lx':>13}{'n metal':>9}{'last 3 columns melt at t':>27}")
     print(header)
     for s in summaries:
         last3 = ", ".join(_fmt(v) for v in s.melt_time[-3:])
         print(f"{s.name:<14}{s.last_step:>6}{'' if s.complete else '*':1}{_fmt(s.t_nuc):>8}"
               f"{_fmt(s.speed, '.3f'):>9}{'' if s.window_closed else '°':1}± {_fmt(s.speed_err, '.3f'):<5}"
-              f"{_fmt(s.t_target):>8}"
-              f"{_fmt(s.t_target / dt, '.0f'):>9}{_fmt(s.final_columns, '.0f'):>13}{last3:>27}")
+              f"{_fmt(s.t_target):>8}{_fmt(s.t_target / dt, '.0f'):>9}"
+              f"{_fmt(s.final_columns, '.0f'):>13}{_fmt(s.n_metal, '.3f'):>9}{last3:>27}")
     if any(not s.complete for s in summaries):
         print("  * run not complete yet (partial file)")
     if any(not s.window_closed for s in summaries):
