@@ -116,7 +116,9 @@ def register(app: typer.Typer) -> None:
         model: Path | None = typer.Option(None, rich_help_panel=_SERVER,
                                           help="ONNX model for the embedded server (default: the bundled "
                                                "model, or exact NEGF only if there is none)."),
-        timeout: float = typer.Option(60.0, rich_help_panel=_SERVER, help="Seconds per request."),
+        timeout: float = typer.Option(300.0, rich_help_panel=_SERVER,
+                                      help="Seconds to wait for one response (exact NEGF of 3000+ sites "
+                                           "takes about a minute per core)."),
         lx: int | None = typer.Option(None, rich_help_panel=_PHYS, help="Sites along x (transport) (30)."),
         ly: int | None = typer.Option(None, rich_help_panel=_PHYS, help="Sites along y (periodic) (28)."),
         voltage: float | None = typer.Option(None, "--voltage", "-V", rich_help_panel=_PHYS,
@@ -136,7 +138,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Brownian-dynamics quench of the CDW (SPEC §5) with forces from a server; writes an HDF5
         trajectory, ξ(t) as CSV, and density/ξ(t) figures. Ctrl-C saves; --resume continues."""
-        from .jobs import SimulateOptions, run_simulation
+        from .jobs import SimulateOptions, resume_command, run_simulation
 
         opts = SimulateOptions(
             out=out, params=_physics_options(lx, ly, voltage, temperature, t, g, k, kappa, gamma_lead,
@@ -150,11 +152,8 @@ def register(app: typer.Typer) -> None:
         except KeyboardInterrupt as exc:
             rep = getattr(exc, "report", None)
             where = f" at step {rep.last_step} of {rep.n_steps}" if rep is not None else ""
-            resume_cmd = f"neqforce simulate --out {out} --resume"
-            if server:
-                resume_cmd += f" --server {server}"
             typer.echo(f"\ninterrupted{where}; everything so far is saved in "
-                       f"{rep.outputs.trajectory if rep else out}. Continue with:\n  {resume_cmd}",
+                       f"{rep.outputs.trajectory if rep else out}. Continue with:\n  {resume_command(opts)}",
                        err=True)
             raise typer.Exit(EXIT_INTERRUPTED) from None
         last_xi = report.final_xi
@@ -183,7 +182,9 @@ def register(app: typer.Typer) -> None:
                                            help="PEM CA certificate: connect with TLS."),
         model: Path | None = typer.Option(None, rich_help_panel=_SERVER,
                                           help="ONNX model for the embedded server."),
-        timeout: float = typer.Option(60.0, rich_help_panel=_SERVER, help="Seconds per request."),
+        timeout: float = typer.Option(300.0, rich_help_panel=_SERVER,
+                                      help="Seconds to wait for one response (exact NEGF of 3000+ sites "
+                                           "takes about a minute per core)."),
         voltage: float | None = typer.Option(None, "--voltage", "-V", rich_help_panel=_PHYS, help="Bias V."),
         temperature: float | None = typer.Option(None, "--temperature", "-T", rich_help_panel=_PHYS),
         t: float | None = typer.Option(None, "--t", rich_help_panel=_PHYS),

@@ -38,17 +38,15 @@ def embedded_config(model: str | os.PathLike[str] | None = None) -> Any:
         if not path.is_file():
             raise ValueError(f"model file not found: {path}")
         models = [str(path)]
-    extra: dict[str, Any] = {}
-    if "negf_pool" in getattr(ServerConfig, "__dataclass_fields__", {}):
-        extra["negf_pool"] = "thread"  # one user, one process: no worker start-up, Ctrl-C reaches one process
+    # one user, one process: NEGF in a thread (no worker start-up; Ctrl-C reaches one process only)
     return ServerConfig(host="127.0.0.1", port=0, models=models, max_concurrency=1, metrics_port=None,
-                        grace_s=1.0, **extra)
+                        grace_s=1.0, negf_pool="thread")
 
 
 @contextmanager
 def connect(server: str | None = None, *, token: str | None = None,
             tls_ca: str | os.PathLike[str] | None = None, model: str | os.PathLike[str] | None = None,
-            timeout: float = 60.0, retries: int = 3) -> Iterator[Connection]:
+            timeout: float = 300.0, retries: int = 3) -> Iterator[Connection]:
     """Yield a :class:`Connection` to ``server`` ("HOST:PORT"), or to an embedded server when None.
 
     ``model`` (an ONNX file) only applies to the embedded server; ``token``/``tls_ca`` only to a

@@ -78,7 +78,7 @@ class SimulateOptions:
     token: str | None = None
     tls_ca: str | None = None
     model: str | None = None
-    timeout: float = 60.0
+    timeout: float = 300.0
     resume: bool = False
     overwrite: bool = False
     plots: bool = True
@@ -202,6 +202,10 @@ def run_simulation(opts: SimulateOptions, echo: Echo = print) -> SimulationRepor
             except BaseException:
                 if created and sim.last_step < 0:
                     sim.path.unlink(missing_ok=True)  # nothing computed: leave no half-started run
+                elif sim.last_step >= 0:
+                    write_xi_csv(outputs.xi_csv, sim.trajectory)
+                    echo(f"steps 0..{sim.last_step} are saved in {path}; after fixing the problem, "
+                         f"continue with: {resume_command(opts)}")
                 raise
     return _finish(sim, outputs, opts, echo, wall=time.monotonic() - wall0)
 
@@ -235,6 +239,18 @@ def _models_line(info: dict[str, Any]) -> str:
     if not models:
         return "no ML model loaded (exact NEGF, ~1 s per step at 30×28)"
     return "model " + ", ".join(f"{m.get('name', '?')}" for m in models)
+
+
+def resume_command(opts: SimulateOptions) -> str:
+    """The command line that continues the run of ``opts``."""
+    cmd = f"neqforce simulate --out {opts.out} --resume"
+    if opts.server:
+        cmd += f" --server {opts.server}"
+    if opts.backend != "auto":
+        cmd += f" --backend {opts.backend}"
+    if opts.model:
+        cmd += f" --model {opts.model}"
+    return cmd
 
 
 def _tqdm_echo(echo: Echo, progress: bool) -> Echo:
@@ -278,7 +294,7 @@ def compute_forces_file(input_path: str | os.PathLike[str], out: str | os.PathLi
                         frame: int | None = None, params: dict[str, Any] | None = None,
                         backend: str = "auto", server: str | None = None, token: str | None = None,
                         tls_ca: str | None = None, model: str | None = None,
-                        timeout: float = 60.0) -> ForcesReport:
+                        timeout: float = 300.0) -> ForcesReport:
     """Forces (and densities) of the configuration in ``input_path`` (.npy or .h5), saved to ``out``.
 
     Parameters: those stored in an .h5 input, else the SPEC defaults; the lattice size is the

@@ -141,6 +141,37 @@ def test_resume_after_interrupt_is_bit_for_bit(tmp_path, server, monkeypatch, k)
     assert b.complete and len(b.extra["segments"]) == 2
 
 
+def test_server_failure_mid_run_keeps_the_steps(tmp_path, server, monkeypatch):
+    """The server going away after k steps: one error line, exit 1, the k steps saved, resumable."""
+    import grpc
+
+    from neqforce.client import ForceServerError
+
+    original = simulate_module.StreamForces.__call__
+    calls = {"n": 0}
+
+    def dies(self, q):
+        if calls["n"] == 5:
+            raise ForceServerError(grpc.StatusCode.UNAVAILABLE, "server 127.0.0.1:9 unavailable: gone")
+        calls["n"] += 1
+        return original(self, q)
+
+    monkeypatch.setattr(simulate_module.StreamForces, "__call__", dies)
+    out = tmp_path / "r"
+    result = invoke("simulate", *SMALL, "--steps", 9, "--server", server.address, "--backend", "onnx",
+                    "--out", out, "--no-progress", "--no-plots")
+    assert result.exit_code == 1
+    assert "UNAVAILABLE" in one_error_line(result)
+    assert f"neqforce simulate --out {out} --resume" in result.stdout
+    assert read_trajectory(out / "trajectory.h5").checkpoint_step == 4
+    assert len(read_xi_csv(out / "xi.csv")["xi"]) == 5
+    monkeypatch.setattr(simulate_module.StreamForces, "__call__", original)
+    resumed = invoke("simulate", "--out", out, "--resume", "--server", server.address, "--backend", "onnx",
+                     "--no-progress", "--no-plots")
+    assert resumed.exit_code == 0, resumed.output
+    assert read_trajectory(out / "trajectory.h5").complete
+
+
 def test_resume_extends_a_finished_run(tmp_path, server):
     args = [*SMALL, "--seed", 2, "--server", server.address, "--backend", "onnx", "--no-progress",
             "--no-plots"]
@@ -247,6 +278,8 @@ def test_info(server, linear_model):
     embedded = invoke("info", "--model", linear_model, "--json")
     assert embedded.exit_code == 0, embedded.output
     assert json.loads(embedded.stdout)["embedded"] is True
+    text = invoke("info").stdout  # embedded, bundled model or none
+    assert "(embedded)" in text and "backend negf" in text
 
 
 # ------------------------------------------------------------------------------------------ bad input
