@@ -194,6 +194,8 @@ def run_simulation(opts: SimulateOptions, echo: Echo = print) -> SimulationRepor
                         progress=opts.progress,
                         segment_info={"server": "embedded" if conn.embedded else conn.address,
                                       "server_version": str(info.get("version", "")),
+                                      "server_models": {str(m.get("name")): str(m.get("sha256", ""))
+                                                        for m in info.get("models", [])},
                                       "backend_requested": opts.backend})
             except KeyboardInterrupt as exc:
                 exc.report = _finish(sim, outputs, opts, echo, wall=time.monotonic() - wall0,

@@ -89,6 +89,7 @@ def test_simulate_against_running_server_onnx(tmp_path, server):
     traj = read_trajectory(out)
     assert traj.backend == "onnx" and traj.model == "linear"
     assert traj.extra["segments"][0]["server"] == server.address
+    assert len(traj.extra["segments"][0]["server_models"]["linear"]) == 64  # sha256 of the model file
     assert (tmp_path / "onnx_xi.csv").exists() and not (tmp_path / "onnx_xi.png").exists()
     ref = reference_run(tmp_path, linear_forces, 15, seed=5)
     assert_same_run(traj, ref)
