@@ -25,6 +25,16 @@ FORCES_FORMAT = "neqforce.forces/1"
 H5_SUFFIXES = (".h5", ".hdf5")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: Mode of written files: what open() would give (mkstemp makes them 0600).
+_FILE_MODE = 0o666 & ~_umask()
+
+
 @dataclass(frozen=True)
 class RunOutputs:
     """Where a simulation writes: a folder (``runs/sim/trajectory.h5``, ``xi.csv``, ``density.png``,
@@ -55,6 +65,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -178,6 +189,7 @@ def write_forces(path: str | os.PathLike[str], q: np.ndarray, force: np.ndarray,
             fh["force"] = np.asarray(force, dtype=np.float64)
             fh["density"] = (np.full(params.shape, np.nan) if density is None
                              else np.asarray(density, dtype=np.float64))
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -121,7 +121,8 @@ def plot_density_snapshots(traj: Trajectory, path: str | os.PathLike[str], n_pan
             ax.xaxis.set_tick_params(labelbottom=True)
     cbar = fig.colorbar(image, ax=axes[: len(idx)].tolist(), shrink=0.9, pad=0.02)
     cbar.set_label(label)
-    fig.suptitle(f"{label.split(' $')[0].capitalize()}: {_describe(traj)}\n"
+    name = label.split(" $")[0]
+    fig.suptitle(f"{name[0].upper()}{name[1:]}: {_describe(traj)}\n"
                  r"gate $\mu_L=-V$ (left), substrate $\mu_R=0$ (right); dashed line: wall at $\xi\,l_x$",
                  fontsize=9)
     return _save(fig, path, dpi)
