@@ -183,9 +183,10 @@ class Simulation:
             progress: bool = False, segment_info: dict[str, Any] | None = None) -> Trajectory:
         """Integrate until step ``n_steps`` (or ``stop_at``), recording every step; returns the trajectory.
 
-        Checkpoints (atomic rewrite of the file) every ``checkpoint_every`` steps or
-        ``checkpoint_seconds`` of wall time, at the end, and on any exception — Ctrl-C included,
-        which is re-raised after the file holds everything done so far.
+        Checkpoints (atomic rewrite of the file) every ``checkpoint_every`` steps (less often if
+        writing would take over 10 % of the time), at least every ``checkpoint_seconds`` of wall
+        time, at the end, and on any exception — Ctrl-C included, which is re-raised after the
+        file holds everything done so far. Where checkpoints fall never changes the trajectory.
         """
         if checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
@@ -199,8 +200,9 @@ class Simulation:
         segment = {"start_step": last + 1, "end_step": last, "started": _now(), "wall_s": 0.0,
                    **(segment_info or {})}
         traj.extra.setdefault("segments", []).append(segment)
-        bar = _progress_bar(traj, start=last + 1, end=end) if progress else None
+        bar = _progress_bar(start=last + 1, end=end) if progress else None
         wall0 = t_ckpt = time.monotonic()
+        cost = 0.0  # seconds the last checkpoint took to write
 
         def checkpoint(complete: bool = False) -> None:
             segment["end_step"] = self.last_step
@@ -227,12 +229,16 @@ class Simulation:
                         bar.update(1)
                     if callback is not None:
                         callback(state, xi)
-                    now = time.monotonic()
-                    if state.step < end and (state.step % checkpoint_every == 0
-                                             or now - t_ckpt >= checkpoint_seconds):
+                    since = time.monotonic() - t_ckpt
+                    # a due checkpoint is skipped while writing it would cost over 10 % of the run time
+                    # (big lattices: the file is rewritten whole); time-based ones always happen
+                    if state.step < end and ((state.step % checkpoint_every == 0 and since >= 9 * cost)
+                                             or since >= checkpoint_seconds):
+                        t0 = time.monotonic()
                         with guard.critical():
                             checkpoint()
-                        t_ckpt = now
+                        t_ckpt = time.monotonic()
+                        cost = t_ckpt - t0
         except BaseException:
             try:
                 checkpoint()
@@ -298,7 +304,7 @@ class _Critical:
             raise KeyboardInterrupt
 
 
-def _progress_bar(traj: Trajectory, start: int, end: int):
+def _progress_bar(start: int, end: int):
     """tqdm bar over the steps still to do (ETA; ξ shown as a postfix)."""
     from tqdm import tqdm
 
