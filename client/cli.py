@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -222,7 +221,3 @@ def register(app: typer.Typer) -> None:
                         model=str(model) if model else None, timeout=timeout)
         typer.echo(json.dumps(data, indent=2, sort_keys=True, default=str) if as_json
                    else format_server_info(data))
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit("use the `neqforce` command")

@@ -239,7 +239,7 @@ def _create(path: Path, params: HolsteinParams, q0: np.ndarray, opts: SimulateOp
 def _models_line(info: dict[str, Any]) -> str:
     models = info.get("models") or []
     if not models:
-        return "no ML model loaded (exact NEGF, ~1 s per step at 30×28)"
+        return "no ML model loaded (exact NEGF: seconds per step at 30×28)"
     return "model " + ", ".join(f"{m.get('name', '?')}" for m in models)
 
 

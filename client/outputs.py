@@ -93,6 +93,14 @@ def read_xi_csv(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
             "xi": np.array([float(r["xi"]) for r in rows])}
 
 
+def read_trajectory_checked(path: str | os.PathLike[str]) -> Trajectory:
+    """:func:`read_trajectory`, with a damaged file (missing datasets) reported as ValueError."""
+    try:
+        return read_trajectory(path)
+    except (KeyError, OSError) as exc:
+        raise ValueError(f"{path}: damaged or incomplete trajectory file ({exc})") from None
+
+
 @dataclass(frozen=True)
 class Configuration:
     """A lattice configuration Q (lx, ly) read from a file, with the parameters stored beside it."""
@@ -142,7 +150,7 @@ def load_configuration(path: str | os.PathLike[str], frame: int | None = None) -
     with fh:
         fmt = fh.attrs.get("format")
     if fmt == TRAJECTORY_FORMAT:
-        traj = read_trajectory(path)
+        traj = read_trajectory_checked(path)
         if frame is None:
             q, what = traj.checkpoint_q, f"step {traj.checkpoint_step}"
             if traj.checkpoint_step < 0:
@@ -154,9 +162,12 @@ def load_configuration(path: str | os.PathLike[str], frame: int | None = None) -
             q, what = traj.frame_q[frame], f"frame {frame} (step {traj.frame_step[frame]})"
         return Configuration(_as_configuration(q, f"{path} {what}"), traj.params, f"{path} {what}")
     if fmt == FORCES_FORMAT:
-        with h5py.File(path, "r") as fh:
-            q = fh["q"][()]
-            params = HolsteinParams.from_json(fh.attrs["params"])
+        try:
+            with h5py.File(path, "r") as fh:
+                q = fh["q"][()]
+                params = HolsteinParams.from_json(fh.attrs["params"])
+        except (KeyError, OSError) as exc:
+            raise ValueError(f"{path}: damaged forces file ({exc})") from None
         return Configuration(_as_configuration(q, str(path)), params, str(path))
     raise ValueError(f"{path} is neither a neqforce trajectory nor a forces file (format {fmt!r})")
 

@@ -46,7 +46,9 @@ from neqforce.physics import (
     domain_wall_position,
     negf_forces,
 )
-from neqforce.trajectory import Trajectory, TrajectoryWriter, read_trajectory
+from neqforce.trajectory import Trajectory, TrajectoryWriter
+
+from .outputs import read_trajectory_checked
 
 #: Called after every recorded step with the state and its domain-wall position ξ.
 StepCallback = Callable[[BDState, float], None]
@@ -144,7 +146,7 @@ class Simulation:
     @classmethod
     def open(cls, path: str | os.PathLike[str], n_steps: int | None = None) -> Simulation:
         """Reopen a run to continue it from its checkpoint; ``n_steps`` may extend its length."""
-        writer = TrajectoryWriter.resume(path)
+        writer = TrajectoryWriter(path, read_trajectory_checked(path))
         sim = cls(writer)
         if n_steps is not None:
             if n_steps < sim.last_step:
@@ -319,8 +321,3 @@ def simulate(force_fn: ForceFn, params: HolsteinParams, path: str | os.PathLike[
     sim = Simulation.create(path, params, q0, n_steps=n_steps, dt=dt, seed=seed, save_every=save_every,
                             overwrite=overwrite)
     return sim.run(force_fn, checkpoint_every=checkpoint_every, progress=progress)
-
-
-def load_trajectory(path: str | os.PathLike[str]) -> Trajectory:
-    """Read a trajectory written by a simulation (re-exported for convenience)."""
-    return read_trajectory(path)

@@ -329,6 +329,23 @@ def test_resume_with_other_parameters_is_refused(tmp_path, server):
     assert "differs from the run being resumed" in line
 
 
+def test_damaged_files_are_one_line(tmp_path):
+    """A truncated/damaged trajectory (no datasets) and a non-HDF5 file: readable errors, no traceback."""
+    import h5py
+
+    from neqforce.trajectory import FORMAT
+
+    (tmp_path / "run").mkdir()
+    with h5py.File(tmp_path / "run" / "trajectory.h5", "w") as fh:
+        fh.attrs["format"] = FORMAT
+    assert "damaged" in one_error_line(invoke("simulate", "--out", tmp_path / "run", "--resume"))
+    assert "damaged" in one_error_line(invoke("simulate", "--init", tmp_path / "run" / "trajectory.h5",
+                                              "--out", tmp_path / "o"))
+    (tmp_path / "x.h5").write_text("hello")
+    assert "not a readable HDF5" in one_error_line(invoke("forces", tmp_path / "x.h5", "--out",
+                                                          tmp_path / "f.npy"))
+
+
 @pytest.mark.parametrize("make, extra, message", [
     (lambda p: p / "none.npy", [], "not found"),
     (lambda p: _npy(p, "b.npy", np.zeros((2, 3, 4))), [], "2-D"),
