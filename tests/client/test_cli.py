@@ -375,3 +375,23 @@ def test_info_dead_server():
     result = invoke("info", "--server", "127.0.0.1:1", "--timeout", "3")
     assert result.exit_code == 1
     assert "UNAVAILABLE" in one_error_line(result)
+
+
+def test_token_is_sent_and_required(tmp_path, linear_model):
+    """A server with a bearer token: the CLI passes --token (or NEQFORCE_TOKEN); without it, one line."""
+    from neqforce.server.app import ServerConfig, start_server
+
+    srv = start_server(ServerConfig(host="127.0.0.1", port=0, models=[str(linear_model)], token="s3cret",
+                                    metrics_port=None, grace_s=0.5))
+    try:
+        q = _npy(tmp_path, "q.npy", np.zeros((8, 6)))
+        ok = invoke("forces", q, "--out", tmp_path / "f.npy", "--server", srv.address, "--token", "s3cret")
+        assert ok.exit_code == 0, ok.output
+        denied = invoke("forces", q, "--out", tmp_path / "g.npy", "--server", srv.address)
+        assert denied.exit_code == 2 and "UNAUTHENTICATED" in one_error_line(denied)
+        env = runner.invoke(app, ["info", "--server", srv.address], env={"NEQFORCE_TOKEN": "s3cret"})
+        assert env.exit_code == 0, env.output
+        missing_ca = invoke("info", "--server", srv.address, "--tls-ca", tmp_path / "ca.pem")
+        assert "TLS CA file not found" in one_error_line(missing_ca)
+    finally:
+        srv.stop(grace=0.5)
