@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from neqforce.physics import HolsteinParams, cdw_ground_state, check_configuration
+from neqforce.physics import HolsteinParams, check_configuration
 
 from .embedded import connect
 from .outputs import RunOutputs, load_configuration, write_forces, write_xi_csv
-from .simulate import Simulation, StreamForces
+from .simulate import Simulation, StreamForces, initial_cdw
 
 Echo = Callable[[str], None]
 
@@ -124,8 +124,9 @@ def _initial_state(opts: SimulateOptions, echo: Echo) -> tuple[HolsteinParams, A
         params = resolve_params(opts.params)
 
         def load() -> np.ndarray:
-            echo(f"initial state: relaxed V = 0 CDW on {params.lx}×{params.ly} (computed once, then cached)")
-            return cdw_ground_state(params)
+            q, how = initial_cdw(params)
+            echo(f"initial state: {how}")
+            return q
 
         return params, load
     conf = load_configuration(opts.init, frame=opts.frame)

@@ -42,9 +42,11 @@ from neqforce.physics import (
     HolsteinParams,
     brownian_dynamics,
     bulk_cdw_amplitude,
+    cdw_ground_state,
     check_configuration,
     domain_wall_position,
     negf_forces,
+    staggered_sign,
 )
 from neqforce.trajectory import Trajectory, TrajectoryWriter
 
@@ -52,6 +54,40 @@ from .outputs import read_trajectory_checked
 
 #: Called after every recorded step with the state and its domain-wall position ξ.
 StepCallback = Callable[[BDState, float], None]
+
+
+#: Largest lattice whose V = 0 CDW is relaxed with exact NEGF (~100 solves of O(N^3)); beyond it the
+#: relaxed profile of a smaller reference lattice is extended (see :func:`initial_cdw`).
+MAX_RELAX_SITES = 1024
+#: Width (in y) of the reference lattice for wide devices (even: a commensurate checkerboard).
+REFERENCE_LY = 28
+
+
+def initial_cdw(params: HolsteinParams, max_relax_sites: int = MAX_RELAX_SITES) -> tuple[np.ndarray, str]:
+    """The quench's initial state, shape (lx, ly), and a description of how it was made.
+
+    Up to ``max_relax_sites`` sites: the relaxed V = 0 CDW itself (:func:`cdw_ground_state`, exact NEGF,
+    cached). Larger devices (which only an ML model can drive) get Q = (-1)^(x+y) A(x), with the
+    amplitude profile A(x) = mean_y |Q| of the relaxed CDW of a reference lattice of at most 30
+    columns: its left half next to the gate, its right half next to the substrate, and its central
+    (bulk) amplitude in between.
+    """
+    if params.n_sites <= max_relax_sites:
+        return cdw_ground_state(params), f"relaxed V = 0 CDW on {params.lx}×{params.ly} (exact NEGF)"
+    lx_ref = min(params.lx, 30)
+    if lx_ref * params.ly <= max_relax_sites:
+        ly_ref = params.ly
+    else:  # an even width: a commensurate checkerboard (only the x profile is used)
+        ly_ref = min(REFERENCE_LY, max(2, (max_relax_sites // lx_ref) // 2 * 2))
+    ref = params.replace(lx=lx_ref, ly=ly_ref)
+    profile = np.mean(np.abs(cdw_ground_state(ref)), axis=1)
+    half = lx_ref // 2
+    amplitude = np.full(params.lx, profile[half])
+    amplitude[:half] = profile[:half]
+    amplitude[params.lx - (lx_ref - half):] = profile[half:]
+    q = staggered_sign(params.lx, params.ly) * amplitude[:, None]
+    return q, (f"V = 0 CDW on {params.lx}×{params.ly} built from the relaxed {lx_ref}×{ly_ref} profile "
+               f"(edges from the reference, bulk amplitude {profile[half]:.3f} in between)")
 
 
 class NEGFForces:

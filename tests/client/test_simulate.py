@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from neqforce.client.simulate import NEGFForces, Simulation, simulate
+from neqforce.client.simulate import NEGFForces, Simulation, initial_cdw, simulate
 from neqforce.physics import (
     HolsteinParams,
     bulk_cdw_amplitude,
@@ -177,3 +177,21 @@ def test_failure_keeps_steps_done(tmp_path, q0):
     with pytest.raises(ConnectionError):
         sim.run(Dies(6), checkpoint_every=100)
     assert read_trajectory(path).checkpoint_step == 5
+
+
+def test_initial_cdw_of_a_large_device_is_nearly_relaxed():
+    """Above the NEGF relaxation limit the CDW is extended from a 30-column reference; at V = 0 it is
+    (to 1e-5) the exactly relaxed state, and the NEGF forces on it nearly vanish."""
+    p = HolsteinParams(lx=40, ly=6, voltage=0.0)
+    q, how = initial_cdw(p, max_relax_sites=200)
+    assert "30×6" in how
+    ref = cdw_ground_state(p.replace(lx=30))
+    np.testing.assert_allclose(q[:15], ref[:15], atol=1e-9)
+    np.testing.assert_allclose(q[-15:], ref[-15:], atol=1e-9)
+    np.testing.assert_allclose(np.abs(q[15:25]), np.abs(ref[15, 0]), atol=1e-9)
+    assert np.max(np.abs(negf_forces(q, p)[0])) < 1e-5
+    exact, how_exact = initial_cdw(p)  # 240 sites: relaxed directly
+    assert "relaxed" in how_exact
+    np.testing.assert_allclose(q, exact, atol=1e-5)
+    wide, how_wide = initial_cdw(HolsteinParams(lx=60, ly=40), max_relax_sites=200)
+    assert wide.shape == (60, 40) and "30×6" in how_wide
