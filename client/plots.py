@@ -23,6 +23,8 @@ from neqforce.trajectory import Trajectory
 
 from .outputs import atomic_write_bytes
 
+#: Largest lx or ly drawn site by site (n_i); larger lattices show the staggered density instead.
+MAX_SITE_RESOLVED = 64
 _GATE = "#c28e0e"
 _SUBSTRATE = "#5f6b7a"
 
@@ -65,8 +67,11 @@ def plot_density_snapshots(traj: Trajectory, path: str | os.PathLike[str], n_pan
                            dpi: int = 150) -> Path:
     """Grid of n_i(x, y) maps at ``n_panels`` saved times (Fig. 3 style), with electrodes marked.
 
-    Colour scale is diverging about half filling (n = 1/2: metal; checkerboard: CDW). When the
-    force backend returned no density, the staggered CDW order m_i is shown instead.
+    n_i on a fixed [0, 1] scale, diverging about half filling (the CDW is a checkerboard about 1/2;
+    the metal next to the gate is uniform and depleted at V > 0). Lattices wider than
+    ``MAX_SITE_RESOLVED`` show the density analogue of the order parameter m_i (SPEC §5),
+    (-1)^(x+y) (n_i - mean of n over the nn) / 2: uniform (±δ/2) in a CDW domain, ~0 in the metal.
+    When the backend returned no density, the staggered CDW order m_i of Q.
     """
     fr = traj.frames()
     idx = snapshot_indices(len(fr["step"]), n_panels)
@@ -74,15 +79,21 @@ def plot_density_snapshots(traj: Trajectory, path: str | os.PathLike[str], n_pan
         raise ValueError("the trajectory has no saved frames to plot")
     density = fr["density"][idx]
     have_density = bool(np.all(np.isfinite(density)))
-    if have_density:
-        maps, label, cmap = density, r"electron density $n_i$", "RdBu_r"
-        half = max(float(np.max(np.abs(density - 0.5))), 1e-3)
-        vmin, vmax = 0.5 - half, 0.5 + half
+    p = traj.params
+    if have_density and max(p.lx, p.ly) <= MAX_SITE_RESOLVED:
+        # an occupation: fixed scale [0, 1], half filling (the metal) white, the CDW a checkerboard
+        maps, label, cmap, vmin, vmax = density, r"electron density $n_i$", "RdBu_r", 0.0, 1.0
+    elif have_density:
+        # sites too small to see: the local staggered modulation, uniform in a CDW domain, ~0 in the metal
+        maps = local_order(density)
+        label = r"CDW density modulation $(-1)^{x+y}(n_i-\bar n_{nn})/2$"
+        cmap, vmin, vmax = "RdBu_r", -0.5, 0.5
     else:
         maps, label, cmap = local_order(fr["q"][idx]), r"staggered CDW order $m_i$", "PuOr"
         half = max(float(np.max(np.abs(maps))), 1e-3)
         vmin, vmax = -half, half
-    p = traj.params
+    extend = {(False, False): "neither", (True, False): "min", (False, True): "max", (True, True): "both"}[
+        (bool(np.min(maps) < vmin), bool(np.max(maps) > vmax))]
     lx, ly = p.lx, p.ly
     xi_by_step = dict(zip(traj.series_step, traj.series_xi, strict=True))
     ncols = {1: 1, 2: 2, 3: 3, 4: 2}.get(len(idx), 3 if len(idx) <= 6 else 4)
@@ -119,7 +130,7 @@ def plot_density_snapshots(traj: Trajectory, path: str | os.PathLike[str], n_pan
         if k + ncols >= len(idx):  # lowest panel of its column
             ax.set_xlabel("x  (transport direction)")
             ax.xaxis.set_tick_params(labelbottom=True)
-    cbar = fig.colorbar(image, ax=axes[: len(idx)].tolist(), shrink=0.9, pad=0.02)
+    cbar = fig.colorbar(image, ax=axes[: len(idx)].tolist(), shrink=0.9, pad=0.02, extend=extend)
     cbar.set_label(label)
     name = label.split(" $")[0]
     fig.suptitle(f"{name[0].upper()}{name[1:]}: {_describe(traj)}\n"

@@ -107,9 +107,13 @@ def test_snapshot_indices():
     assert snapshot_indices(61) == [0, 12, 24, 36, 48, 60]
 
 
-def test_figures_are_written(tmp_path, traj):
+def test_figures_are_written(tmp_path, traj, monkeypatch):
     for path in (plot_density_snapshots(traj, tmp_path / "d.png"), plot_xi([traj, traj], tmp_path / "x.png",
                                                                           labels=["a", "b"])):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+    import neqforce.client.plots as plots
+
+    monkeypatch.setattr(plots, "MAX_SITE_RESOLVED", 4)  # as for a lattice too large to draw site by site
+    assert plot_density_snapshots(traj, tmp_path / "big.png").exists()
     traj.frame_density = [np.full(P.shape, np.nan) for _ in traj.frame_density]  # backend without n_i
     assert plot_density_snapshots(traj, tmp_path / "m.png").exists()
