@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 
 from .errors import exhausted
@@ -53,7 +52,3 @@ class Admission:
             self._metrics.in_flight.set(self.active)
             self._cond.notify()
 
-
-def monotonic_deadline(seconds: float | None) -> float | None:
-    """Absolute time.monotonic() deadline for a relative timeout (None = no deadline)."""
-    return None if seconds is None else time.monotonic() + seconds

@@ -26,14 +26,23 @@ class Metrics:
         self.queued = Gauge("neqforce_queued", "Requests waiting for a compute slot.", registry=self.registry)
         self.streams = Gauge("neqforce_open_streams", "Open StreamForces calls.", registry=self.registry)
         self._http = None
+        self._children: dict[tuple[str, str, str], tuple] = {}
 
     def observe(self, method: str, backend: str, code: str, seconds: float, sites: int = 0) -> None:
-        self.requests.labels(method, backend, code).inc()
+        key = (method, backend, code)
+        children = self._children.get(key)
+        if children is None:  # label lookups cost more than the updates: keep the children
+            children = self._children[key] = (
+                self.requests.labels(method, backend, code),
+                self.latency.labels(method, backend) if code == "OK" else self.errors.labels(method, code),
+                self.sites.labels(backend) if code == "OK" else None)
+        requests, latency_or_errors, site_counter = children
+        requests.inc()
         if code == "OK":
-            self.latency.labels(method, backend).observe(seconds)
-            self.sites.labels(backend).inc(sites)
+            latency_or_errors.observe(seconds)
+            site_counter.inc(sites)
         else:
-            self.errors.labels(method, code).inc()
+            latency_or_errors.inc()
 
     def serve(self, host: str, port: int) -> int:
         """Expose /metrics over HTTP on host:port (0 = a free port); returns the port."""

@@ -30,6 +30,8 @@ from .tensors import decode_q, encode
 log = logging.getLogger("neqforce.server.service")
 
 MAX_REQUEST_ID = 128
+#: Resolved parameters and routes kept for repeated requests (a BD loop sends the same ones every step).
+ROUTE_CACHE_SIZE = 256
 
 
 def _deadline_error(context: grpc.ServicerContext, where: str) -> RequestError:
@@ -53,6 +55,7 @@ class ForceServicer(pb_grpc.ForceServiceServicer):
         self._streams = 0
         self._lock = threading.Lock()
         self._info = self._build_info()
+        self._routes: dict[tuple, tuple[HolsteinParams, Route, dict[str, float]]] = {}
 
     # --- RPCs -------------------------------------------------------------------------------------------
     def ComputeForces(self, request: pb.ComputeForcesRequest, context: grpc.ServicerContext):  # noqa: N802
@@ -110,9 +113,7 @@ class ForceServicer(pb_grpc.ForceServiceServicer):
         if not request.HasField("q"):
             raise invalid("q is missing")
         q, shape = decode_q(request.q, self.cfg.max_sites)
-        params = resolve_parameters(request.parameters, q.shape[1], q.shape[2])
-        chosen = route(params, request.backend, request.model, self.models, self.cfg.param_rtol,
-                       self.cfg.negf_max_sites)
+        params, chosen, physical = self._resolve(request, q.shape[1], q.shape[2])
         if _expired(context):
             raise _deadline_error(context, "before the computation started")
         if not self.admission.acquire(context.time_remaining, context.is_active):
@@ -128,9 +129,24 @@ class ForceServicer(pb_grpc.ForceServiceServicer):
         compute_s = time.perf_counter() - t0
         if _expired(context):
             raise _deadline_error(context, f"after {compute_s:.3f} s of computation")
-        response = self._response(request, chosen, params, shape, force,
+        response = self._response(request, chosen, physical, shape, force,
                                   density if request.want_density else None, compute_s)
         return response, BACKEND_NAMES[chosen.backend], int(q.size)
+
+    def _resolve(self, request: pb.ComputeForcesRequest, lx: int,
+                 ly: int) -> tuple[HolsteinParams, Route, dict[str, float]]:
+        """Parameters, route and echoed parameter map of a request, cached (routing is a pure function of
+        these inputs and the fixed set of models; invalid requests raise and are not cached)."""
+        key = (tuple(sorted(request.parameters.items())), lx, ly, request.backend, request.model)
+        hit = self._routes.get(key)
+        if hit is None:
+            params = resolve_parameters(request.parameters, lx, ly)
+            chosen = route(params, request.backend, request.model, self.models, self.cfg.param_rtol,
+                           self.cfg.negf_max_sites)
+            if len(self._routes) >= ROUTE_CACHE_SIZE:
+                self._routes.clear()
+            hit = self._routes[key] = (params, chosen, params.physical())
+        return hit
 
     def _run_negf(self, q: np.ndarray, params: HolsteinParams,
                   context: grpc.ServicerContext) -> tuple[np.ndarray, np.ndarray]:
@@ -154,12 +170,12 @@ class ForceServicer(pb_grpc.ForceServiceServicer):
                 raise RequestError(grpc.StatusCode.UNAVAILABLE, "server is shutting down") from None
 
     @staticmethod
-    def _response(request: pb.ComputeForcesRequest, chosen: Route, params: HolsteinParams,
+    def _response(request: pb.ComputeForcesRequest, chosen: Route, physical: dict[str, float],
                   shape: tuple[int, ...], force: np.ndarray, density: np.ndarray | None,
                   compute_s: float) -> pb.ComputeForcesResponse:
         response = pb.ComputeForcesResponse(
             force=encode(force, shape), backend=chosen.backend, model=chosen.model_name, reason=chosen.reason,
-            parameters=params.physical(), compute_seconds=compute_s, request_id=request.request_id)
+            parameters=physical, compute_seconds=compute_s, request_id=request.request_id)
         if density is not None:
             response.density.CopyFrom(encode(density, shape))
         return response

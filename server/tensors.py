@@ -53,10 +53,11 @@ def decode_q(tensor: pb.Tensor, max_sites: int) -> tuple[np.ndarray, tuple[int, 
     batch, lx, ly = check_shape(tensor.shape, max_sites)
     dtype = NUMPY_DTYPES[tensor.dtype]
     expected = batch * lx * ly * dtype.itemsize
-    if len(tensor.raw_contents) != expected:
-        raise invalid(f"q raw_contents has {len(tensor.raw_contents)} bytes, shape {list(tensor.shape)} "
+    raw = tensor.raw_contents  # each attribute access copies the bytes: read once
+    if len(raw) != expected:
+        raise invalid(f"q raw_contents has {len(raw)} bytes, shape {list(tensor.shape)} "
                       f"of {dtype.name} needs {expected}")
-    q = np.frombuffer(tensor.raw_contents, dtype=dtype).reshape(batch, lx, ly)
+    q = np.frombuffer(raw, dtype=dtype).reshape(batch, lx, ly)
     if not np.isfinite(q).all():
         bad = int(np.count_nonzero(~np.isfinite(q)))
         raise invalid(f"q contains {bad} non-finite value(s) (NaN or Inf)")

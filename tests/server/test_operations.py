@@ -87,7 +87,7 @@ def test_reflection_lists_services_and_methods(server) -> None:
 
 # --- graceful shutdown ----------------------------------------------------------------------------------
 def test_graceful_shutdown_finishes_call_in_flight(make_server, slow_params, make_q) -> None:
-    srv = make_server(negf_max_sites=1000, grace_s=300.0, drain_s=0.3)
+    srv = make_server(negf_max_sites=1000, grace_s=300.0, drain_s=2.0)
     q = make_q(slow_params.shape, seed=21)
     with ForceClient(srv.address, retries=0, timeout=300) as c:
         call = _Call(c, q, slow_params)
