@@ -16,7 +16,8 @@ from neqforce.training import cli as training_cli
 from neqforce.training import dataset_cli
 
 app = typer.Typer(help="neqforce: surrogate force server for nonequilibrium lattice dynamics.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  rich_markup_mode=None)
 
 
 @app.command()
