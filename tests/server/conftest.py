@@ -181,3 +181,9 @@ def _restore_neqforce_logger() -> Iterator[None]:
     saved = (list(logger.handlers), logger.level, logger.propagate)
     yield
     logger.handlers[:], logger.level, logger.propagate = saved
+
+
+@pytest.fixture(scope="session")
+def build_model():
+    """build_model(path, physical_params, scale=0.1) -> path of a valid SPEC §9 test model."""
+    return build_contract_model
