@@ -359,8 +359,8 @@ class ForceStream:
             try:
                 for _ in self._responses:  # the server ends the call once it sees the half-close
                     pass
-            except grpc.RpcError:
-                pass
+            except (grpc.RpcError, ValueError):  # ValueError: interrupted mid-read (Ctrl-C)
+                self._responses.cancel()
         self._requests = self._responses = None
         if self._watchdog is not None:
             self._watchdog.close()

@@ -58,10 +58,11 @@ def _digamma_arg(z: np.ndarray, mu: float, temperature: float) -> np.ndarray:
 def _density_eigen(h_eff: np.ndarray, classes: list[tuple[np.ndarray, float]],
                    temperature: float) -> tuple[np.ndarray | None, float, float]:
     """Eigenvector route; returns (n or None if ill-conditioned, eig_cond, max |Im n|)."""
-    lam, v = sla.eig(h_eff, check_finite=False)
+    # numpy's LAPACK wrappers release the GIL (scipy's eig holds it), so threaded servers stay responsive
+    lam, v = np.linalg.eig(h_eff)
     try:
-        u = sla.solve(v, np.eye(v.shape[0], dtype=complex), check_finite=False)
-    except (np.linalg.LinAlgError, sla.LinAlgError):
+        u = np.linalg.inv(v)
+    except np.linalg.LinAlgError:
         return None, math.inf, math.nan
     cond = float(np.max(np.linalg.norm(v, axis=0) * np.linalg.norm(u, axis=1)))
     if not np.isfinite(cond) or cond > EIG_COND_MAX:
