@@ -109,6 +109,7 @@ def export_onnx(model: ForceModel, out: str | os.PathLike[str], metadata: dict[s
         onnx.checker.check_model(proto)
         onnx.save(proto, tmp)
         err = check_onnx(tmp, model) if check else float("nan")
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a model file is meant to be shared
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
