@@ -73,10 +73,21 @@ def paper_model(path: str | None, tmp: Path) -> tuple[Path, str]:
     return out, "random weights"
 
 
-def macs(path: Path) -> str:
+def metadata(path: Path) -> dict:
+    """(architecture, test metrics) from a neqforce model's metadata (empty dicts when absent)."""
     meta = dict(session(path, 1).get_modelmeta().custom_metadata_map)
     arch = json.loads(meta.get("neqforce.architecture", "{}"))
+    test = json.loads(meta.get("neqforce.metrics", "{}")).get("test", {})
+    return {"arch": arch, "test": test}
+
+
+def macs(path: Path) -> str:
+    arch = metadata(path)["arch"]
     return f"{arch.get('macs_per_site', float('nan')) / 1e3:.1f}k" if arch else "?"
+
+
+def _mse(test: dict, region: str) -> str:
+    return f"{test[region]['mse']:.2e}" if region in test else "-"
 
 
 def main() -> None:
@@ -110,8 +121,9 @@ def main() -> None:
             sizes = [(30, 28), (100, 100)] + ([] if name.startswith("paper") else [(args.big, args.big)])
             for lx, ly in sizes:
                 q = configuration(lx, ly)[None].astype(np.float32)
-                t = timed(lambda s=sess, x=q: s.run(["force"], {"q": x}), min_time=1.0 if lx < 500 else 3.0,
-                          max_repeat=200 if lx < 500 else 5)
+                heavy = lx >= 500 or (name.startswith("paper") and lx >= 100)
+                t = timed(lambda s=sess, x=q: s.run(["force"], {"q": x}), min_time=0.0 if heavy else 1.0,
+                          max_repeat=3 if heavy else 200)
                 rows.append((f"{name} [{macs(path)} MAC/site]", f"{lx}x{ly}", t))
 
     print(f"{'model':<48} {'lattice':>10} {'time/eval':>12} {'sites/s':>12} {'vs NEGF 30x28':>14}")
@@ -120,6 +132,20 @@ def main() -> None:
         speedup = f"{t_negf / t:,.0f}x" if lat == "30x28" and np.isfinite(t_negf) else ""
         unit = f"{t * 1e3:9.3f} ms" if t < 1 else f"{t:10.3f} s"
         print(f"{name:<48} {lat:>10} {unit:>12} {lx * ly / t:12.3e} {speedup:>14}")
+
+    # accuracy/cost trade-off: test metrics stored in each model (held-out trajectories, [-1, 1] units)
+    print(f"\n{'model':<34} {'MAC/site':>9} {'MSE':>9} {'sigma':>7} {'MSE L':>9} {'MSE bulk':>9} "
+          f"{'MSE R':>9} {'30x28 ms':>9} {'sites/s big':>12}")
+    for name, path in models:
+        md = metadata(path)
+        test = md["test"]
+        t30 = next((t for n, lat, t in rows if n.startswith(name) and lat == "30x28"), float("nan"))
+        tbig = next((t for n, lat, t in rows if n.startswith(name) and lat == f"{args.big}x{args.big}"),
+                    float("nan"))
+        sigma = f"{test['overall']['sigma']:.4f}" if "overall" in test else "-"
+        print(f"{name[:34]:<34} {macs(path):>9} {_mse(test, 'overall'):>9} {sigma:>7} "
+              f"{_mse(test, 'near_left'):>9} {_mse(test, 'bulk'):>9} {_mse(test, 'near_right'):>9} "
+              f"{t30 * 1e3:9.3f} {args.big**2 / tbig:12.3e}")
 
 
 if __name__ == "__main__":
