@@ -70,6 +70,17 @@ def run_ml(params: HolsteinParams, q0: np.ndarray, force_fn, n_steps: int, seed:
     return {"time": np.arange(n_steps + 1) * dt, "xi": np.asarray(xi), "density": snaps, "wall_s": wall}
 
 
+def negf_wall_time(traj) -> float:
+    """Wall-clock seconds of a dataset run: recorded ``wall_time_s``, else file mtime − ``created``
+    (runs made before the writer recorded it; includes any waiting on a shared machine)."""
+    if "wall_time_s" in traj.extra:
+        return float(traj.extra["wall_time_s"])
+    import datetime as dt
+
+    created = dt.datetime.fromisoformat(traj.created).timestamp()
+    return float(Path(traj.extra["file"]).stat().st_mtime - created) if "file" in traj.extra else float("nan")
+
+
 def time_to_column(t: np.ndarray, xi: np.ndarray, lx: int, column: int = 25) -> float:
     """First time at which at least ``column`` columns are metallic (nan if never)."""
     hit = np.flatnonzero(xi * lx >= column - 1e-9)
@@ -109,7 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     files = sorted(args.dataset.glob(f"V{args.voltage:.3f}_s*.h5"))
-    negf = [read_trajectory(f) for f in files]
+    negf = []
+    for f in files:
+        traj = read_trajectory(f)
+        traj.extra = {**traj.extra, "file": str(f)}
+        negf.append(traj)
     negf = [t for t in negf if t.complete]
     if args.seeds:
         wanted = {int(s) for s in args.seeds.split(",")}
@@ -127,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         fr = t.frames()
         dens = {int(s): d for s, d in zip(fr["step"], fr["density"], strict=True)}
         negf_runs.append({"time": tt[: n_steps + 1], "xi": xi[: n_steps + 1], "density": dens,
-                          "wall_s": float(t.extra.get("wall_time_s", np.nan)), "seed": t.seed})
+                          "wall_s": negf_wall_time(t), "seed": t.seed})
     ml_seeds = [int(s) for s in args.ml_seeds.split(",")] if args.ml_seeds else [t.seed for t in negf]
 
     force_fn = onnx_force_fn(args.model, args.threads)
