@@ -238,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "dynamics_summary.json").write_text(json.dumps(summary, indent=2))
     rows = [("nucleation time [1/γ]", "nucleation_time"), ("wall speed [columns/(1/γ)]", "wall_speed"),
             ("time to column 25 [1/γ]", "time_to_col25"), ("wall time per run [s]", "wall_time_s")]
-    print(f"\n{'quantity':30s} {'NEGF-BD mean ± std (sem)':>30s} {'ML-BD mean ± std (sem)':>30s} {'ML/NEGF':>8s}")
+    head = ("quantity", "NEGF-BD mean ± std (sem)", "ML-BD mean ± std (sem)", "ML/NEGF")
+    print(f"\n{head[0]:30s} {head[1]:>30s} {head[2]:>30s} {head[3]:>8s}")
     for label, key in rows:
         a, b = summary["negf"][key], summary["ml"][key]
         print(f"{label:30s} {a['mean']:12.3f} ± {a['std']:6.3f} ({a['sem']:5.3f})"
