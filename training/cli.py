@@ -25,6 +25,7 @@ def train_cmd(
     activation: str = typer.Option("", help="Override activation: relu, silu, tanh, gelu."),
     anti_rank: int = typer.Option(-1, help="Override the A'' block: 0 C_s-averaged first layer, "
                                   "K > 0 K learned quadratic invariants (-1: preset)."),
+    r_cut: int = typer.Option(0, min=0, help="Override the cutoff radius (0: preset, 6)."),
     epochs: int = typer.Option(60, min=1),
     lr: float = typer.Option(2e-3, help="Adam learning rate (cosine-decayed to lr_min)."),
     lr_min: float = typer.Option(2e-5),
@@ -50,7 +51,7 @@ def train_cmd(
         opts = TrainOptions(
             preset=preset, descriptor=descriptor or None, hidden=widths,
             activation=activation or None, anti_rank=None if anti_rank < 0 else anti_rank,
-            epochs=epochs, lr=lr, lr_min=lr_min, batch_size=batch_size,
+            r_cut=r_cut or None, epochs=epochs, lr=lr, lr_min=lr_min, batch_size=batch_size,
             weight_decay=weight_decay, patience=patience, seed=seed, device=device,
             test_fraction=test_fraction,
             test_ids=tuple(s.strip() for s in test_ids.split(",") if s.strip()), voltage=voltage,

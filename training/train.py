@@ -41,6 +41,7 @@ class TrainOptions:
     hidden: tuple[int, ...] | None = None  # override the preset's widths
     activation: str | None = None  # override the preset's activation
     anti_rank: int | None = None  # override: 0 C_s-averaged layer, K quadratic A'' invariants
+    r_cut: int | None = None  # override the cutoff radius (6)
     epochs: int = 60
     lr: float = 2e-3
     lr_min: float = 2e-5
@@ -73,7 +74,7 @@ def model_config(opts: TrainOptions) -> ModelConfig:
     base = PRESETS[opts.preset]
     return ModelConfig(descriptor=opts.descriptor or base.descriptor,
                        hidden=tuple(opts.hidden or base.hidden),
-                       activation=opts.activation or base.activation, r_cut=base.r_cut,
+                       activation=opts.activation or base.activation, r_cut=opts.r_cut or base.r_cut,
                        anti_rank=base.anti_rank if opts.anti_rank is None else opts.anti_rank)
 
 
