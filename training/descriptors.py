@@ -69,6 +69,20 @@ def offsets(r_cut: int = R_CUT) -> Offsets:
     return Offsets(line=line, top=top, bottom=bottom)
 
 
+def descriptor_name(kind: str, r_cut: int = R_CUT) -> str:
+    """Name and version stored in model metadata, e.g. ``paper-cs113+elec12/1`` (r_c = 6) or
+    ``paper-cs197+elec16/1`` (r_c = 8): offsets in the disk, electrode one-hots, A'' block size."""
+    if kind not in DESCRIPTORS:
+        raise ValueError(f"unknown descriptor {kind!r} (known: {', '.join(DESCRIPTORS)})")
+    off = offsets(r_cut)
+    name = f"{'paper' if kind != 'device' else 'device'}-cs{off.n_paper}"
+    if kind != "paper":
+        name += f"+elec{2 * r_cut}"
+    if kind == "device":
+        name += f"+a{len(off.top)}"
+    return name + "/1"
+
+
 def n_features(kind: str = "paper", r_cut: int = R_CUT) -> tuple[int, int]:
     """(invariant, antisymmetric) feature counts of a descriptor kind ('paper' or 'device')."""
     off = offsets(r_cut)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .descriptors import DESCRIPTORS, R_CUT, n_features, offsets
+from .descriptors import DESCRIPTORS, R_CUT, descriptor_name, n_features, offsets
 
 ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh, "gelu": nn.GELU}
 
@@ -48,7 +48,7 @@ class ModelConfig:
 
     @property
     def descriptor_name(self) -> str:
-        return DESCRIPTORS[self.descriptor]
+        return descriptor_name(self.descriptor, self.r_cut)
 
     def macs_per_site(self) -> int:
         """Multiply-adds per site of the network (first layer counted twice for the A'' block)."""

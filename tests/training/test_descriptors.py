@@ -22,6 +22,10 @@ def test_offsets_and_counts():
     assert np.array_equal(off.bottom, off.top * [1, -1])
     with pytest.raises(ValueError):
         D.n_features("nope")
+    assert D.descriptor_name("paper") == D.PAPER_DESCRIPTOR
+    assert D.descriptor_name("device") == D.DEVICE_DESCRIPTOR
+    assert D.descriptor_name("paper+elec", 8) == "paper-cs197+elec16/1"
+    assert D.offsets(8).n_paper == 197
 
 
 def _brute_paper(q: np.ndarray, x: int, y: int) -> np.ndarray:
