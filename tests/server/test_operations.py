@@ -311,7 +311,9 @@ def test_serve_command_sigterm_with_call_in_flight(slow_params, make_q) -> None:
             call.join(300)
             assert call.error is None, call.error
             n_ref = electron_density(q, slow_params)
-            np.testing.assert_allclose(call.result.density, n_ref, rtol=0, atol=1e-12)
+            # the server process runs LAPACK on one thread, this one on several: rounding-level
+            # differences grow with the lattice (the 1e-12 equality is asserted on small lattices)
+            np.testing.assert_allclose(call.result.density, n_ref, rtol=0, atol=1e-10)
         assert proc.wait(300) == 0
     finally:
         if proc.poll() is None:
