@@ -82,7 +82,8 @@ def evaluate_cmd(
 
 
 def export_cmd(
-    checkpoint: Path = typer.Argument(..., help="Training checkpoint (model.pt)."),
+    checkpoint: list[Path] = typer.Argument(..., help="Training checkpoint(s) (model.pt); several: their "
+                                            "mean (an ensemble) in one graph."),
     out: Path = typer.Option(..., "--out", help="Output .onnx file."),
     check: bool = typer.Option(True, help="Verify ONNX Runtime against torch on random lattices."),
     metrics: Path = typer.Option(None, help="metrics.json of a later 'neqforce evaluate' to store as the "
@@ -95,7 +96,7 @@ def export_cmd(
         from neqforce.training.export import CHECK_TOL, export_checkpoint
 
         test_metrics = json.loads(metrics.read_text()) if metrics else None
-        path, err, meta = export_checkpoint(checkpoint, out, check=check, metrics=test_metrics)
+        path, err, meta = export_checkpoint(list(checkpoint), out, check=check, metrics=test_metrics)
         typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB), "
                    f"descriptor {meta['neqforce.descriptor']}")
         if check:

@@ -21,8 +21,8 @@ import torch
 from neqforce import __version__
 
 from .checkpoint import load_model
-from .folded import FoldedForceModel
-from .model import ForceModel
+from .folded import FoldedEnsemble, FoldedForceModel
+from .model import EnsembleForceModel, ForceModel
 
 OPSET = 18
 #: Lattices (batch, lx, ly) of the export check: small, odd, wide-in-y, a chain and the default.
@@ -37,14 +37,18 @@ def model_metadata(ck: dict) -> dict[str, str]:
     cfg = ModelConfig.from_dict(ck["config"])
     training = {k: ck.get(k) for k in ("train_ids", "test_ids", "lattice", "options", "epochs_run",
                                         "torch_version")}
+    members = [ModelConfig.from_dict(c) for c in ck.get("ensemble", [ck["config"]])]
+    arch = {**cfg.to_dict(), "macs_per_site": sum(m.macs_per_site() for m in members)}
+    if len(members) > 1:
+        arch = {"ensemble": [m.to_dict() for m in members], "members": len(members),
+                "macs_per_site": arch["macs_per_site"]}
     return {
         "neqforce.params": json.dumps(ck["params"], sort_keys=True),
         "neqforce.descriptor": cfg.descriptor_name,
         "neqforce.metrics": json.dumps(ck.get("metrics", {}), sort_keys=True),
         "neqforce.dataset_sha256": str(ck.get("dataset_sha256", "")),
         "neqforce.version": __version__,
-        "neqforce.architecture": json.dumps({**cfg.to_dict(), "macs_per_site": cfg.macs_per_site()},
-                                            sort_keys=True),
+        "neqforce.architecture": json.dumps(arch, sort_keys=True),
         "neqforce.training": json.dumps(training, sort_keys=True),
     }
 
@@ -87,7 +91,11 @@ def export_onnx(model: ForceModel, out: str | os.PathLike[str], metadata: dict[s
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    folded = FoldedForceModel(model.cpu().eval()).eval()
+    model = model.cpu().eval()
+    if isinstance(model, EnsembleForceModel):
+        folded: torch.nn.Module = FoldedEnsemble(list(model.members)).eval()
+    else:
+        folded = FoldedForceModel(model).eval()
     axes = {"q": {0: "batch", 1: "lx", 2: "ly"}, "force": {0: "batch", 1: "lx", 2: "ly"},
             "density": {0: "batch", 1: "lx", 2: "ly"}}
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=out.name + ".", suffix=".tmp")
@@ -117,14 +125,26 @@ def export_onnx(model: ForceModel, out: str | os.PathLike[str], metadata: dict[s
     return out, err
 
 
-def export_checkpoint(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str],
+def export_checkpoint(checkpoint: str | os.PathLike[str] | list, out: str | os.PathLike[str],
                       check: bool = True, metrics: dict | None = None) -> tuple[Path, float, dict[str, str]]:
-    """Export a training checkpoint; returns (path, max ORT-vs-torch error, metadata).
+    """Export a training checkpoint (or a list of them: their mean, an ensemble); returns
+    (path, max ORT-vs-torch error, metadata).
 
     ``metrics``: test metrics from a later ``neqforce evaluate`` (metrics.json) to store instead of
     those computed at the end of training (e.g. when the test trajectories have grown since).
     """
-    model, ck = load_model(checkpoint)
+    paths = list(checkpoint) if isinstance(checkpoint, list | tuple) else [checkpoint]
+    loaded = [load_model(p) for p in paths]
+    model, ck = loaded[0]
+    if len(loaded) > 1:
+        for _, other in loaded[1:]:
+            if other["params"] != ck["params"] or other.get("test_ids") != ck.get("test_ids"):
+                raise ValueError("ensemble members must share physical parameters and test trajectories")
+        model = EnsembleForceModel([m for m, _ in loaded])
+        ck = {**ck, "ensemble": [c["config"] for _, c in loaded],
+              "options": [c.get("options") for _, c in loaded],
+              "epochs_run": [c.get("epochs_run") for _, c in loaded],
+              "metrics": {"members": [c.get("metrics", {}) for _, c in loaded]}}
     if metrics is not None:
         ck = {**ck, "metrics": {**ck.get("metrics", {}), "test": metrics}}
     meta = model_metadata(ck)

@@ -96,9 +96,13 @@ class FoldedForceModel(nn.Module):
 
     def electronic(self, q: torch.Tensor) -> torch.Tensor:
         """g (n_i - 1/2), (B, lx, ly)."""
+        return self.electronic_from_raw(q, self.raw_neighbours(q))
+
+    def electronic_from_raw(self, q: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
+        """g (n_i - 1/2) from the gathered neighbour values ``raw`` (B, n_off, lx·ly) of ``q``."""
         b, lx, ly = q.shape[0], q.shape[1], q.shape[2]
         h_ = self.hidden
-        m = torch.matmul(self.w_big, self.raw_neighbours(q))  # (B, R, N)
+        m = torch.matmul(self.w_big, raw)  # (B, R, N)
         z = m[:, :h_] + m[:, -1:] * m[:, h_:2 * h_] + self.b1
         if self.has_elec:
             x = torch.arange(lx, device=q.device).unsqueeze(1)
@@ -119,6 +123,35 @@ class FoldedForceModel(nn.Module):
             if i < n_layers - 1:
                 h = self.act(h)
         return h.reshape(b, lx, ly)
+
+    def forward(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        el = self.electronic(q)
+        force = el - self.k * q - self.kappa * neighbour_sum(q)
+        return force, 0.5 + el / self.g
+
+
+class FoldedEnsemble(nn.Module):
+    """Mean electronic force of several folded models (one neighbour gather per cutoff) + elastic term."""
+
+    def __init__(self, models: list[ForceModel]) -> None:
+        super().__init__()
+        if not models:
+            raise ValueError("an ensemble needs at least one model")
+        self.members = nn.ModuleList([FoldedForceModel(m) for m in models])
+        first = self.members[0]
+        self.register_buffer("g", first.g.clone())
+        self.register_buffer("k", first.k.clone())
+        self.register_buffer("kappa", first.kappa.clone())
+
+    def electronic(self, q: torch.Tensor) -> torch.Tensor:
+        raws: dict[int, torch.Tensor] = {}
+        total = None
+        for m in self.members:
+            if m.r_cut not in raws:
+                raws[m.r_cut] = m.raw_neighbours(q)
+            el = m.electronic_from_raw(q, raws[m.r_cut])
+            total = el if total is None else total + el
+        return total / len(self.members)
 
     def forward(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         el = self.electronic(q)

@@ -202,6 +202,24 @@ class ForceModel(nn.Module):
         return el + self.elastic(q), 0.5 + el / self.g
 
 
+class EnsembleForceModel(nn.Module):
+    """Mean of the electronic forces of several :class:`ForceModel` (same physics) + elastic term."""
+
+    def __init__(self, members: list[ForceModel]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one model")
+        self.members = nn.ModuleList(members)
+
+    def electronic(self, q: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m.electronic(q) for m in self.members]).mean(0)
+
+    def forward(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        first = self.members[0]
+        el = self.electronic(q)
+        return el + first.elastic(q), 0.5 + el / first.g
+
+
 def neighbour_sum(q: torch.Tensor) -> torch.Tensor:
     """Σ_{j nn of i} Q_j for (B, lx, ly), matching :func:`neqforce.physics.neighbour_sum`."""
     p = nn.functional.pad(q, (0, 0, 1, 1))

@@ -95,14 +95,15 @@ def test_outside_the_lattice_reads_zero_and_electrode_one_hot():
     assert not D.electrode_features(30, 2)[6:24].any()  # bulk columns: no electrode feature
 
 
-@pytest.mark.parametrize("kind", ["paper", "device", "paper+elec"])
+@pytest.mark.parametrize("kind,r_cut", [("paper", 6), ("device", 6), ("paper+elec", 6), ("paper+elec", 8),
+                                        ("device", 3)])
 @pytest.mark.parametrize("shape", [(3, 8, 6), (1, 13, 10), (2, 7, 3), (1, 5, 1), (1, 4, 2)])
-def test_torch_descriptor_equals_numpy_reference(kind, shape):
+def test_torch_descriptor_equals_numpy_reference(kind, r_cut, shape):
     torch = pytest.importorskip("torch")
     from neqforce.training.model import Descriptor
 
     q = np.random.default_rng(4).normal(size=shape)
-    inv, anti = D.features(q, kind)
-    t_inv, t_anti = Descriptor(kind)(torch.from_numpy(q))
+    inv, anti = D.features(q, kind, r_cut)
+    t_inv, t_anti = Descriptor(kind, r_cut)(torch.from_numpy(q))
     np.testing.assert_allclose(t_inv.numpy(), inv, atol=1e-12)
     np.testing.assert_allclose(t_anti.numpy(), anti, atol=1e-12)

@@ -69,3 +69,23 @@ def test_export_check_detects_a_wrong_graph(tmp_path, random_model, monkeypatch)
     path, _ = export_onnx(other, tmp_path / "other.onnx", check=False)
     with pytest.raises(ValueError, match="ONNX check failed"):
         E.check_onnx(path, model)
+
+
+def test_ensemble_export_is_the_mean_of_its_members(tmp_path, random_model, cdw_like):
+    from neqforce.physics import HolsteinParams
+    from neqforce.training.model import EnsembleForceModel, ModelConfig, build_model
+
+    a = random_model("paper+elec", hidden=(16, 8), seed=1)
+    b = random_model("device", hidden=(8,), seed=2, anti_rank=3)
+    c = build_model(ModelConfig(descriptor="paper+elec", hidden=(8,), r_cut=8), HolsteinParams().physical())
+    ens = EnsembleForceModel([a, b, c.eval()])
+    path, err = export_onnx(ens, tmp_path / "ens.onnx")
+    assert err <= 1e-5
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    q = cdw_like((2, 11, 9), seed=3).astype(np.float32)
+    f = sess.run(["force"], {"q": q})[0]
+    with torch.no_grad():
+        x = torch.from_numpy(q)
+        mean_el = (a.electronic(x) + b.electronic(x) + c.electronic(x)) / 3
+        expected = (mean_el + a.elastic(x)).numpy()
+    np.testing.assert_allclose(f, expected, atol=1e-5)
