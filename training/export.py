@@ -44,7 +44,8 @@ def model_metadata(ck: dict) -> dict[str, str]:
                 "macs_per_site": arch["macs_per_site"]}
     return {
         "neqforce.params": json.dumps(ck["params"], sort_keys=True),
-        "neqforce.descriptor": cfg.descriptor_name,
+        "neqforce.descriptor": (cfg.descriptor_name if len(members) == 1 else
+                                "ensemble[" + ", ".join(m.descriptor_name for m in members) + "]"),
         "neqforce.metrics": json.dumps(ck.get("metrics", {}), sort_keys=True),
         "neqforce.dataset_sha256": str(ck.get("dataset_sha256", "")),
         "neqforce.version": __version__,
