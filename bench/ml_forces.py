@@ -83,7 +83,7 @@ def metadata(path: Path) -> dict:
 
 def macs(path: Path) -> str:
     arch = metadata(path)["arch"]
-    return f"{arch.get('macs_per_site', float('nan')) / 1e3:.1f}k" if arch else "?"
+    return f"{arch.get('graph_macs_per_site', float('nan')) / 1e3:.1f}k" if arch else "?"
 
 
 def _mse(test: dict, region: str) -> str:

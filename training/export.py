@@ -38,10 +38,11 @@ def model_metadata(ck: dict) -> dict[str, str]:
     training = {k: ck.get(k) for k in ("train_ids", "test_ids", "lattice", "options", "epochs_run",
                                         "torch_version")}
     members = [ModelConfig.from_dict(c) for c in ck.get("ensemble", [ck["config"]])]
-    arch = {**cfg.to_dict(), "macs_per_site": sum(m.macs_per_site() for m in members)}
+    macs = {"macs_per_site": sum(m.macs_per_site() for m in members),
+            "graph_macs_per_site": sum(m.graph_macs_per_site() for m in members)}
+    arch = {**cfg.to_dict(), **macs}
     if len(members) > 1:
-        arch = {"ensemble": [m.to_dict() for m in members], "members": len(members),
-                "macs_per_site": arch["macs_per_site"]}
+        arch = {"ensemble": [m.to_dict() for m in members], "members": len(members), **macs}
     return {
         "neqforce.params": json.dumps(ck["params"], sort_keys=True),
         "neqforce.descriptor": (cfg.descriptor_name if len(members) == 1 else

@@ -50,6 +50,19 @@ class ModelConfig:
     def descriptor_name(self) -> str:
         return descriptor_name(self.descriptor, self.r_cut)
 
+    def graph_macs_per_site(self) -> int:
+        """Multiply-adds per site of the exported (folded) graph: one (R × n_off) first-layer GEMM on
+        the raw neighbour values, R = H (linear) + H (G_A'' via f_ref) [+ H (A'' average) | + K] + 1."""
+        off = offsets(self.r_cut)
+        n_off, n_a = off.n_paper, n_features(self.descriptor, self.r_cut)[1]
+        h = self.hidden[0]
+        rows = 2 * h + 1 + (h if n_a and not self.anti_rank else 0) + (self.anti_rank if n_a else 0)
+        macs = rows * n_off + (self.anti_rank * h if n_a else 0)
+        widths = [*self.hidden, 1]
+        for a, b in zip(widths[:-1], widths[1:], strict=True):
+            macs += a * b
+        return macs
+
     def macs_per_site(self) -> int:
         """Multiply-adds per site of the network (first layer counted twice for the A'' block)."""
         n_s, n_a = n_features(self.descriptor, self.r_cut)
@@ -68,7 +81,7 @@ class ModelConfig:
 PRESETS: dict[str, ModelConfig] = {
     "paper": ModelConfig(descriptor="paper", hidden=(4096, 2048, 1024, 512, 256, 128, 64, 64),
                          activation="relu"),
-    "compact": ModelConfig(descriptor="paper+elec", hidden=(64, 64), activation="silu"),
+    "compact": ModelConfig(descriptor="paper+elec", hidden=(64, 64), activation="silu", r_cut=10),
 }
 
 
