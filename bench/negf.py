@@ -20,9 +20,11 @@ import platform
 import resource
 import statistics
 import subprocess
+import sys
 import time
 import tracemalloc
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
@@ -53,14 +55,30 @@ def synthetic_configuration(p: HolsteinParams, seed: int = 0, melted: int = 8) -
     return q
 
 
-def timed(func: Callable[[], np.ndarray], repeat: int = 1) -> tuple[float, np.ndarray]:
-    """(median wall time in s over ``repeat`` calls, result of the last call)."""
-    times, out = [], None
+@dataclass(frozen=True)
+class Timing:
+    """Median wall-clock and process CPU time of a call, s. With one BLAS thread the CPU time is
+    the compute time even when other processes share the cores (wall time then grows, CPU does not)."""
+
+    wall: float
+    cpu: float
+
+    def __truediv__(self, other: Timing) -> tuple[float, float]:
+        return self.wall / other.wall, self.cpu / other.cpu
+
+    def scaled(self, factor: float) -> Timing:
+        return Timing(self.wall * factor, self.cpu * factor)
+
+
+def timed(func: Callable[[], np.ndarray], repeat: int = 1) -> tuple[Timing, np.ndarray]:
+    """(median Timing over ``repeat`` calls, result of the last call)."""
+    walls, cpus, out = [], [], None
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        w0, c0 = time.perf_counter(), time.process_time()
         out = func()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+        walls.append(time.perf_counter() - w0)
+        cpus.append(time.process_time() - c0)
+    return Timing(statistics.median(walls), statistics.median(cpus)), out
 
 
 def peak_memory_mib(func: Callable[[], object]) -> float:
@@ -100,6 +118,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="BLAS threads")
     ap.add_argument("--repeat", type=int, default=3, help="repeats of the exact solver at the main size")
     args = ap.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # progress stays visible when redirected to a file
 
     p = HolsteinParams(lx=args.lx, ly=args.ly, voltage=args.voltage)
     grid = energy_grid()
@@ -121,36 +140,45 @@ def main() -> None:
         t_schur, n_schur = timed(lambda: electron_density(q, p, method="schur"), 1)
         subset = np.sort(np.random.default_rng(1).choice(grid, size=args.points, replace=False))
         t_subset, _ = timed(lambda: electron_density_riemann(q, p, energies=subset), 1)
-        t_point = t_subset / args.points
-        t_paper_extrap = t_point * grid.size
+        t_paper_extrap = t_subset.scaled(grid.size / args.points)
         mem_exact = peak_memory_mib(lambda: electron_density(q, p))
         mem_schur = peak_memory_mib(lambda: electron_density(q, p, method="schur"))
         mem_paper = peak_memory_mib(lambda: electron_density_riemann(q, p, energies=subset[:16]))
-        t_paper_full, n_paper = (timed(lambda: electron_density_riemann(q, p), 1) if args.full_riemann
-                                 else (float("nan"), None))
+        n_paper = None
+        if args.full_riemann:
+            t_paper_full, n_paper = timed(lambda: electron_density_riemann(q, p), 1)
+            t_after, _ = timed(lambda: electron_density(q, p), args.repeat)  # load may have changed
+            t_exact = Timing(statistics.median([t_exact.wall, t_after.wall]),
+                             statistics.median([t_exact.cpu, t_after.cpu]))
 
         rows = [
-            ("exact NEGF, eigen route (auto)", t_exact, f"median of {args.repeat}", mem_exact),
+            ("exact NEGF, eigen route (auto)", t_exact, "median of runs before/after", mem_exact),
             ("exact NEGF, Schur route", t_schur, "1 run", mem_schur),
             (f"paper Riemann, {grid.size} pts, extrapolated", t_paper_extrap,
-             f"{args.points} pts timed: {1e3 * t_point:.1f} ms/pt", mem_paper),
+             f"{args.points} pts timed: {1e3 * t_subset.cpu / args.points:.1f} ms/pt cpu", mem_paper),
         ]
         if args.full_riemann:
             rows.append((f"paper Riemann, {grid.size} pts, measured", t_paper_full, "1 run", mem_paper))
-        print(f"{'method':<44}{'time [s]':>10}{'vs exact':>10}{'peak mem [MiB]':>16}   note")
+        print(f"{'method':<42}{'wall [s]':>10}{'cpu [s]':>10}{'vs exact (wall/cpu)':>22}"
+              f"{'peak mem [MiB]':>16}   note")
         for name, t, note, mem in rows:
-            print(f"{name:<44}{t:>10.3f}{t / t_exact:>9.1f}x{mem:>16.1f}   {note}")
+            rw, rc = t / t_exact
+            ratio = f"{rw:.1f}x / {rc:.1f}x"
+            print(f"{name:<42}{t.wall:>10.3f}{t.cpu:>10.3f}{ratio:>22}{mem:>16.1f}   {note}")
         print(f"route taken by auto: {info.method} (eigenvector condition {info.eig_cond:.3g}); "
               f"max |n_eigen - n_schur| = {np.max(np.abs(n_exact - n_schur)):.2e}")
-        print(f"speed-up exact vs paper (extrapolated): {t_paper_extrap / t_exact:.0f}x  (target >= 100x)")
+        rw, rc = t_paper_extrap / t_exact
+        print(f"speed-up exact vs paper (extrapolated): {rc:.0f}x cpu, {rw:.0f}x wall  (target >= 100x)")
         if n_paper is not None:
+            rw, rc = t_paper_full / t_exact
+            print(f"speed-up exact vs paper (measured full sum): {rc:.0f}x cpu, {rw:.0f}x wall")
             diff = np.abs(n_paper - n_exact)
             col = diff.max(axis=1)
-            print(f"speed-up exact vs paper (measured full sum): {t_paper_full / t_exact:.0f}x")
             worst_x = np.unravel_index(diff.argmax(), p.shape)[0]
             print(f"max |n_paper - n_exact| = {diff.max():.3e} (column x={worst_x}); "
                   f"electrode columns x=0: {col[0]:.3e}, x={p.lx - 1}: {col[-1]:.3e}; "
-                  f"bulk columns 1..{p.lx - 2}: {col[1:-1].max():.3e}")
+                  f"bulk columns 1..{p.lx - 2}: {col[1:-1].max():.3e}; "
+                  f"mean over sites {diff.mean():.3e}")
         else:
             print("max |n_paper - n_exact|: not measured (run without --no-full-riemann)")
         print(f"process max RSS so far: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
@@ -158,7 +186,8 @@ def main() -> None:
 
         print("exact solver scaling (1 run each, auto route; checkerboard 2.39 with 8 melted columns + noise;"
               " peak memory traced during the timed run):")
-        print(f"{'lattice':<12}{'N':>7}{'time [s]':>11}{'vs first':>11}{'peak mem [MiB]':>16}")
+        print(f"{'lattice':<12}{'N':>7}{'wall [s]':>10}{'cpu [s]':>10}{'cpu vs first':>14}"
+              f"{'peak mem [MiB]':>16}")
         sizes = []
         for lx in (int(v) for v in args.scaling.split(",")):
             ps = p.replace(lx=lx)
@@ -167,11 +196,12 @@ def main() -> None:
             t, _ = timed(lambda ps=ps, qs=qs: electron_density(qs, ps), 1)
             mem = tracemalloc.get_traced_memory()[1] / 2**20
             tracemalloc.stop()
-            sizes.append((ps.n_sites, t))
-            print(f"{f'{lx}x{p.ly}':<12}{ps.n_sites:>7}{t:>11.2f}{t / sizes[0][1]:>10.1f}x{mem:>16.1f}")
+            sizes.append((ps.n_sites, t.cpu))
+            print(f"{f'{lx}x{p.ly}':<12}{ps.n_sites:>7}{t.wall:>10.2f}{t.cpu:>10.2f}"
+                  f"{t.cpu / sizes[0][1]:>13.1f}x{mem:>16.1f}")
         if len(sizes) > 1:
             n_log, t_log = np.log([s[0] for s in sizes]), np.log([s[1] for s in sizes])
-            print(f"fitted exponent: time ~ N^{np.polyfit(n_log, t_log, 1)[0]:.2f}")
+            print(f"fitted exponent: cpu time ~ N^{np.polyfit(n_log, t_log, 1)[0]:.2f}")
         print(f"process max RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 
