@@ -68,8 +68,10 @@ def paper_model(path: str | None, tmp: Path) -> tuple[Path, str]:
     from neqforce.training.model import PRESETS, build_model
 
     torch.manual_seed(0)
-    model = build_model(PRESETS["paper"], HolsteinParams().physical())
-    out, _ = export_onnx(model, tmp / "paper.onnx", check=False)
+    cfg = PRESETS["paper"]
+    model = build_model(cfg, HolsteinParams().physical())
+    arch = {"macs_per_site": cfg.macs_per_site(), "graph_macs_per_site": cfg.graph_macs_per_site()}
+    out, _ = export_onnx(model, tmp / "paper.onnx", {"neqforce.architecture": json.dumps(arch)}, check=False)
     return out, "random weights"
 
 
@@ -116,6 +118,7 @@ def main() -> None:
         paper_path, paper_kind = paper_model(args.paper, Path(tmp))
         models = [("bundled compact", Path(args.model)), (f"paper preset ({paper_kind})", paper_path)]
         models += [(Path(e).parent.name + "/" + Path(e).name, Path(e)) for e in args.extra]
+        info = {name: (metadata(path), macs(path)) for name, path in models}
         for name, path in models:
             sess = session(path, args.threads)
             sizes = [(30, 28), (100, 100)] + ([] if name.startswith("paper") else [(args.big, args.big)])
@@ -124,7 +127,7 @@ def main() -> None:
                 heavy = lx >= 500 or (name.startswith("paper") and lx >= 100)
                 t = timed(lambda s=sess, x=q: s.run(["force"], {"q": x}), min_time=0.0 if heavy else 1.0,
                           max_repeat=3 if heavy else 200)
-                rows.append((f"{name} [{macs(path)} MAC/site]", f"{lx}x{ly}", t))
+                rows.append((f"{name} [{info[name][1]} MAC/site]", f"{lx}x{ly}", t))
 
     print(f"{'model':<48} {'lattice':>10} {'time/eval':>12} {'sites/s':>12} {'vs NEGF 30x28':>14}")
     for name, lat, t in rows:
@@ -136,14 +139,14 @@ def main() -> None:
     # accuracy/cost trade-off: test metrics stored in each model (held-out trajectories, [-1, 1] units)
     print(f"\n{'model':<34} {'MAC/site':>9} {'MSE':>9} {'sigma':>7} {'MSE L':>9} {'MSE bulk':>9} "
           f"{'MSE R':>9} {'30x28 ms':>9} {'sites/s big':>12}")
-    for name, path in models:
-        md = metadata(path)
+    for name, _ in models:
+        md, n_macs = info[name]
         test = md["test"]
         t30 = next((t for n, lat, t in rows if n.startswith(name) and lat == "30x28"), float("nan"))
         tbig = next((t for n, lat, t in rows if n.startswith(name) and lat == f"{args.big}x{args.big}"),
                     float("nan"))
         sigma = f"{test['overall']['sigma']:.4f}" if "overall" in test else "-"
-        print(f"{name[:34]:<34} {macs(path):>9} {_mse(test, 'overall'):>9} {sigma:>7} "
+        print(f"{name[:34]:<34} {n_macs:>9} {_mse(test, 'overall'):>9} {sigma:>7} "
               f"{_mse(test, 'near_left'):>9} {_mse(test, 'bulk'):>9} {_mse(test, 'near_right'):>9} "
               f"{t30 * 1e3:9.3f} {args.big**2 / tbig:12.3e}")
 

@@ -81,7 +81,7 @@ class ModelConfig:
 PRESETS: dict[str, ModelConfig] = {
     "paper": ModelConfig(descriptor="paper", hidden=(4096, 2048, 1024, 512, 256, 128, 64, 64),
                          activation="relu"),
-    "compact": ModelConfig(descriptor="paper+elec", hidden=(64, 64), activation="silu", r_cut=10),
+    "compact": ModelConfig(descriptor="paper+elec", hidden=(32, 64), activation="silu", r_cut=10),
 }
 
 

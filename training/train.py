@@ -24,8 +24,8 @@ import torch
 from neqforce import __version__
 from neqforce.physics import DEFAULT_V
 
-from .checkpoint import load_model, read_checkpoint, save_checkpoint
-from .data import Frames, frames_of, select_voltage, split_by_trajectory, traj_id, validation_mask
+from .checkpoint import read_checkpoint, save_checkpoint
+from .data import frames_of, select_voltage, split_by_trajectory, traj_id, validation_mask
 from .dataset import dataset_sha256, load_dataset
 from .descriptors import offsets
 from .metrics import force_metrics, format_metrics
@@ -42,12 +42,12 @@ class TrainOptions:
     activation: str | None = None  # override the preset's activation
     anti_rank: int | None = None  # override: 0 C_s-averaged layer, K quadratic A'' invariants
     r_cut: int | None = None  # override the cutoff radius (6)
-    epochs: int = 60
+    epochs: int = 30
     lr: float = 2e-3
     lr_min: float = 2e-5
     batch_size: int = 1024
     weight_decay: float = 0.0
-    patience: int = 15
+    patience: int = 8
     seed: int = 0
     device: str = "auto"
     test_fraction: float = 0.3
@@ -239,10 +239,3 @@ def train(data: str | os.PathLike[str] | Sequence[str], out: str | os.PathLike[s
     log(f"wrote {best_path}")
     return best_path
 
-
-def load_trained(path: str | os.PathLike[str]) -> tuple[ForceModel, dict]:
-    """Alias of :func:`neqforce.training.checkpoint.load_model` for users of this module."""
-    return load_model(path)
-
-
-__all__ = ["Frames", "ModelConfig", "TrainOptions", "load_trained", "pick_device", "predict_forces", "train"]
