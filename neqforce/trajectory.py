@@ -64,7 +64,7 @@ class Trajectory:
     q0_bulk: float = float("nan")
     extra: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=software_versions)
-    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat())
+    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat())
     complete: bool = False
     series_step: list[int] = field(default_factory=list)
     series_xi: list[float] = field(default_factory=list)

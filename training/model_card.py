@@ -42,7 +42,7 @@ def model_card(onnx_path: str | os.PathLike[str], evaluation: dict | None = None
         "training": parsed("neqforce.training"), "dataset_sha256": meta.get("neqforce.dataset_sha256"),
         "metrics_at_training": parsed("neqforce.metrics"), "evaluation": evaluation or {},
         "commands": commands or [], "notes": notes, "neqforce_version": meta.get("neqforce.version"),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "software": software_versions(),
     }
 

@@ -7,14 +7,13 @@ import os
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-
-from neqforce.physics import HolsteinParams  # noqa: E402
+from neqforce.physics import HolsteinParams
 
 
 def _random_model(descriptor: str = "device", hidden=(16, 8), activation: str = "silu", seed: int = 0,
                   anti_rank: int = 0):
     """An untrained model with random weights and non-trivial feature/target normalization."""
+    torch = pytest.importorskip("torch")
     from neqforce.training.model import ModelConfig, build_model
 
     torch.manual_seed(seed)
