@@ -204,7 +204,7 @@ class ForceClient:
         """Version, backends, models with the parameters each covers, limits, routing, providers."""
         info = self._call(self._stub.GetServerInfo, pb.GetServerInfoRequest(), timeout)
         models = [{"name": m.name, "path": m.path, "sha256": m.sha256, "params": dict(m.parameters),
-                   "descriptor": m.descriptor,
+                   "descriptor": m.descriptor_name,
                    "metrics": json.loads(m.metrics_json) if m.metrics_json else {},
                    "dataset_sha256": m.dataset_sha256, "version": m.model_version,
                    "execution_providers": list(m.execution_providers)} for m in info.models]

@@ -196,7 +196,7 @@ class ForceServicer(pb_grpc.ForceServiceServicer):
                                   "float64, O(N^3)"),
         ]
         models = [pb.ModelInfo(name=m.name, path=str(m.path), sha256=m.sha256, parameters=m.params,
-                               descriptor=m.metadata.get("neqforce.descriptor", ""),
+                               descriptor_name=m.metadata.get("neqforce.descriptor", ""),
                                metrics_json=m.metadata.get("neqforce.metrics", ""),
                                dataset_sha256=m.metadata.get("neqforce.dataset_sha256", ""),
                                model_version=m.metadata.get("neqforce.version", ""),

@@ -24,13 +24,14 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fneqforce/v1/force_service.proto\x12\x0bneqforce.v1\"S\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12$\n\x05\x64type\x18\x02 \x01(\x0e\x32\x15.neqforce.v1.DataType\x12\x14\n\x0craw_contents\x18\x03 \x01(\x0c\"\x90\x02\n\x14\x43omputeForcesRequest\x12\x1e\n\x01q\x18\x01 \x01(\x0b\x32\x13.neqforce.v1.Tensor\x12\x45\n\nparameters\x18\x02 \x03(\x0b\x32\x31.neqforce.v1.ComputeForcesRequest.ParametersEntry\x12%\n\x07\x62\x61\x63kend\x18\x03 \x01(\x0e\x32\x14.neqforce.v1.Backend\x12\x14\n\x0cwant_density\x18\x04 \x01(\x08\x12\r\n\x05model\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xcf\x02\n\x15\x43omputeForcesResponse\x12\"\n\x05\x66orce\x18\x01 \x01(\x0b\x32\x13.neqforce.v1.Tensor\x12$\n\x07\x64\x65nsity\x18\x02 \x01(\x0b\x32\x13.neqforce.v1.Tensor\x12%\n\x07\x62\x61\x63kend\x18\x03 \x01(\x0e\x32\x14.neqforce.v1.Backend\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x46\n\nparameters\x18\x06 \x03(\x0b\x32\x32.neqforce.v1.ComputeForcesResponse.ParametersEntry\x12\x17\n\x0f\x63ompute_seconds\x18\x07 \x01(\x01\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x16\n\x14GetServerInfoRequest\"t\n\x0b\x42\x61\x63kendInfo\x12%\n\x07\x62\x61\x63kend\x18\x01 \x01(\x0e\x32\x14.neqforce.v1.Backend\x12\x11\n\tavailable\x18\x02 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12\x1b\n\x13\x65xecution_providers\x18\x04 \x03(\t\"\x9c\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12:\n\nparameters\x18\x04 \x03(\x0b\x32&.neqforce.v1.ModelInfo.ParametersEntry\x12\x12\n\ndescriptor\x18\x05 \x01(\t\x12\x14\n\x0cmetrics_json\x18\x06 \x01(\t\x12\x16\n\x0e\x64\x61taset_sha256\x18\x07 \x01(\t\x12\x15\n\rmodel_version\x18\x08 \x01(\t\x12\x1b\n\x13\x65xecution_providers\x18\t \x03(\t\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"z\n\x06Limits\x12\x11\n\tmax_sites\x18\x01 \x01(\x03\x12\x16\n\x0enegf_max_sites\x18\x02 \x01(\x03\x12\x17\n\x0fmax_concurrency\x18\x03 \x01(\x05\x12\x11\n\tmax_queue\x18\x04 \x01(\x05\x12\x19\n\x11max_message_bytes\x18\x05 \x01(\x03\"\x1d\n\rRoutingPolicy\x12\x0c\n\x04rtol\x18\x01 \x01(\x01\"\x91\x03\n\x15GetServerInfoResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0b\n\x03\x61pi\x18\x03 \x01(\t\x12*\n\x08\x62\x61\x63kends\x18\x04 \x03(\x0b\x32\x18.neqforce.v1.BackendInfo\x12&\n\x06models\x18\x05 \x03(\x0b\x32\x16.neqforce.v1.ModelInfo\x12#\n\x06limits\x18\x06 \x01(\x0b\x32\x13.neqforce.v1.Limits\x12+\n\x07routing\x18\x07 \x01(\x0b\x32\x1a.neqforce.v1.RoutingPolicy\x12U\n\x12\x64\x65\x66\x61ult_parameters\x18\x08 \x03(\x0b\x32\x39.neqforce.v1.GetServerInfoResponse.DefaultParametersEntry\x12\x15\n\rauth_required\x18\t \x01(\x08\x1a\x38\n\x16\x44\x65\x66\x61ultParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*M\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x41TA_TYPE_FP32\x10\x01\x12\x12\n\x0e\x44\x41TA_TYPE_FP64\x10\x02*?\n\x07\x42\x61\x63kend\x12\x10\n\x0c\x42\x41\x43KEND_AUTO\x10\x00\x12\x10\n\x0c\x42\x41\x43KEND_ONNX\x10\x01\x12\x10\n\x0c\x42\x41\x43KEND_NEGF\x10\x02\x32\x99\x02\n\x0c\x46orceService\x12V\n\rComputeForces\x12!.neqforce.v1.ComputeForcesRequest\x1a\".neqforce.v1.ComputeForcesResponse\x12Y\n\x0cStreamForces\x12!.neqforce.v1.ComputeForcesRequest\x1a\".neqforce.v1.ComputeForcesResponse(\x01\x30\x01\x12V\n\rGetServerInfo\x12!.neqforce.v1.GetServerInfoRequest\x1a\".neqforce.v1.GetServerInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fneqforce/v1/force_service.proto\x12\x0bneqforce.v1\"S\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12$\n\x05\x64type\x18\x02 \x01(\x0e\x32\x15.neqforce.v1.DataType\x12\x14\n\x0craw_contents\x18\x03 \x01(\x0c\"\x90\x02\n\x14\x43omputeForcesRequest\x12\x1e\n\x01q\x18\x01 \x01(\x0b\x32\x13.neqforce.v1.Tensor\x12\x45\n\nparameters\x18\x02 \x03(\x0b\x32\x31.neqforce.v1.ComputeForcesRequest.ParametersEntry\x12%\n\x07\x62\x61\x63kend\x18\x03 \x01(\x0e\x32\x14.neqforce.v1.Backend\x12\x14\n\x0cwant_density\x18\x04 \x01(\x08\x12\r\n\x05model\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xcf\x02\n\x15\x43omputeForcesResponse\x12\"\n\x05\x66orce\x18\x01 \x01(\x0b\x32\x13.neqforce.v1.Tensor\x12$\n\x07\x64\x65nsity\x18\x02 \x01(\x0b\x32\x13.neqforce.v1.Tensor\x12%\n\x07\x62\x61\x63kend\x18\x03 \x01(\x0e\x32\x14.neqforce.v1.Backend\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x46\n\nparameters\x18\x06 \x03(\x0b\x32\x32.neqforce.v1.ComputeForcesResponse.ParametersEntry\x12\x17\n\x0f\x63ompute_seconds\x18\x07 \x01(\x01\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x16\n\x14GetServerInfoRequest\"t\n\x0b\x42\x61\x63kendInfo\x12%\n\x07\x62\x61\x63kend\x18\x01 \x01(\x0e\x32\x14.neqforce.v1.Backend\x12\x11\n\tavailable\x18\x02 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12\x1b\n\x13\x65xecution_providers\x18\x04 \x03(\t\"\xce\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12:\n\nparameters\x18\x04 \x03(\x0b\x32&.neqforce.v1.ModelInfo.ParametersEntry\x12\x17\n\x0f\x64\x65scriptor_name\x18\x05 \x01(\t\x12\x14\n\x0cmetrics_json\x18\x06 \x01(\t\x12\x16\n\x0e\x64\x61taset_sha256\x18\x07 \x01(\t\x12\x15\n\rmodel_version\x18\x08 \x01(\t\x12\x1b\n\x13\x65xecution_providers\x18\t \x03(\t\x12+\n\x06\x64omain\x18\n \x03(\x0b\x32\x1b.neqforce.v1.ParameterRange\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"8\n\x0eParameterRange\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03min\x18\x02 \x01(\x01\x12\x0b\n\x03max\x18\x03 \x01(\x01\"\xc3\x01\n\x06Limits\x12\x11\n\tmax_sites\x18\x01 \x01(\x03\x12\x16\n\x0enegf_max_sites\x18\x02 \x01(\x03\x12\x17\n\x0fmax_concurrency\x18\x03 \x01(\x05\x12\x11\n\tmax_queue\x18\x04 \x01(\x05\x12\x15\n\rnegf_max_work\x18\x06 \x01(\x01\x12\x1d\n\x15stream_idle_timeout_s\x18\x07 \x01(\x01\x12\x11\n\tmax_abs_q\x18\x08 \x01(\x01\x12\x19\n\x11max_message_bytes\x18\x05 \x01(\x03\"\x1d\n\rRoutingPolicy\x12\x0c\n\x04rtol\x18\x01 \x01(\x01\"\x91\x03\n\x15GetServerInfoResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0b\n\x03\x61pi\x18\x03 \x01(\t\x12*\n\x08\x62\x61\x63kends\x18\x04 \x03(\x0b\x32\x18.neqforce.v1.BackendInfo\x12&\n\x06models\x18\x05 \x03(\x0b\x32\x16.neqforce.v1.ModelInfo\x12#\n\x06limits\x18\x06 \x01(\x0b\x32\x13.neqforce.v1.Limits\x12+\n\x07routing\x18\x07 \x01(\x0b\x32\x1a.neqforce.v1.RoutingPolicy\x12U\n\x12\x64\x65\x66\x61ult_parameters\x18\x08 \x03(\x0b\x32\x39.neqforce.v1.GetServerInfoResponse.DefaultParametersEntry\x12\x15\n\rauth_required\x18\t \x01(\x08\x1a\x38\n\x16\x44\x65\x66\x61ultParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*M\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x41TA_TYPE_FP32\x10\x01\x12\x12\n\x0e\x44\x41TA_TYPE_FP64\x10\x02*?\n\x07\x42\x61\x63kend\x12\x10\n\x0c\x42\x41\x43KEND_AUTO\x10\x00\x12\x10\n\x0c\x42\x41\x43KEND_ONNX\x10\x01\x12\x10\n\x0c\x42\x41\x43KEND_NEGF\x10\x02\x32\x99\x02\n\x0c\x46orceService\x12V\n\rComputeForces\x12!.neqforce.v1.ComputeForcesRequest\x1a\".neqforce.v1.ComputeForcesResponse\x12Y\n\x0cStreamForces\x12!.neqforce.v1.ComputeForcesRequest\x1a\".neqforce.v1.ComputeForcesResponse(\x01\x30\x01\x12V\n\rGetServerInfo\x12!.neqforce.v1.GetServerInfoRequest\x1a\".neqforce.v1.GetServerInfoResponseBb\n\x0forg.neqforce.v1B\x11\x46orceServiceProtoP\x01Z:github.com/neqforce/neqforce/gen/go/neqforce/v1;neqforcev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'neqforce.v1.force_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\017org.neqforce.v1B\021ForceServiceProtoP\001Z:github.com/neqforce/neqforce/gen/go/neqforce/v1;neqforcev1'
   _globals['_COMPUTEFORCESREQUEST_PARAMETERSENTRY']._loaded_options = None
   _globals['_COMPUTEFORCESREQUEST_PARAMETERSENTRY']._serialized_options = b'8\001'
   _globals['_COMPUTEFORCESRESPONSE_PARAMETERSENTRY']._loaded_options = None
@@ -39,10 +40,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELINFO_PARAMETERSENTRY']._serialized_options = b'8\001'
   _globals['_GETSERVERINFORESPONSE_DEFAULTPARAMETERSENTRY']._loaded_options = None
   _globals['_GETSERVERINFORESPONSE_DEFAULTPARAMETERSENTRY']._serialized_options = b'8\001'
-  _globals['_DATATYPE']._serialized_start=1734
-  _globals['_DATATYPE']._serialized_end=1811
-  _globals['_BACKEND']._serialized_start=1813
-  _globals['_BACKEND']._serialized_end=1876
+  _globals['_DATATYPE']._serialized_start=1916
+  _globals['_DATATYPE']._serialized_end=1993
+  _globals['_BACKEND']._serialized_start=1995
+  _globals['_BACKEND']._serialized_end=2058
   _globals['_TENSOR']._serialized_start=48
   _globals['_TENSOR']._serialized_end=131
   _globals['_COMPUTEFORCESREQUEST']._serialized_start=134
@@ -58,17 +59,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BACKENDINFO']._serialized_start=770
   _globals['_BACKENDINFO']._serialized_end=886
   _globals['_MODELINFO']._serialized_start=889
-  _globals['_MODELINFO']._serialized_end=1173
+  _globals['_MODELINFO']._serialized_end=1223
   _globals['_MODELINFO_PARAMETERSENTRY']._serialized_start=357
   _globals['_MODELINFO_PARAMETERSENTRY']._serialized_end=406
-  _globals['_LIMITS']._serialized_start=1175
-  _globals['_LIMITS']._serialized_end=1297
-  _globals['_ROUTINGPOLICY']._serialized_start=1299
-  _globals['_ROUTINGPOLICY']._serialized_end=1328
-  _globals['_GETSERVERINFORESPONSE']._serialized_start=1331
-  _globals['_GETSERVERINFORESPONSE']._serialized_end=1732
-  _globals['_GETSERVERINFORESPONSE_DEFAULTPARAMETERSENTRY']._serialized_start=1676
-  _globals['_GETSERVERINFORESPONSE_DEFAULTPARAMETERSENTRY']._serialized_end=1732
-  _globals['_FORCESERVICE']._serialized_start=1879
-  _globals['_FORCESERVICE']._serialized_end=2160
+  _globals['_PARAMETERRANGE']._serialized_start=1225
+  _globals['_PARAMETERRANGE']._serialized_end=1281
+  _globals['_LIMITS']._serialized_start=1284
+  _globals['_LIMITS']._serialized_end=1479
+  _globals['_ROUTINGPOLICY']._serialized_start=1481
+  _globals['_ROUTINGPOLICY']._serialized_end=1510
+  _globals['_GETSERVERINFORESPONSE']._serialized_start=1513
+  _globals['_GETSERVERINFORESPONSE']._serialized_end=1914
+  _globals['_GETSERVERINFORESPONSE_DEFAULTPARAMETERSENTRY']._serialized_start=1858
+  _globals['_GETSERVERINFORESPONSE_DEFAULTPARAMETERSENTRY']._serialized_end=1914
+  _globals['_FORCESERVICE']._serialized_start=2061
+  _globals['_FORCESERVICE']._serialized_end=2342
 # @@protoc_insertion_point(module_scope)

@@ -102,7 +102,7 @@ class BackendInfo(_message.Message):
     def __init__(self, backend: _Optional[_Union[Backend, str]] = ..., available: _Optional[bool] = ..., detail: _Optional[str] = ..., execution_providers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "path", "sha256", "parameters", "descriptor", "metrics_json", "dataset_sha256", "model_version", "execution_providers")
+    __slots__ = ("name", "path", "sha256", "parameters", "descriptor_name", "metrics_json", "dataset_sha256", "model_version", "execution_providers", "domain")
     class ParametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -114,35 +114,53 @@ class ModelInfo(_message.Message):
     PATH_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
-    DESCRIPTOR_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTOR_NAME_FIELD_NUMBER: _ClassVar[int]
     METRICS_JSON_FIELD_NUMBER: _ClassVar[int]
     DATASET_SHA256_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     EXECUTION_PROVIDERS_FIELD_NUMBER: _ClassVar[int]
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
     name: str
     path: str
     sha256: str
     parameters: _containers.ScalarMap[str, float]
-    descriptor: str
+    descriptor_name: str
     metrics_json: str
     dataset_sha256: str
     model_version: str
     execution_providers: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ..., sha256: _Optional[str] = ..., parameters: _Optional[_Mapping[str, float]] = ..., descriptor: _Optional[str] = ..., metrics_json: _Optional[str] = ..., dataset_sha256: _Optional[str] = ..., model_version: _Optional[str] = ..., execution_providers: _Optional[_Iterable[str]] = ...) -> None: ...
+    domain: _containers.RepeatedCompositeFieldContainer[ParameterRange]
+    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ..., sha256: _Optional[str] = ..., parameters: _Optional[_Mapping[str, float]] = ..., descriptor_name: _Optional[str] = ..., metrics_json: _Optional[str] = ..., dataset_sha256: _Optional[str] = ..., model_version: _Optional[str] = ..., execution_providers: _Optional[_Iterable[str]] = ..., domain: _Optional[_Iterable[_Union[ParameterRange, _Mapping]]] = ...) -> None: ...
+
+class ParameterRange(_message.Message):
+    __slots__ = ("name", "min", "max")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MIN_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    min: float
+    max: float
+    def __init__(self, name: _Optional[str] = ..., min: _Optional[float] = ..., max: _Optional[float] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_sites", "negf_max_sites", "max_concurrency", "max_queue", "max_message_bytes")
+    __slots__ = ("max_sites", "negf_max_sites", "max_concurrency", "max_queue", "negf_max_work", "stream_idle_timeout_s", "max_abs_q", "max_message_bytes")
     MAX_SITES_FIELD_NUMBER: _ClassVar[int]
     NEGF_MAX_SITES_FIELD_NUMBER: _ClassVar[int]
     MAX_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_FIELD_NUMBER: _ClassVar[int]
+    NEGF_MAX_WORK_FIELD_NUMBER: _ClassVar[int]
+    STREAM_IDLE_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_ABS_Q_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     max_sites: int
     negf_max_sites: int
     max_concurrency: int
     max_queue: int
+    negf_max_work: float
+    stream_idle_timeout_s: float
+    max_abs_q: float
     max_message_bytes: int
-    def __init__(self, max_sites: _Optional[int] = ..., negf_max_sites: _Optional[int] = ..., max_concurrency: _Optional[int] = ..., max_queue: _Optional[int] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
+    def __init__(self, max_sites: _Optional[int] = ..., negf_max_sites: _Optional[int] = ..., max_concurrency: _Optional[int] = ..., max_queue: _Optional[int] = ..., negf_max_work: _Optional[float] = ..., stream_idle_timeout_s: _Optional[float] = ..., max_abs_q: _Optional[float] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
 
 class RoutingPolicy(_message.Message):
     __slots__ = ("rtol",)
