@@ -10,29 +10,19 @@ import csv
 import io
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from neqforce.atomic import atomic_path, atomic_write_bytes
 from neqforce.physics import HolsteinParams
 from neqforce.trajectory import FORMAT as TRAJECTORY_FORMAT
 from neqforce.trajectory import Trajectory, read_trajectory, software_versions
 
 FORCES_FORMAT = "neqforce.forces/1"
 H5_SUFFIXES = (".h5", ".hdf5")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-#: Mode of written files: what open() would give (mkstemp makes them 0600).
-_FILE_MODE = 0o666 & ~_umask()
 
 
 @dataclass(frozen=True)
@@ -55,22 +45,6 @@ class RunOutputs:
 
     def all(self) -> tuple[Path, ...]:
         return (self.trajectory, self.xi_csv, self.density_png, self.xi_png)
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_xi_csv(path: str | os.PathLike[str], traj: Trajectory) -> Path:
@@ -185,26 +159,17 @@ def write_forces(path: str | os.PathLike[str], q: np.ndarray, force: np.ndarray,
         return atomic_write_bytes(path, buf.getvalue())
     if suffix not in H5_SUFFIXES:
         raise ValueError(f"{path}: unsupported output type {suffix!r} (use .npy or .h5)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as fh:
-            fh.attrs["format"] = FORCES_FORMAT
-            fh.attrs["params"] = params.to_json()
-            fh.attrs["backend"] = backend
-            fh.attrs["model"] = model
-            fh.attrs["versions"] = json.dumps(software_versions(), sort_keys=True)
-            fh.attrs["extra"] = json.dumps(extra or {}, sort_keys=True)
-            fh["q"] = np.asarray(q, dtype=np.float64)
-            fh["force"] = np.asarray(force, dtype=np.float64)
-            fh["density"] = (np.full(params.shape, np.nan) if density is None
-                             else np.asarray(density, dtype=np.float64))
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as fh:
+        fh.attrs["format"] = FORCES_FORMAT
+        fh.attrs["params"] = params.to_json()
+        fh.attrs["backend"] = backend
+        fh.attrs["model"] = model
+        fh.attrs["versions"] = json.dumps(software_versions(), sort_keys=True)
+        fh.attrs["extra"] = json.dumps(extra or {}, sort_keys=True)
+        fh["q"] = np.asarray(q, dtype=np.float64)
+        fh["force"] = np.asarray(force, dtype=np.float64)
+        fh["density"] = (np.full(params.shape, np.nan) if density is None
+                         else np.asarray(density, dtype=np.float64))
     return path
 
 

@@ -20,7 +20,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ import h5py
 import numpy as np
 
 from neqforce import __version__
+from neqforce.atomic import atomic_path
 from neqforce.physics.params import HolsteinParams
 
 FORMAT = "neqforce.trajectory/1"
@@ -133,42 +133,32 @@ class TrajectoryWriter:
 
 def write_trajectory(path: str | os.PathLike[str], traj: Trajectory) -> None:
     """Write ``traj`` to ``path`` atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            a = f.attrs
-            a["format"] = FORMAT
-            a["params"] = traj.params.to_json()
-            a["seed"] = traj.seed
-            a["dt"] = traj.dt
-            a["save_every"] = traj.save_every
-            a["n_steps"] = traj.n_steps
-            a["backend"] = traj.backend
-            a["model"] = traj.model
-            a["q0_bulk"] = traj.q0_bulk
-            a["versions"] = json.dumps(traj.versions, sort_keys=True)
-            a["created"] = traj.created
-            a["complete"] = bool(traj.complete)
-            a["extra"] = json.dumps(traj.extra, sort_keys=True)
-            steps = np.asarray(traj.series_step, dtype=np.int64)
-            f["series/step"] = steps
-            f["series/time"] = steps * traj.dt
-            f["series/xi"] = np.asarray(traj.series_xi, dtype=np.float64)
-            frames = traj.frames()
-            for name, value in frames.items():
-                f.create_dataset(f"frames/{name}", data=value,
-                                 compression="gzip" if value.ndim == 3 and value.size else None)
-            f["checkpoint/step"] = traj.checkpoint_step
-            f["checkpoint/q"] = (traj.checkpoint_q if traj.checkpoint_q is not None
-                                 else np.full(traj.params.shape, np.nan))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        a = f.attrs
+        a["format"] = FORMAT
+        a["params"] = traj.params.to_json()
+        a["seed"] = traj.seed
+        a["dt"] = traj.dt
+        a["save_every"] = traj.save_every
+        a["n_steps"] = traj.n_steps
+        a["backend"] = traj.backend
+        a["model"] = traj.model
+        a["q0_bulk"] = traj.q0_bulk
+        a["versions"] = json.dumps(traj.versions, sort_keys=True)
+        a["created"] = traj.created
+        a["complete"] = bool(traj.complete)
+        a["extra"] = json.dumps(traj.extra, sort_keys=True)
+        steps = np.asarray(traj.series_step, dtype=np.int64)
+        f["series/step"] = steps
+        f["series/time"] = steps * traj.dt
+        f["series/xi"] = np.asarray(traj.series_xi, dtype=np.float64)
+        frames = traj.frames()
+        for name, value in frames.items():
+            f.create_dataset(f"frames/{name}", data=value,
+                             compression="gzip" if value.ndim == 3 and value.size else None)
+        f["checkpoint/step"] = traj.checkpoint_step
+        f["checkpoint/q"] = (traj.checkpoint_q if traj.checkpoint_q is not None
+                             else np.full(traj.params.shape, np.nan))
 
 
 def read_trajectory(path: str | os.PathLike[str]) -> Trajectory:

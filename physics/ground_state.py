@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from neqforce.atomic import atomic_write
 
 from .domain_wall import bulk_cdw_amplitude
 from .forces import negf_forces
@@ -94,10 +95,8 @@ def cdw_ground_state(params: HolsteinParams, seed: int = 0, use_cache: bool = Tr
     q = _relax_from_checkerboard(params, seed)
     _MEMORY[key] = q
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as fh:
+        with atomic_write(path) as fh:
             np.save(fh, q)
-        os.replace(fh.name, path)
     except OSError:
         pass  # the cache is an optimisation only
     return q.copy()

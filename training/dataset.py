@@ -16,7 +16,6 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from neqforce.atomic import atomic_write_text
 from neqforce.physics import (
     DEFAULT_V,
     HolsteinParams,
@@ -90,11 +90,7 @@ def preset_spec(name: str) -> DatasetSpec:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def _run_status(path: Path) -> tuple[bool, int]:
