@@ -39,6 +39,7 @@ from neqforce.physics import (  # noqa: E402
     nucleation_time,
     wall_speed,
 )
+from neqforce.physics.domain_wall import time_to_xi  # noqa: E402
 from neqforce.trajectory import read_trajectory  # noqa: E402
 
 
@@ -82,9 +83,9 @@ def negf_wall_time(traj) -> float:
 
 
 def time_to_column(t: np.ndarray, xi: np.ndarray, lx: int, column: int = 25) -> float:
-    """First time at which at least ``column`` columns are metallic (nan if never)."""
-    hit = np.flatnonzero(xi * lx >= column - 1e-9)
-    return float(t[hit[0]]) if hit.size else float("nan")
+    """First time at which at least ``column`` columns are metallic (nan if never): the library's
+    :func:`neqforce.physics.domain_wall.time_to_xi` at ξ = column / lx."""
+    return time_to_xi(t, xi, column / lx, lx)
 
 
 def stats(values: list[float]) -> dict:

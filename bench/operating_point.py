@@ -14,10 +14,14 @@ Definitions (t in units of 1/gamma, dt = 0.1; "columns" = ξ·lx, the number of 
 * relaxed CDW: frame 0 of the runs. q0 (bulk) = mean over columns 10..lx-11 of the staggered
   column mean (-1)^(x+y) Q; edge amplitude = the same for column 0 and lx-1; δ = n_A - n_B =
   mean (-1)^(x+y) 2 (n_i - 1/2) over the same bulk columns, from the V = 0 NEGF density of frame 0.
-* nucleation time t_nuc: the earliest t after which ξ > 0 at every later step of the run.
-* wall speed v: slope of a least-squares line through ξ·lx versus t over the propagation window,
-  from the first step with ξ·lx ≥ 3 to the first step with ξ·lx ≥ lx - 6 (away from both electrodes).
-* t_25: the first time with ξ·lx ≥ 25 (the wall has reached column 25); reported in steps too.
+All run numbers come from :mod:`neqforce.physics.domain_wall` (the one implementation shared with
+``neqforce sweep`` and ``bench/compare_dynamics.py``):
+
+* nucleation time t_nuc: :func:`nucleation_time`, the earliest t after which ξ > 0 at every later step.
+* wall speed v: :func:`fit_wall_speed`, slope of a least-squares line through ξ·lx versus t over the
+  propagation window, here from the first step with ξ·lx ≥ 3 to the first step with ξ·lx ≥ lx - 6
+  (away from both electrodes), i.e. the ξ window (3/lx, (lx-6)/lx), at least 11 samples.
+* t_25: :func:`time_to_xi` at ξ = 25/lx (the wall has reached column 25); reported in steps too.
 * melting time of column x: the earliest t after which mean_y |m| of that column stays below q0_bulk/2.
 * n metal: mean n_i over the metallic columns (x >= 1) of the last frame.
 """
@@ -36,6 +40,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from neqforce.physics import DEFAULT_V, electron_density, local_order, staggered_sign  # noqa: E402
+from neqforce.physics.domain_wall import fit_wall_speed, nucleation_time, time_to_xi  # noqa: E402
 from neqforce.training.dataset import load_dataset  # noqa: E402
 from neqforce.trajectory import Trajectory  # noqa: E402
 
@@ -73,19 +78,11 @@ def persistent_onset(times: np.ndarray, flag: np.ndarray) -> float:
 
 
 def wall_speed(times: np.ndarray, columns: np.ndarray, lx: int) -> tuple[float, float, bool]:
-    """(slope, standard error, window closed) of columns(t) over the propagation window.
-
-    The window runs from the first sample with columns >= PROP_START to the first with
-    columns >= lx - PROP_END_GAP; if the wall never gets there it is left open (to the last sample).
-    """
-    start = np.flatnonzero(columns >= PROP_START)
-    end = np.flatnonzero(columns >= lx - PROP_END_GAP)
-    stop = end[0] if end.size else len(columns) - 1
-    if start.size == 0 or stop - start[0] < 10:
-        return math.nan, math.nan, bool(end.size)
-    t, c = times[start[0]:stop + 1], columns[start[0]:stop + 1]
-    (slope, _), cov = np.polyfit(t, c, 1, cov=True)
-    return float(slope), float(math.sqrt(cov[0, 0])), bool(end.size)
+    """(slope, standard error, window closed) of columns(t) over the propagation window
+    (:func:`fit_wall_speed` with the ξ window (PROP_START/lx, (lx - PROP_END_GAP)/lx))."""
+    fit = fit_wall_speed(times, columns / lx, lx, window=(PROP_START / lx, (lx - PROP_END_GAP) / lx),
+                         min_points=11)
+    return fit.speed, fit.stderr, fit.closed
 
 
 def summarise(traj: Trajectory) -> RunSummary:
@@ -96,7 +93,6 @@ def summarise(traj: Trajectory) -> RunSummary:
     order = np.abs(local_order(frames["q"])).mean(axis=-1)  # (frames, lx)
     melted = order < 0.5 * traj.q0_bulk
     melt_time = np.array([persistent_onset(frames["time"], melted[:, x]) for x in range(p.lx)])
-    reached = np.flatnonzero(columns >= TARGET_COLUMN)
     speed, speed_err, closed = wall_speed(times, columns, p.lx)
     metal_cols = np.flatnonzero(melted[-1])
     metal_cols = metal_cols[metal_cols >= 1]
@@ -104,8 +100,8 @@ def summarise(traj: Trajectory) -> RunSummary:
     return RunSummary(
         name=Path(traj.extra.get("file", f"V{p.voltage:.3f}_s{traj.seed}")).stem, voltage=p.voltage,
         seed=traj.seed, last_step=traj.last_step, complete=traj.complete,
-        t_nuc=persistent_onset(times, columns > 0), speed=speed, speed_err=speed_err, window_closed=closed,
-        t_target=float(times[reached[0]]) if reached.size else math.nan,
+        t_nuc=nucleation_time(times, xi, p.lx), speed=speed, speed_err=speed_err, window_closed=closed,
+        t_target=time_to_xi(times, xi, TARGET_COLUMN / p.lx, p.lx),
         final_columns=float(columns[-1]), n_metal=n_metal, melt_time=melt_time)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import brentq
@@ -77,13 +78,22 @@ def domain_wall_position(q: np.ndarray, params: HolsteinParams, q0_bulk: float |
     return float(np.count_nonzero(metallic_columns(q, q0_bulk)) / params.lx)
 
 
-def nucleation_time(time: np.ndarray, xi: np.ndarray, lx: int) -> float:
-    """First time after which at least one column stays metallic (ξ >= 1/lx for all later times).
+#: Default ξ window of the wall-speed fit: from the first step with ξ >= 0.2 to the first with ξ >= 0.8
+#: (the wall has left the left electrode and not yet felt the right one).
+SPEED_WINDOW = (0.2, 0.8)
+#: Fewest samples a wall-speed fit uses (fewer: nan).
+SPEED_MIN_POINTS = 5
+_TOL = 1e-9  # ξ·lx is a count of columns: compare with a tolerance against rounding of k / lx
 
-    Returns nan if the lattice never stays metallic (e.g. below the threshold voltage).
+
+def nucleation_time(time: np.ndarray, xi: np.ndarray, lx: int) -> float:
+    """Nucleation time t_nuc (units of 1/γ): the earliest time after which at least one column stays
+    metallic, i.e. ξ >= 1/lx at that sample and at every later one.
+
+    Returns nan if the lattice is not metallic at the last sample (no domain has nucleated for good).
     """
     time, xi = np.asarray(time, dtype=float), np.asarray(xi, dtype=float)
-    metallic = xi >= (1.0 - 1e-9) / lx
+    metallic = xi * lx >= 1.0 - _TOL
     if not metallic.size or not metallic[-1]:
         return float("nan")
     # last index that is not metallic; nucleation is the step right after it
@@ -91,15 +101,94 @@ def nucleation_time(time: np.ndarray, xi: np.ndarray, lx: int) -> float:
     return float(time[off[-1] + 1] if off.size else time[0])
 
 
-def wall_speed(time: np.ndarray, xi: np.ndarray, lx: int, window: tuple[float, float] = (0.2, 0.8)) -> float:
-    """Domain-wall speed in columns per time unit: slope of a least-squares line through ξ·lx(t)
-    over the propagation window window[0] <= ξ <= window[1] (away from both electrodes).
+def time_to_xi(time: np.ndarray, xi: np.ndarray, level: float, lx: int | None = None) -> float:
+    """t(ξ = level): the first time at which ξ >= ``level`` (nan if never reached).
 
-    Returns nan when fewer than 5 points fall in the window.
+    With ``lx``, the comparison is made on column counts ξ·lx >= level·lx (tolerant to rounding), so
+    ``level = 25 / lx`` is "the wall has reached column 25".
     """
     time, xi = np.asarray(time, dtype=float), np.asarray(xi, dtype=float)
-    inside = (xi >= window[0]) & (xi <= window[1])
-    if np.count_nonzero(inside) < 5:
-        return float("nan")
-    slope, _ = np.polyfit(time[inside], xi[inside] * lx, 1)
-    return float(slope)
+    hit = np.flatnonzero(xi * lx >= level * lx - _TOL) if lx else np.flatnonzero(xi >= level - _TOL)
+    return float(time[hit[0]]) if hit.size else float("nan")
+
+
+@dataclass(frozen=True)
+class WallSpeedFit:
+    """Least-squares line ξ·lx = v t + c over the propagation window.
+
+    ``speed``: v in columns per unit time (1/γ); ``stderr``: its standard error from the fit residuals;
+    ``n_points``: samples used; ``closed``: the wall reached the upper end of the window (else the fit
+    runs to the last sample); ``window``: the ξ window.
+    """
+
+    speed: float
+    stderr: float
+    n_points: int
+    closed: bool
+    window: tuple[float, float]
+
+
+def fit_wall_speed(time: np.ndarray, xi: np.ndarray, lx: int, window: tuple[float, float] = SPEED_WINDOW,
+                   min_points: int = SPEED_MIN_POINTS) -> WallSpeedFit:
+    """Domain-wall speed over the ξ window ``(lo, hi)``: a straight line through ξ·lx versus t over
+    the contiguous samples from the first with ξ >= lo to the first with ξ >= hi (to the last sample
+    if the wall never reaches hi). nan when fewer than ``min_points`` samples fall in that range.
+    """
+    time, xi = np.asarray(time, dtype=float), np.asarray(xi, dtype=float)
+    lo, hi = float(window[0]), float(window[1])
+    if not 0.0 <= lo < hi <= 1.0:
+        raise ValueError(f"wall-speed window must satisfy 0 <= lo < hi <= 1, got {window}")
+    columns = xi * lx
+    start = np.flatnonzero(columns >= lo * lx - _TOL)
+    end = np.flatnonzero(columns >= hi * lx - _TOL)
+    closed = bool(end.size)
+    if start.size == 0:
+        return WallSpeedFit(math.nan, math.nan, 0, closed, (lo, hi))
+    stop = int(end[0]) if closed else len(columns) - 1
+    n = stop - int(start[0]) + 1
+    if n < max(3, min_points):
+        return WallSpeedFit(math.nan, math.nan, max(n, 0), closed, (lo, hi))
+    t, c = time[start[0]:stop + 1], columns[start[0]:stop + 1]
+    (slope, _), cov = np.polyfit(t, c, 1, cov=True)
+    return WallSpeedFit(float(slope), float(math.sqrt(max(cov[0, 0], 0.0))), n, closed, (lo, hi))
+
+
+def wall_speed(time: np.ndarray, xi: np.ndarray, lx: int,
+               window: tuple[float, float] = SPEED_WINDOW) -> float:
+    """Domain-wall speed in columns per unit time (1/γ): :func:`fit_wall_speed` ``.speed``."""
+    return fit_wall_speed(time, xi, lx, window).speed
+
+
+@dataclass(frozen=True)
+class RunMetrics:
+    """The domain-wall numbers of one run (times in units of 1/γ, nan where not reached).
+
+    ``t_nuc``: :func:`nucleation_time`; ``speed``/``speed_err``: :func:`fit_wall_speed` over
+    ``window``; ``t_xi50``/``t_xi90``: :func:`time_to_xi` at 0.5/0.9; ``final_xi``: ξ at the last
+    sample; ``nucleated``: t_nuc is finite; ``switched``: ξ reached 0.5 (the wall crossed half the
+    device: the metallic phase invades it).
+    """
+
+    t_nuc: float
+    speed: float
+    speed_err: float
+    t_xi50: float
+    t_xi90: float
+    final_xi: float
+    nucleated: bool
+    switched: bool
+    window: tuple[float, float]
+
+
+def run_metrics(time: np.ndarray, xi: np.ndarray, lx: int,
+                window: tuple[float, float] = SPEED_WINDOW) -> RunMetrics:
+    """All :class:`RunMetrics` of one ξ(t) series (the single implementation used by ``sweep`` and
+    the benchmark scripts)."""
+    time, xi = np.asarray(time, dtype=float), np.asarray(xi, dtype=float)
+    fit = fit_wall_speed(time, xi, lx, window)
+    t_nuc = nucleation_time(time, xi, lx)
+    t50 = time_to_xi(time, xi, 0.5, lx)
+    return RunMetrics(t_nuc=t_nuc, speed=fit.speed, speed_err=fit.stderr, t_xi50=t50,
+                      t_xi90=time_to_xi(time, xi, 0.9, lx),
+                      final_xi=float(xi[-1]) if xi.size else math.nan,
+                      nucleated=bool(np.isfinite(t_nuc)), switched=bool(np.isfinite(t50)), window=fit.window)
