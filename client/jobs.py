@@ -355,6 +355,10 @@ def format_server_info(info: dict[str, Any]) -> str:
         params = m.get("params") or {}
         if params:
             lines.append("    covers      " + ", ".join(f"{k}={v:g}" for k, v in params.items()))
+        domain = m.get("domain") or {}
+        if domain:
+            lines.append("    domain      " + ", ".join(f"{k} in [{lo:g}, {hi:g}]"
+                                                      for k, (lo, hi) in domain.items()))
         metrics = m.get("metrics") or {}
         if metrics:
             shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"

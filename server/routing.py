@@ -1,7 +1,12 @@
 """Request parameters and backend routing (AUTO | ONNX | NEGF).
 
-A model covers a request when every physical parameter p satisfies
-``|p_request - p_model| <= rtol * max(1, |p_model|)`` (rtol = ``ServerConfig.param_rtol``, 1e-6 by default).
+A model covers a request when every fixed physical parameter p satisfies
+``|p_request - p_model| <= rtol * max(1, |p_model|)`` (rtol = ``ServerConfig.param_rtol``, 1e-6 by default)
+and every ranged parameter of its validity domain (metadata ``neqforce.domain``: lx, ly, possibly V …)
+lies in [min, max]. AUTO uses only covering models, else exact NEGF; the reason names the parameters
+outside. Explicit ONNX: a fixed-parameter mismatch is FAILED_PRECONDITION (other physics); a request whose
+fixed parameters match but a ranged one lies outside is answered, and its reason starts with
+``OUTSIDE_DOMAIN`` (an extrapolation the model was not validated for, see docs/nonlocality.md).
 """
 
 from __future__ import annotations
@@ -51,9 +56,23 @@ class Route:
         return self.model.name if self.model is not None else NEGF_MODEL
 
 
+#: First word of the reason of an explicit ONNX request answered outside the model's validity domain.
+OUTSIDE_DOMAIN = "OUTSIDE_DOMAIN"
+
+
 def _mismatch(model: OnnxModel, params: dict[str, float], rtol: float) -> str:
     names = model.covers(params, rtol)
     return ", ".join(f"{n}={params[n]:g} (model {model.params[n]:g})" for n in names)
+
+
+def _outside(model: OnnxModel, values: dict[str, float]) -> str:
+    return ", ".join(f"{n}={values[n]:g} outside [{model.domain[n][0]:g}, {model.domain[n][1]:g}]"
+                     for n in model.outside(values))
+
+
+def _misfit(model: OnnxModel, physical: dict[str, float], values: dict[str, float], rtol: float) -> str:
+    """Every parameter that keeps ``model`` from covering the request, fixed and ranged ('' = covered)."""
+    return "; ".join(text for text in (_mismatch(model, physical, rtol), _outside(model, values)) if text)
 
 
 def route(params: HolsteinParams, requested: int, model_name: str, models: Mapping[str, OnnxModel],
@@ -75,17 +94,24 @@ def route(params: HolsteinParams, requested: int, model_name: str, models: Mappi
         return Route(pb.BACKEND_NEGF, None, "NEGF requested")
 
     physical = params.physical()
+    values = {**physical, "lx": float(params.lx), "ly": float(params.ly)}
     candidates = [models[model_name]] if model_name else list(models.values())
-    covering = next((m for m in candidates if not m.covers(physical, rtol)), None)
-    tol = f"every parameter within {rtol:g}*max(1,|value|)"
+    covering = next((m for m in candidates if not m.covers(physical, rtol) and not m.outside(values)), None)
+    tol = f"fixed parameters within {rtol:g}*max(1,|value|), ranged ones inside the model's domain"
+    asked = "ONNX requested; " if requested == pb.BACKEND_ONNX else ""
     if covering is not None:
-        asked = "ONNX requested; " if requested == pb.BACKEND_ONNX else ""
         reason = f"{asked}model '{covering.name}' covers the parameters ({tol})"
         return Route(pb.BACKEND_ONNX, covering, reason)
+    if requested == pb.BACKEND_ONNX:
+        matching = next((m for m in candidates if not m.covers(physical, rtol)), None)
+        if matching is not None:  # physics matches; lattice size or another ranged parameter outside
+            reason = f"{OUTSIDE_DOMAIN}: ONNX requested; model '{matching.name}' answers outside its " \
+                     f"validated domain ({_outside(matching, values)}): an extrapolation, not validated"
+            return Route(pb.BACKEND_ONNX, matching, reason)
     if candidates:
-        closest = min(candidates, key=lambda m: len(m.covers(physical, rtol)))
+        closest = min(candidates, key=lambda m: (len(m.covers(physical, rtol)), len(m.outside(values))))
         why = f"no loaded model covers the parameters (closest '{closest.name}': " \
-              f"{_mismatch(closest, physical, rtol)}; tolerance: {tol})"
+              f"{_misfit(closest, physical, values, rtol)}; needed: {tol})"
     else:
         why = "no ONNX model is loaded"
     if requested == pb.BACKEND_ONNX:

@@ -200,7 +200,9 @@ class ForceServicer(pb_grpc.ForceServiceServicer):
                                metrics_json=m.metadata.get("neqforce.metrics", ""),
                                dataset_sha256=m.metadata.get("neqforce.dataset_sha256", ""),
                                model_version=m.metadata.get("neqforce.version", ""),
-                               execution_providers=m.providers)
+                               execution_providers=m.providers,
+                               domain=[pb.ParameterRange(name=n, min=lo, max=hi)
+                                       for n, (lo, hi) in m.domain.items()])
                   for m in self.models.values()]
         limits = pb.Limits(max_sites=cfg.max_sites, negf_max_sites=cfg.negf_max_sites,
                            max_concurrency=cfg.max_concurrency, max_queue=cfg.max_queue,

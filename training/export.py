@@ -4,7 +4,8 @@ The exported graph is :class:`~neqforce.training.folded.FoldedForceModel`: input
 [batch, lx, ly] (all dynamic), outputs ``force`` and ``density`` of the same shape; the descriptor,
 the network and the exact elastic term are all inside the graph. Metadata (``metadata_props``):
 ``neqforce.params``, ``neqforce.descriptor``, ``neqforce.metrics``, ``neqforce.dataset_sha256``,
-``neqforce.version`` (SPEC §9), plus ``neqforce.architecture`` and ``neqforce.training`` (JSON).
+``neqforce.version`` (SPEC §9), plus ``neqforce.architecture``, ``neqforce.training`` and
+``neqforce.domain`` (JSON: the validity domain, see :func:`model_domain`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,15 @@ CHECK_SHAPES = ((3, 8, 6), (1, 13, 10), (2, 30, 28), (1, 5, 1), (2, 7, 3))
 CHECK_TOL = 1e-5
 
 
+def model_domain(ck: dict) -> dict:
+    """Validity domain of a model trained from checkpoint ``ck`` (metadata ``neqforce.domain``): the
+    lattice it was trained and tested on as ranges of lx and ly; every physical parameter is fixed at
+    ``neqforce.params`` (the model takes only q). The server's AUTO routing uses it (docs/ml_model.md)."""
+    lx, ly = (int(v) for v in ck["lattice"])
+    return {"ranges": {"lx": [lx, lx], "ly": [ly, ly]},
+            "basis": f"training and test trajectories on {lx}x{ly} at the fixed parameters"}
+
+
 def model_metadata(ck: dict) -> dict[str, str]:
     """The metadata_props of a model exported from checkpoint ``ck`` (all values strings)."""
     from .model import ModelConfig
@@ -52,6 +62,7 @@ def model_metadata(ck: dict) -> dict[str, str]:
         "neqforce.version": __version__,
         "neqforce.architecture": json.dumps(arch, sort_keys=True),
         "neqforce.training": json.dumps(training, sort_keys=True),
+        "neqforce.domain": json.dumps(model_domain(ck), sort_keys=True),
     }
 
 

@@ -21,6 +21,10 @@ log = logging.getLogger("neqforce.server.onnx")
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 PARAMS_KEY = "neqforce.params"
+#: Metadata key of the validity domain: JSON ``{"ranges": {name: [min, max]}, ...}`` (docs/ml_model.md).
+DOMAIN_KEY = "neqforce.domain"
+#: Names a domain may range over: the physical parameters and the lattice size.
+DOMAIN_NAMES = (*PHYSICAL_FIELDS, "lx", "ly")
 
 
 def default_providers() -> list[str]:
@@ -53,6 +57,41 @@ def parse_model_params(text: str | None, path: Path) -> dict[str, float]:
     return {name: float(raw[name]) for name in PHYSICAL_FIELDS}
 
 
+def parse_domain(text: str | None, path: Path) -> dict[str, tuple[float, float]]:
+    """Ranged parameters {name: (min, max)} of metadata ``neqforce.domain`` (empty when absent).
+
+    Parameters not listed are fixed at their ``neqforce.params`` value; lx and ly are unconstrained when
+    absent (models exported before the domain existed). ValueError on a malformed domain.
+    """
+    if not text:
+        return {}
+    try:
+        raw = json.loads(text)
+        ranges = raw["ranges"]
+        out = {str(name): (float(lo), float(hi)) for name, (lo, hi) in ranges.items()}
+    except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: metadata '{DOMAIN_KEY}' must be JSON "
+                         f"{{\"ranges\": {{name: [min, max]}}}}: {exc}") from None
+    bad = sorted(n for n, (lo, hi) in out.items() if n not in DOMAIN_NAMES or not lo <= hi)
+    if bad:
+        raise ValueError(f"{path}: metadata '{DOMAIN_KEY}' has unknown names or empty ranges: {bad}")
+    return out
+
+
+def provenance_domain(path: Path, sha256: str) -> str | None:
+    """The ``domain`` of the provenance file next to the model (``compact.json`` for ``compact.onnx``) as
+    JSON text, when that file describes these exact bytes (same sha256); else None. This is how the
+    shipped model, exported before ``neqforce.domain`` existed, declares its domain without new bytes."""
+    prov = path.with_suffix(".json")
+    try:
+        record = json.loads(prov.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("sha256") != sha256 or "domain" not in record:
+        return None
+    return json.dumps(record["domain"])
+
+
 def _session(path: Path, providers: Sequence[str], threads: int) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
@@ -79,6 +118,8 @@ class OnnxModel:
     params: dict[str, float]
     metadata: dict[str, str]
     session: ort.InferenceSession = field(repr=False)
+    #: Ranged parameters {name: (min, max)} of the validity domain (``neqforce.domain``); empty = none.
+    domain: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: str | Path, name: str, providers: Sequence[str] | None = None,
@@ -100,9 +141,11 @@ class OnnxModel:
         if not {"force", "density"} <= set(outputs):
             raise ValueError(f"{path}: needs outputs 'force' and 'density' (SPEC §9), has {sorted(outputs)}")
         metadata = dict(session.get_modelmeta().custom_metadata_map)
-        model = cls(name=name, path=path, sha256=_sha256(path),
+        sha256 = _sha256(path)
+        domain = parse_domain(metadata.get(DOMAIN_KEY) or provenance_domain(path, sha256), path)
+        model = cls(name=name, path=path, sha256=sha256,
                     params=parse_model_params(metadata.get(PARAMS_KEY), path), metadata=metadata,
-                    session=session)
+                    session=session, domain=domain)
         model.run(np.zeros((1, 8, 6), dtype=np.float32), want_density=True)  # warm-up: first run allocates
         taken = session.get_providers()
         if requested[0] not in taken:
@@ -127,9 +170,15 @@ class OnnxModel:
         return force, None
 
     def covers(self, params: dict[str, float], rtol: float) -> list[str]:
-        """Names of the parameters outside |request - model| <= rtol * max(1, |model|) (empty = covered)."""
+        """Names of the fixed parameters (not ranged in ``domain``) outside
+        |request - model| <= rtol * max(1, |model|) (empty = covered)."""
         return [name for name, value in self.params.items()
-                if not abs(params[name] - value) <= rtol * max(1.0, abs(value))]
+                if name not in self.domain and not abs(params[name] - value) <= rtol * max(1.0, abs(value))]
+
+    def outside(self, values: dict[str, float]) -> list[str]:
+        """Names of the ranged parameters of ``domain`` whose value lies outside [min, max] (empty = inside).
+        ``values`` holds the physical parameters and lx, ly."""
+        return [name for name, (lo, hi) in self.domain.items() if not lo <= values[name] <= hi]
 
 
 def unique_names(paths: Sequence[str | Path]) -> list[str]:

@@ -1,0 +1,145 @@
+"""Validity domain of a model (metadata ``neqforce.domain``, or the provenance JSON of the shipped model):
+AUTO routing, the reason of a request outside, explicit ONNX outside (answered, flagged), GetServerInfo."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from neqforce.models import bundled_model_path
+from neqforce.physics import HolsteinParams
+from neqforce.server.backends.onnx import OnnxModel
+from neqforce.server.errors import RequestError
+from neqforce.server.routing import OUTSIDE_DOMAIN, route
+from neqforce.v1 import force_service_pb2 as pb
+
+from .conftest import PARAMS, build_contract_model, onnx
+
+BUNDLED = bundled_model_path()
+needs_bundled = pytest.mark.skipif(not BUNDLED.is_file(), reason="no bundled model in this tree")
+
+
+def _with_domain(src: Path, dst: Path, domain: str) -> Path:
+    model = onnx.load(str(src))
+    model.metadata_props.add(key="neqforce.domain", value=domain)
+    onnx.save(model, str(dst))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def ranged(model_dir: Path) -> Path:
+    """Contract model whose domain ranges over V in [2, 4] and lx in [6, 40] (ly unconstrained)."""
+    base = build_contract_model(model_dir / "ranged_base.onnx", PARAMS.physical())
+    return _with_domain(base, model_dir / "ranged.onnx",
+                        json.dumps({"ranges": {"voltage": [2.0, 4.0], "lx": [6, 40]}}))
+
+
+def _go(p: HolsteinParams, models: dict, backend: int = pb.BACKEND_AUTO, cap: int = 10_000):
+    return route(p, backend, "", models, 1e-6, cap)
+
+
+@needs_bundled
+def test_bundled_model_domain_comes_from_its_provenance(tmp_path) -> None:
+    """compact.onnx has no domain in its bytes; compact.json beside it (same sha256) supplies it."""
+    model = OnnxModel.load(BUNDLED, "compact", threads=1)
+    assert model.domain == {"lx": (30.0, 30.0), "ly": (28.0, 28.0)}
+    copy = Path(shutil.copy(BUNDLED, tmp_path / "compact.onnx"))
+    assert OnnxModel.load(copy, "c", threads=1).domain == {}  # no provenance beside it
+    record = json.loads(BUNDLED.with_suffix(".json").read_text())
+    (tmp_path / "compact.json").write_text(json.dumps({**record, "sha256": "0" * 64}))
+    assert OnnxModel.load(copy, "c", threads=1).domain == {}  # provenance of other bytes: ignored
+    (tmp_path / "compact.json").write_text(json.dumps(record))
+    assert OnnxModel.load(copy, "c", threads=1).domain == model.domain
+
+
+@needs_bundled
+def test_bundled_model_routing_outside_its_lattice() -> None:
+    """AUTO: 30x28 at V = 3 is covered; other lattices go to NEGF and the reason names lx/ly."""
+    models = {"compact": OnnxModel.load(BUNDLED, "compact", threads=1)}
+    default = HolsteinParams()
+    assert _go(default, models).model_name == "compact"
+    small = _go(default.replace(lx=12, ly=10), models)
+    assert small.backend == pb.BACKEND_NEGF
+    assert "lx=12 outside [30, 30]" in small.reason and "ly=10 outside [28, 28]" in small.reason
+    with pytest.raises(RequestError) as info:  # 80x28 over the NEGF cap: refused, and says why
+        _go(default.replace(lx=80), models, cap=1000)
+    assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "lx=80 outside [30, 30]" in info.value.message
+    # explicit ONNX, physics matches, lattice outside: answered and flagged
+    flagged = _go(default.replace(lx=80), models, backend=pb.BACKEND_ONNX)
+    assert flagged.model_name == "compact" and flagged.reason.startswith(OUTSIDE_DOMAIN)
+    assert "lx=80 outside [30, 30]" in flagged.reason
+    assert not _go(default, models, backend=pb.BACKEND_ONNX).reason.startswith(OUTSIDE_DOMAIN)
+    # explicit ONNX at another voltage: other physics, refused
+    with pytest.raises(RequestError) as info:
+        _go(default.replace(voltage=2.5), models, backend=pb.BACKEND_ONNX)
+    assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION and "voltage=2.5" in info.value.message
+
+
+def test_ranged_parameter_replaces_the_fixed_value(ranged) -> None:
+    """A ranged voltage covers [2, 4] (not only the V = 3 of neqforce.params); outside it, NEGF."""
+    models = {"ranged": OnnxModel.load(ranged, "ranged", threads=1)}
+    assert models["ranged"].domain == {"voltage": (2.0, 4.0), "lx": (6.0, 40.0)}
+    for v in (2.0, 2.5, 4.0):
+        assert _go(PARAMS.replace(voltage=v), models).model_name == "ranged"
+    assert _go(PARAMS.replace(ly=100), models).model_name == "ranged"  # ly not ranged: free
+    out = _go(PARAMS.replace(voltage=4.5), models)
+    assert out.backend == pb.BACKEND_NEGF and "voltage=4.5 outside [2, 4]" in out.reason
+    assert _go(PARAMS.replace(lx=41), models).backend == pb.BACKEND_NEGF
+    assert _go(PARAMS.replace(temperature=0.2), models).backend == pb.BACKEND_NEGF  # fixed: must match
+    flagged = _go(PARAMS.replace(voltage=6.0), models, backend=pb.BACKEND_ONNX)
+    assert flagged.reason.startswith(OUTSIDE_DOMAIN) and "voltage=6 outside [2, 4]" in flagged.reason
+
+
+@pytest.mark.parametrize("domain", ['{"ranges": {"lx": [40, 30]}}', '{"ranges": {"Voltage": [1, 2]}}',
+                                    '{"lx": [1, 2]}', "not json", '{"ranges": [1, 2]}'])
+def test_malformed_domain_is_refused_at_load(model_dir, tmp_path, domain) -> None:
+    base = build_contract_model(tmp_path / "base.onnx", PARAMS.physical())
+    path = _with_domain(base, tmp_path / "bad.onnx", domain)
+    with pytest.raises(ValueError, match="neqforce.domain") as info:
+        OnnxModel.load(path, "bad", threads=1)
+    assert "\n" not in str(info.value)
+
+
+def test_export_writes_the_training_lattice_as_domain(tmp_path) -> None:
+    """training/export.py records the lattice of the training data as the domain of a new export."""
+    pytest.importorskip("torch")
+    from neqforce.server.backends.onnx import parse_domain
+    from neqforce.training.export import model_domain, model_metadata
+    from neqforce.training.model import ModelConfig
+
+    ck = {"config": ModelConfig().to_dict(), "params": PARAMS.physical(), "lattice": [12, 10]}
+    meta = model_metadata(ck)
+    assert parse_domain(meta["neqforce.domain"], tmp_path) == {"lx": (12.0, 12.0), "ly": (10.0, 10.0)}
+    assert json.loads(meta["neqforce.domain"]) == model_domain(ck)
+
+
+@needs_bundled
+def test_real_server_reports_domain_and_routes_by_it() -> None:
+    """GetServerInfo lists the bundled model's domain; a 12x10 request goes to NEGF, explicit ONNX on
+    a 40x28 lattice is answered with the OUTSIDE_DOMAIN flag."""
+    from neqforce.client import ForceClient
+    from neqforce.server.app import ServerConfig, start_server
+
+    srv = start_server(ServerConfig(host="127.0.0.1", port=0, models=[BUNDLED], negf_max_sites=200,
+                                    max_concurrency=2, grace_s=2.0))
+    try:
+        with ForceClient(srv.address, timeout=120.0, retries=0) as client:
+            info = client.server_info()
+            assert info["models"][0]["domain"] == {"lx": [30.0, 30.0], "ly": [28.0, 28.0]}
+            q = np.random.default_rng(0).normal(0.0, 1.5, size=(12, 10))
+            r = client.compute_forces(q, HolsteinParams(lx=12, ly=10))
+            assert r.backend == "negf" and "lx=12 outside [30, 30]" in r.reason
+            q = np.random.default_rng(1).normal(0.0, 1.5, size=(40, 28))
+            r = client.compute_forces(q, HolsteinParams(lx=40), backend="onnx")
+            assert r.backend == "onnx" and r.reason.startswith(OUTSIDE_DOMAIN)
+            assert np.all(np.isfinite(r.force))
+            r = client.compute_forces(np.zeros((30, 28)), HolsteinParams())
+            assert r.backend == "onnx" and not r.reason.startswith(OUTSIDE_DOMAIN)
+    finally:
+        srv.stop(grace=1.0)
