@@ -28,8 +28,7 @@ import pytest
 from neqforce.models import bundled_model_path
 from neqforce.physics import HolsteinParams, cdw_ground_state, electron_density
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not bundled_model_path().is_file(), reason="no bundled model in this tree")]
+pytestmark = pytest.mark.skipif(not bundled_model_path().is_file(), reason="no bundled model in this tree")
 
 F_NORM = 1.494
 MSE_TOL = 6e-4
@@ -77,18 +76,35 @@ def failures(errs: dict[str, dict[str, float]]) -> list[str]:
             if not v <= limits[k]]
 
 
+def test_bundled_preset_regenerates_the_training_data() -> None:
+    """`neqforce dataset generate DIR --preset bundled` makes every trajectory the bundled model was
+    trained and tested on (compact.json train_ids, test_ids), as long as it was."""
+    from neqforce.training.dataset import preset_spec
+
+    card = json.loads(bundled_model_path().with_suffix(".json").read_text())
+    spec = preset_spec("bundled")
+    runs = {r.name: r for r in spec.runs}
+    used = card["training"]["train_ids"] + card["training"]["test_ids"]
+    assert set(used) <= set(runs), sorted(set(used) - set(runs))
+    assert [spec.params.lx, spec.params.ly] == card["training"]["lattice"]
+    assert all(runs[name].n_steps == 600 for name in used)  # 601 frames each: 1202 test frames
+    assert 2 * (600 + 1) == card["evaluation"]["n_frames"]
+
+
 def test_normalization_constant_is_the_recorded_one() -> None:
     card = json.loads(bundled_model_path().with_suffix(".json").read_text())
     assert card["metric_normalization"]["f_norm"] == F_NORM
     assert abs(card["evaluation"]["f_max"] - F_NORM) < 1e-3
 
 
+@pytest.mark.slow
 def test_bundled_model_matches_exact_negf(exact) -> None:
     errs = errors(bundled_model_path(), exact)
     print(json.dumps(errs, indent=1))
     assert failures(errs) == []
 
 
+@pytest.mark.slow
 def test_random_weights_fail_the_same_check(exact, tmp_path) -> None:
     onnx = pytest.importorskip("onnx")
     from onnx import numpy_helper

@@ -68,16 +68,17 @@ class DatasetSpec:
 def preset_spec(name: str) -> DatasetSpec:
     """Named dataset recipes.
 
-    * ``bundled``: the bundled model's data, 30×28 defaults: DEFAULT_V seeds 0–3 (600 steps, past
-      touchdown at the right electrode) plus V = 2.5 and 2.0 (400 steps, bracketing the threshold):
-      3 206 NEGF steps, ~55 min on 2 idle cores.
+    * ``bundled``: the bundled model's data (docs/ml_model.md, docs/operating_point.md), 30×28
+      defaults: DEFAULT_V seeds 0–5 (600 steps, past touchdown at the right electrode; 0–3 train,
+      4–5 test) plus V = 2.5 and 2.0, seed 0 (400 steps, bracketing the threshold): 4 408 NEGF
+      configurations, ~75 min on 2 idle cores.
     * ``heldout``: the frozen blind test set of the voltage-range model: 30×28, one seed (1000, never
       used for training, validation or model choice) at each V in {2.25, 2.75, 3.0, 3.5, 4.0},
       400 steps each (2 005 NEGF steps).
     * ``tiny``: 8×6, two seeds, 20 steps (seconds; for tests).
     """
     if name == "bundled":
-        runs = tuple(RunSpec(DEFAULT_V, s, 600) for s in range(4))
+        runs = tuple(RunSpec(DEFAULT_V, s, 600) for s in range(6))
         runs += (RunSpec(2.5, 0, 400), RunSpec(2.0, 0, 400))
         return DatasetSpec(params=HolsteinParams(), runs=runs, preset=name)
     if name == "heldout":
