@@ -195,7 +195,7 @@ class ForceServicer(pb_grpc.ForceServiceServicer):
                            detail="exact wide-band NEGF (neqforce.physics.electron_density), "
                                   "float64, O(N^3)"),
         ]
-        models = [pb.ModelInfo(name=m.name, path=str(m.path), sha256=m.sha256, parameters=m.params,
+        models = [pb.ModelInfo(name=m.name, path=m.path.name, sha256=m.sha256, parameters=m.params,
                                descriptor_name=m.metadata.get("neqforce.descriptor", ""),
                                metrics_json=m.metadata.get("neqforce.metrics", ""),
                                dataset_sha256=m.metadata.get("neqforce.dataset_sha256", ""),
