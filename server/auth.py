@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import grpc
 
 from .logs import log_event
 from .metrics import Metrics
+from .text import clip
 
 log = logging.getLogger("neqforce.server.auth")
 
@@ -18,9 +20,12 @@ log = logging.getLogger("neqforce.server.auth")
 PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
-def _deny(message: str) -> Callable:
+def _deny(method: str, reason: str) -> Callable:
     def abort(_request: object, context: grpc.ServicerContext) -> None:
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        log_event(log, logging.WARNING, "unauthenticated", method=method, reason=reason,
+                  peer=clip(context.peer()))
+        context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                      f"{reason}: send metadata 'authorization: Bearer <token>'")
     return abort
 
 
@@ -48,8 +53,7 @@ class TokenInterceptor(grpc.ServerInterceptor):
         reason = "missing authorization metadata" if supplied is None else "invalid bearer token"
         short = method.rsplit("/", 1)[-1]
         self._metrics.observe(short, "none", "UNAUTHENTICATED", 0.0)
-        log_event(log, logging.WARNING, "unauthenticated", method=method, reason=reason)
-        deny = _deny(f"{reason}: send metadata 'authorization: Bearer <token>'")
+        deny = _deny(clip(method), reason)  # logs with the peer address, known once the call runs
         if handler.request_streaming and handler.response_streaming:
             return grpc.stream_stream_rpc_method_handler(deny)
         if handler.request_streaming:
@@ -57,6 +61,28 @@ class TokenInterceptor(grpc.ServerInterceptor):
         if handler.response_streaming:
             return grpc.unary_stream_rpc_method_handler(deny)
         return grpc.unary_unary_rpc_method_handler(deny)
+
+
+def _no_password() -> bytes:
+    raise ValueError("encrypted private keys are not supported")
+
+
+def check_tls_files(cert: str | Path, key: str | Path) -> None:
+    """ValueError (one line) unless ``cert`` is a PEM certificate chain and ``key`` its unencrypted PEM
+    private key: gRPC itself would only say "Failed to bind" on a key that does not match."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(str(cert), str(key), password=_no_password)
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise ValueError(f"TLS key {key} does not match the certificate {cert} (its public key "
+                             "differs): give the key the certificate was made for") from None
+        raise ValueError(f"cannot use TLS certificate {cert} with key {key}: {exc.reason or exc} "
+                         "(both must be PEM, the key unencrypted)") from None
+    except ValueError as exc:
+        raise ValueError(f"cannot use TLS key {key}: {exc}") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read TLS files {cert}, {key}: {exc.strerror or exc}") from None
 
 
 def server_credentials(cert: str | Path, key: str | Path) -> grpc.ServerCredentials:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -23,15 +25,30 @@ def serve(
     negf_max_sites: int = typer.Option(
         3600, min=1, help="Largest lattice lx*ly for the O(N^3) NEGF backend."),
     max_concurrency: int = typer.Option(
-        0, min=0, help="Requests computed at once (0: the number of cores, at most 8)."),
+        0, min=0, help="ONNX requests computed at once (0: the number of cores, at most 8)."),
     max_queue: int = typer.Option(
-        64, min=0, help="Requests that may wait for a compute slot before RESOURCE_EXHAUSTED."),
+        64, min=0, help="ONNX requests that may wait for a compute slot before RESOURCE_EXHAUSTED."),
+    negf_concurrency: int = typer.Option(
+        0, min=0, help="NEGF requests computed at once = NEGF worker processes (0: as --max-concurrency)."),
+    negf_max_queue: int = typer.Option(
+        None, min=0, help="NEGF requests that may wait for a worker (default: as --max-queue)."),
+    negf_max_work: float = typer.Option(
+        None, min=1.0, help="Largest NEGF work of one request, sum over the batch of (lx*ly)^3 "
+                            "(default: negf-max-sites^3)."),
+    max_abs_q: float = typer.Option(
+        100.0, min=0.0, max=1e6, help="Largest |Q| accepted in a request (INVALID_ARGUMENT beyond)."),
+    stream_idle_timeout: float = typer.Option(
+        300.0, min=0.0, help="Seconds a StreamForces stream may wait for its next request before the server "
+                             "closes it (UNAVAILABLE; 0: never)."),
     token: str = typer.Option(
-        None, envvar="NEQFORCE_TOKEN", help="Require metadata 'authorization: Bearer <token>'."),
+        None, envvar="NEQFORCE_TOKEN", help="Require metadata 'authorization: Bearer <token>' (a blank "
+                                            "token is an error)."),
     tls_cert: Path = typer.Option(None, "--tls-cert", help="PEM certificate chain (with --tls-key: TLS on)."),
     tls_key: Path = typer.Option(None, "--tls-key", help="PEM private key."),
     metrics_port: int = typer.Option(
         None, min=0, max=65535, help="Serve Prometheus /metrics on this port (0: a free one)."),
+    metrics_host: str = typer.Option(
+        "127.0.0.1", help="Address /metrics binds to (plain HTTP, no auth: keep it private)."),
     grace: float = typer.Option(10.0, min=0.0, help="Seconds in-flight calls get to finish on shutdown."),
     drain: float = typer.Option(
         0.0, min=0.0, help="Seconds health says NOT_SERVING before new calls are refused (LB drain)."),
@@ -57,13 +74,17 @@ def serve(
             typer.echo(f"error: {what} file not found: {path}", err=True)
             raise typer.Exit(2)
     models = [str(m) for m in model] if model else ([] if no_default_model else None)
+    if token is None and "NEQFORCE_TOKEN" in os.environ:  # set but empty: click drops it, we refuse it
+        token = os.environ["NEQFORCE_TOKEN"]
     try:
         cfg = ServerConfig(host=host, port=port, models=models, max_sites=max_sites,
                            negf_max_sites=negf_max_sites, max_concurrency=max_concurrency,
-                           max_queue=max_queue,
-                           token=token or None, tls_cert=tls_cert, tls_key=tls_key, metrics_port=metrics_port,
-                           grace_s=grace, drain_s=drain, intra_op_threads=intra_op_threads,
-                           param_rtol=param_rtol, negf_pool=negf_pool)
+                           max_queue=max_queue, negf_concurrency=negf_concurrency,
+                           negf_max_queue=negf_max_queue, negf_max_work=negf_max_work, max_abs_q=max_abs_q,
+                           stream_idle_timeout_s=stream_idle_timeout,
+                           token=token, tls_cert=tls_cert, tls_key=tls_key, metrics_port=metrics_port,
+                           metrics_host=metrics_host, grace_s=grace, drain_s=drain,
+                           intra_op_threads=intra_op_threads, param_rtol=param_rtol, negf_pool=negf_pool)
         server = start_server(cfg)
     except (ValueError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -77,6 +98,15 @@ def serve(
     while not stop.wait(0.5):
         pass
     server.stop()
+    if server.computing:  # ONNX Runtime calls past the grace period cannot be interrupted: do not wait
+        from neqforce.server.logs import log_event
+
+        log_event(logging.getLogger("neqforce.server"), logging.WARNING, "exit_with_calls_running",
+                  computing=server.computing, detail="ONNX Runtime calls cannot be interrupted; exiting "
+                                                     "without waiting for them")
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os._exit(0)
 
 
 def register(app: typer.Typer) -> None:

@@ -22,8 +22,16 @@ class Metrics:
                                  "Server-side latency of a force request (decode, queue, compute, encode).",
                                  ["method", "backend"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.sites = Counter("neqforce_sites", "Lattice sites computed.", ["backend"], registry=self.registry)
-        self.in_flight = Gauge("neqforce_in_flight", "Requests computing now.", registry=self.registry)
-        self.queued = Gauge("neqforce_queued", "Requests waiting for a compute slot.", registry=self.registry)
+        self.in_flight = Gauge("neqforce_in_flight", "Requests computing now.", ["backend"],
+                               registry=self.registry)
+        self.queued = Gauge("neqforce_queued", "Requests waiting for a compute slot.", ["backend"],
+                            registry=self.registry)
+        self.idle_streams_closed = Counter("neqforce_idle_streams_closed",
+                                           "StreamForces calls ended after stream_idle_timeout_s.",
+                                           registry=self.registry)
+        self.abandoned = Counter("neqforce_negf_abandoned",
+                                 "NEGF solves stopped because the client gave up (deadline, cancel, "
+                                 "dropped connection).", registry=self.registry)
         self.streams = Gauge("neqforce_open_streams", "Open StreamForces calls.", registry=self.registry)
         self._http = None
         self._children: dict[tuple[str, str, str], tuple] = {}

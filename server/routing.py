@@ -22,6 +22,7 @@ from neqforce.v1 import force_service_pb2 as pb
 from .backends.negf import NEGF_MODEL
 from .backends.onnx import OnnxModel
 from .errors import RequestError, exhausted, invalid, precondition
+from .text import clip, clip_names
 
 BACKEND_NAMES = {pb.BACKEND_AUTO: "auto", pb.BACKEND_ONNX: "onnx", pb.BACKEND_NEGF: "negf"}
 
@@ -33,7 +34,8 @@ def resolve_parameters(values: Mapping[str, float], lx: int, ly: int) -> Holstei
     """
     unknown = sorted(set(values) - set(PHYSICAL_FIELDS) - {"lx", "ly"})
     if unknown:
-        raise invalid(f"unknown parameter(s) {unknown}; known: {sorted(PHYSICAL_FIELDS)} (and lx, ly)")
+        raise invalid(f"unknown parameter(s) {clip_names(unknown)}; known: {sorted(PHYSICAL_FIELDS)} "
+                      "(and lx, ly)")
     for name, size in (("lx", lx), ("ly", ly)):
         if name in values and values[name] != size:
             raise invalid(f"parameter {name}={values[name]:g} disagrees with q's shape ({name} = {size})")
@@ -82,13 +84,14 @@ def route(params: HolsteinParams, requested: int, model_name: str, models: Mappi
         raise invalid(f"unknown backend {requested}; use BACKEND_AUTO, BACKEND_ONNX or BACKEND_NEGF")
     if model_name and model_name not in models:
         raise RequestError(grpc.StatusCode.NOT_FOUND,
-                           f"no loaded model named '{model_name}'; loaded: {sorted(models) or 'none'}")
+                           f"no loaded model named '{clip(model_name)}'; loaded: {sorted(models) or 'none'}")
     n_sites = params.lx * params.ly
     negf_fits = n_sites <= negf_max_sites
     cap = f"lattice {params.lx}x{params.ly} = {n_sites} sites is over negf_max_sites = {negf_max_sites}"
     if requested == pb.BACKEND_NEGF:
         if model_name:
-            raise invalid(f"model '{model_name}' given with BACKEND_NEGF; models apply to ONNX and AUTO")
+            raise invalid(f"model '{clip(model_name)}' given with BACKEND_NEGF; models apply to ONNX "
+                          "and AUTO")
         if not negf_fits:
             raise exhausted(f"NEGF requested but {cap} (its cost grows as N^3)")
         return Route(pb.BACKEND_NEGF, None, "NEGF requested")

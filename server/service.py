@@ -1,4 +1,4 @@
-"""The ``neqforce.v1.ForceService`` servicer: validate, route, admit, compute, encode."""
+"""The ``neqforce.v1.ForceService`` servicer: validate, route, admit, compute, check, encode."""
 
 from __future__ import annotations
 
@@ -18,14 +18,15 @@ from neqforce.v1 import force_service_pb2 as pb
 from neqforce.v1 import force_service_pb2_grpc as pb_grpc
 
 from .admission import POLL_S, Admission
-from .backends.negf import NegfBackend
+from .backends.negf import NegfAbandoned, NegfBackend, NegfError, NegfSolverError
 from .backends.onnx import OnnxModel
 from .config import ServerConfig
-from .errors import RequestError, invalid
+from .errors import RequestError, exhausted, invalid
 from .logs import log_event
 from .metrics import Metrics
 from .routing import BACKEND_NAMES, Route, resolve_parameters, route
-from .tensors import decode_q, encode
+from .tensors import count_non_finite, decode_q, encode
+from .text import MAX_MESSAGE, clip
 
 log = logging.getLogger("neqforce.server.service")
 
@@ -45,17 +46,56 @@ def _expired(context: grpc.ServicerContext) -> bool:
     return (remaining is not None and remaining <= 0) or not context.is_active()
 
 
+def end_call(context: grpc.ServicerContext, code: grpc.StatusCode, details: str) -> None:
+    """End a call from another thread with a status (the handler may be blocked reading the next
+    message). gRPC's public API can only cancel (status CANCELLED); the status-carrying cancel of the
+    underlying call object is used when this grpcio has it."""
+    try:
+        from grpc._cython import cygrpc
+
+        context._rpc_event.call.cancel(getattr(cygrpc.StatusCode, code.name.lower()), details)
+    except (AttributeError, ImportError, TypeError):
+        context.cancel()
+
+
+class _OpenStream:
+    """Book-keeping of one StreamForces call for the idle watchdog."""
+
+    __slots__ = ("context", "last", "busy", "expired")
+
+    def __init__(self, context: grpc.ServicerContext) -> None:
+        self.context, self.last, self.busy, self.expired = context, time.monotonic(), False, False
+
+
 class ForceServicer(pb_grpc.ForceServiceServicer):
-    """Stateless request handling over shared backends; one instance per server."""
+    """Stateless request handling over shared backends; one instance per server.
+
+    Each backend has its own admission (slots + queue): ``onnx_admission`` (``max_concurrency``,
+    ``max_queue``) and ``negf_admission`` (``negf_concurrency``, ``negf_max_queue``), so ML requests never
+    wait behind NEGF work. A watchdog thread ends streams idle for ``stream_idle_timeout_s``.
+    """
 
     def __init__(self, cfg: ServerConfig, models: Mapping[str, OnnxModel], negf: NegfBackend,
                  metrics: Metrics) -> None:
         self.cfg, self.models, self.negf, self.metrics = cfg, dict(models), negf, metrics
-        self.admission = Admission(cfg.max_concurrency, cfg.max_queue, metrics)
-        self._streams = 0
+        self.onnx_admission = Admission("onnx", cfg.max_concurrency, cfg.max_queue, metrics)
+        self.negf_admission = Admission("negf", cfg.negf_concurrency, cfg.negf_max_queue, metrics)
+        self._streams: set[_OpenStream] = set()
         self._lock = threading.Lock()
         self._info = self._build_info()
         self._routes: dict[tuple, tuple[HolsteinParams, Route, dict[str, float]]] = {}
+        self._closed = threading.Event()
+        if cfg.stream_idle_timeout_s > 0:
+            threading.Thread(target=self._watch_idle_streams, daemon=True, name="stream-idle").start()
+
+    def close(self) -> None:
+        """Stop the idle-stream watchdog (on server shutdown)."""
+        self._closed.set()
+
+    @property
+    def computing(self) -> int:
+        """Requests computing now (both backends)."""
+        return self.onnx_admission.active + self.negf_admission.active
 
     # --- RPCs -------------------------------------------------------------------------------------------
     def ComputeForces(self, request: pb.ComputeForcesRequest, context: grpc.ServicerContext):  # noqa: N802
@@ -63,24 +103,51 @@ class ForceServicer(pb_grpc.ForceServiceServicer):
 
     def StreamForces(self, request_iterator: Iterator[pb.ComputeForcesRequest],  # noqa: N802
                      context: grpc.ServicerContext):
+        stream = _OpenStream(context)
         with self._lock:
-            if self._streams >= self.cfg.max_streams:
+            if len(self._streams) >= self.cfg.max_streams:
                 self.metrics.observe("StreamForces", "none", "RESOURCE_EXHAUSTED", 0.0)
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                               f"too many open streams (max_streams = {self.cfg.max_streams})")
-            self._streams += 1
-            self.metrics.streams.set(self._streams)
+            self._streams.add(stream)
+            self.metrics.streams.set(len(self._streams))
         try:
-            for request in request_iterator:
-                yield self._handle(request, context, "StreamForces")
+            requests = iter(request_iterator)
+            while True:
+                try:
+                    request = next(requests)
+                except StopIteration:
+                    return
+                except grpc.RpcError:  # the call ended: client cancelled or gone, or idle timeout
+                    return
+                stream.busy = True
+                response = self._handle(request, context, "StreamForces")
+                stream.last, stream.busy = time.monotonic(), False
+                yield response
         finally:
             with self._lock:
-                self._streams -= 1
-                self.metrics.streams.set(self._streams)
+                self._streams.discard(stream)
+                self.metrics.streams.set(len(self._streams))
 
     def GetServerInfo(self, request: pb.GetServerInfoRequest, context: grpc.ServicerContext):  # noqa: N802
         self.metrics.observe("GetServerInfo", "none", "OK", 0.0)
         return self._info
+
+    def _watch_idle_streams(self) -> None:
+        timeout = self.cfg.stream_idle_timeout_s
+        while not self._closed.wait(min(1.0, timeout / 4)):
+            now = time.monotonic()
+            with self._lock:
+                idle = [s for s in self._streams if not s.busy and not s.expired and now - s.last > timeout]
+                for stream in idle:
+                    stream.expired = True
+            for stream in idle:
+                self.metrics.idle_streams_closed.inc()
+                log_event(log, logging.INFO, "stream_idle_timeout", peer=clip(stream.context.peer()),
+                          idle_s=round(now - stream.last, 1))
+                end_call(stream.context, grpc.StatusCode.UNAVAILABLE,
+                         f"stream idle for more than {timeout:g} s (stream_idle_timeout_s): closed by the "
+                         "server; open a new stream")
 
     # --- request handling -------------------------------------------------------------------------------
     def _handle(self, request: pb.ComputeForcesRequest, context: grpc.ServicerContext,
@@ -90,15 +157,17 @@ class ForceServicer(pb_grpc.ForceServiceServicer):
         try:
             response, label, sites = self._compute(request, context)
         except RequestError as err:
+            message = clip(err.message, MAX_MESSAGE)
             self.metrics.observe(method, label, err.code.name, time.perf_counter() - start)
             log_event(log, logging.WARNING, "request_failed", method=method, code=err.code.name,
-                      message=err.message, request_id=request.request_id[:MAX_REQUEST_ID],
-                      peer=context.peer())
-            context.abort(err.code, err.message)
-        except Exception as exc:  # a bug or a solver failure must not take the server down
+                      message=message, request_id=clip(request.request_id, MAX_REQUEST_ID),
+                      peer=clip(context.peer()))
+            context.abort(err.code, message)
+        except Exception as exc:  # a bug must not take the server down
             self.metrics.observe(method, label, "INTERNAL", time.perf_counter() - start)
             log.exception("internal error in %s", method)
-            context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+            context.abort(grpc.StatusCode.INTERNAL, clip(f"internal error: {type(exc).__name__}: {exc}",
+                                                         MAX_MESSAGE))
         elapsed = time.perf_counter() - start
         self.metrics.observe(method, label, "OK", elapsed, sites)
         log_event(log, logging.DEBUG, "request", method=method, backend=label, model=response.model,
@@ -112,26 +181,50 @@ class ForceServicer(pb_grpc.ForceServiceServicer):
             raise invalid(f"request_id longer than {MAX_REQUEST_ID} characters")
         if not request.HasField("q"):
             raise invalid("q is missing")
-        q, shape = decode_q(request.q, self.cfg.max_sites)
+        q, shape = decode_q(request.q, self.cfg.max_sites, self.cfg.max_abs_q)
         params, chosen, physical = self._resolve(request, q.shape[1], q.shape[2])
+        negf = chosen.backend == pb.BACKEND_NEGF
+        if negf:
+            batch, lx, ly = q.shape
+            work = batch * float(lx * ly) ** 3
+            if work > self.cfg.negf_max_work:
+                raise exhausted(f"NEGF work of this request is batch {batch} x ({lx}x{ly} sites)^3 = "
+                                f"{work:.3g}, over this server's negf_max_work = "
+                                f"{self.cfg.negf_max_work:.3g} (NEGF costs O(N^3) per lattice): send fewer "
+                                "or smaller lattices per request")
+        admission = self.negf_admission if negf else self.onnx_admission
         if _expired(context):
             raise _deadline_error(context, "before the computation started")
-        if not self.admission.acquire(context.time_remaining, context.is_active):
+        if not admission.acquire(context.time_remaining, context.is_active):
             raise _deadline_error(context, "while waiting in the queue")
         t0 = time.perf_counter()
-        if chosen.backend == pb.BACKEND_ONNX:
+        if negf:
+            force, density = self._run_negf(q, params, context)
+        else:
             try:
                 force, density = chosen.model.run(q, request.want_density)
             finally:
-                self.admission.release()
-        else:
-            force, density = self._run_negf(q, params, context)
+                admission.release()
         compute_s = time.perf_counter() - t0
         if _expired(context):
             raise _deadline_error(context, f"after {compute_s:.3f} s of computation")
-        response = self._response(request, chosen, physical, shape, force,
-                                  density if request.want_density else None, compute_s)
+        if not request.want_density:
+            density = None
+        self._check_finite(chosen, force, density)
+        response = self._response(request, chosen, physical, shape, force, density, compute_s)
         return response, BACKEND_NAMES[chosen.backend], int(q.size)
+
+    @staticmethod
+    def _check_finite(chosen: Route, force: np.ndarray, density: np.ndarray | None) -> None:
+        """INTERNAL (never OK) when a backend returns NaN/Inf for a validated, finite input."""
+        for name, array in (("force", force), ("density", density)):
+            bad = 0 if array is None else count_non_finite(array)
+            if bad:
+                backend = f"{BACKEND_NAMES[chosen.backend]} ({chosen.model_name})"
+                raise RequestError(grpc.StatusCode.INTERNAL,
+                                   f"backend {backend} returned {bad} non-finite {name} value(s) of "
+                                   f"{array.size} for a finite q within the "
+                                   "accepted range: no answer is sent (the model may be broken)")
 
     def _resolve(self, request: pb.ComputeForcesRequest, lx: int,
                  ly: int) -> tuple[HolsteinParams, Route, dict[str, float]]:
@@ -150,13 +243,15 @@ class ForceServicer(pb_grpc.ForceServiceServicer):
 
     def _run_negf(self, q: np.ndarray, params: HolsteinParams,
                   context: grpc.ServicerContext) -> tuple[np.ndarray, np.ndarray]:
-        """NEGF on the worker pool; the slot is released when the work ends, even after a deadline."""
+        """NEGF on the worker pool. The slot is released when the job ends; a job whose client gave up
+        (deadline, cancel, dropped connection) is stopped at once: cancelled if queued, its worker
+        process killed (and restarted) if running."""
         try:
             future: Future = self.negf.submit(q, params)
         except RuntimeError:  # pool shut down
-            self.admission.release()
+            self.negf_admission.release()
             raise RequestError(grpc.StatusCode.UNAVAILABLE, "server is shutting down") from None
-        future.add_done_callback(lambda _f: self.admission.release())
+        future.add_done_callback(lambda _f: self.negf_admission.release())
         while True:
             remaining = context.time_remaining()
             wait = POLL_S if remaining is None else max(0.0, min(POLL_S, remaining))
@@ -164,10 +259,19 @@ class ForceServicer(pb_grpc.ForceServiceServicer):
                 return future.result(timeout=wait)
             except FutureTimeout:
                 if _expired(context):
-                    future.cancel()
+                    error = _deadline_error(context, "during the NEGF computation")
+                    if self.negf.abandon(future, error.message):
+                        self.metrics.abandoned.inc()
+                    raise error from None
+            except (CancelledError, NegfAbandoned):
+                if _expired(context):
                     raise _deadline_error(context, "during the NEGF computation") from None
-            except CancelledError:
                 raise RequestError(grpc.StatusCode.UNAVAILABLE, "server is shutting down") from None
+            except NegfSolverError as exc:
+                raise invalid(f"the NEGF solver cannot compute this input ({exc}); q and the parameters "
+                              "passed validation, but are outside what the solver handles") from None
+            except NegfError as exc:
+                raise RequestError(grpc.StatusCode.INTERNAL, str(exc)) from None
 
     @staticmethod
     def _response(request: pb.ComputeForcesRequest, chosen: Route, physical: dict[str, float],
@@ -193,7 +297,8 @@ class ForceServicer(pb_grpc.ForceServiceServicer):
                            execution_providers=providers),
             pb.BackendInfo(backend=pb.BACKEND_NEGF, available=True,
                            detail="exact wide-band NEGF (neqforce.physics.electron_density), "
-                                  "float64, O(N^3)"),
+                                  f"float64, O(N^3); {cfg.negf_concurrency} worker(s) ({cfg.negf_pool}), "
+                                  f"queue {cfg.negf_max_queue}"),
         ]
         models = [pb.ModelInfo(name=m.name, path=m.path.name, sha256=m.sha256, parameters=m.params,
                                descriptor_name=m.metadata.get("neqforce.descriptor", ""),
@@ -206,7 +311,8 @@ class ForceServicer(pb_grpc.ForceServiceServicer):
                   for m in self.models.values()]
         limits = pb.Limits(max_sites=cfg.max_sites, negf_max_sites=cfg.negf_max_sites,
                            max_concurrency=cfg.max_concurrency, max_queue=cfg.max_queue,
-                           max_message_bytes=cfg.max_message_bytes)
+                           max_message_bytes=cfg.max_message_bytes, negf_max_work=cfg.negf_max_work,
+                           stream_idle_timeout_s=cfg.stream_idle_timeout_s, max_abs_q=cfg.max_abs_q)
         defaults = HolsteinParams().physical()
         return pb.GetServerInfoResponse(name="neqforce", version=__version__, api="neqforce.v1",
                                         backends=backends, models=models, limits=limits,

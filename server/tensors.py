@@ -40,11 +40,12 @@ def check_shape(shape: list[int] | tuple[int, ...], max_sites: int) -> tuple[int
     return batch, lx, ly
 
 
-def decode_q(tensor: pb.Tensor, max_sites: int) -> tuple[np.ndarray, tuple[int, ...]]:
+def decode_q(tensor: pb.Tensor, max_sites: int,
+             max_abs_q: float = float("inf")) -> tuple[np.ndarray, tuple[int, ...]]:
     """Validated q as a read-only (batch, lx, ly) view of the raw bytes, and the shape as sent.
 
-    Raises RequestError: INVALID_ARGUMENT for dtype / shape / byte-count mismatch or NaN/Inf,
-    RESOURCE_EXHAUSTED above ``max_sites``.
+    Raises RequestError: INVALID_ARGUMENT for dtype / shape / byte-count mismatch, NaN/Inf, or a value
+    with |q| > ``max_abs_q``; RESOURCE_EXHAUSTED above ``max_sites``.
     """
     if tensor.dtype not in NUMPY_DTYPES:
         names = pb.DataType.keys()
@@ -58,10 +59,23 @@ def decode_q(tensor: pb.Tensor, max_sites: int) -> tuple[np.ndarray, tuple[int, 
         raise invalid(f"q raw_contents has {len(raw)} bytes, shape {list(tensor.shape)} "
                       f"of {dtype.name} needs {expected}")
     q = np.frombuffer(raw, dtype=dtype).reshape(batch, lx, ly)
-    if not np.isfinite(q).all():
-        bad = int(np.count_nonzero(~np.isfinite(q)))
-        raise invalid(f"q contains {bad} non-finite value(s) (NaN or Inf)")
+    # two reductions, no temporary: NaN makes a comparison False, so one test covers both checks
+    if not (q.max() <= max_abs_q and -q.min() <= max_abs_q):
+        if not np.isfinite(q).all():
+            bad = int(np.count_nonzero(~np.isfinite(q)))
+            raise invalid(f"q contains {bad} non-finite value(s) (NaN or Inf)")
+        size = np.abs(q)
+        raise invalid(f"q has {int(np.count_nonzero(size > max_abs_q))} value(s) with |q| > {max_abs_q:g} "
+                      f"(largest {float(size.max()):.3g}): outside this server's physical range "
+                      "(max_abs_q, see docs/server.md)")
     return q, tuple(int(d) for d in tensor.shape)
+
+
+def count_non_finite(array: np.ndarray) -> int:
+    """Number of NaN/Inf entries (0 for a finite array; the common case costs one reduction)."""
+    if np.isfinite(array.sum()):
+        return 0
+    return int(np.count_nonzero(~np.isfinite(array)))
 
 
 def encode(array: np.ndarray, shape: tuple[int, ...]) -> pb.Tensor:

@@ -37,7 +37,15 @@ _BLAS_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 class NegfError(RuntimeError):
-    """The solver failed or its worker process died."""
+    """The NEGF computation did not produce a result (base class; alone: the worker process died)."""
+
+
+class NegfSolverError(NegfError):
+    """The solver refused or failed on this input (a numerical failure: the input is the cause)."""
+
+
+class NegfAbandoned(NegfError):
+    """The solve was stopped on purpose: its client gave up, or the server is shutting down."""
 
 
 def negf_batch(q: np.ndarray, params: HolsteinParams) -> tuple[np.ndarray, np.ndarray]:
@@ -50,20 +58,35 @@ def negf_batch(q: np.ndarray, params: HolsteinParams) -> tuple[np.ndarray, np.nd
 
 
 class _WorkerProcess:
-    """One worker process, started on first use and restarted after it dies."""
+    """One worker process, started on first use and restarted after it dies or is stopped.
+
+    The process runs in its own process group (a terminal's Ctrl-C does not reach it; it also ignores
+    SIGINT) and is only ever stopped by this parent, with SIGKILL: a LAPACK call cannot be interrupted
+    any other way.
+    """
 
     def __init__(self, env: dict[str, str]) -> None:
         self.env = env
         self.proc: subprocess.Popen | None = None
         self.busy = False  # a job is inside the worker process
+        self.job: Future | None = None  # the future of the job being computed
+        self._stop_reason: str | None = None
+        self._lock = threading.Lock()
 
-    def run(self, q: np.ndarray, params: HolsteinParams) -> tuple[np.ndarray, np.ndarray]:
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            proc = self.proc = subprocess.Popen(
-                [sys.executable, "-m", "neqforce.server.backends.negf_worker"], stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, env=self.env)
-            log_event(log, logging.INFO, "negf_worker_started", pid=proc.pid)
+    def start(self) -> subprocess.Popen:
+        """The running worker process, started if there is none."""
+        with self._lock:
+            if self.proc is None or self.proc.poll() is not None:
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-m", "neqforce.server.backends.negf_worker"], stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE, env=self.env, process_group=0)
+                log_event(log, logging.INFO, "negf_worker_started", pid=self.proc.pid)
+            return self.proc
+
+    def run(self, future: Future, q: np.ndarray, params: HolsteinParams) -> tuple[np.ndarray, np.ndarray]:
+        proc = self.start()
+        with self._lock:
+            self.job, self._stop_reason = future, None
         try:
             pickle.dump((np.ascontiguousarray(q), params), proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
             proc.stdin.flush()
@@ -72,16 +95,31 @@ class _WorkerProcess:
         except (EOFError, OSError, pickle.UnpicklingError):
             proc.kill()
             code = proc.wait()
+            if self._stop_reason is not None:
+                raise NegfAbandoned(f"NEGF solve stopped: {self._stop_reason}") from None
             raise NegfError(f"NEGF worker process died (exit code {code}); it is restarted for the next "
                             "request") from None
         finally:
             self.busy = False
+            with self._lock:
+                self.job = None
         if kind != "ok":
-            raise NegfError(f"NEGF solver failed: {payload}")
+            raise NegfSolverError(payload)
         return payload
 
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
+    def stop_job(self, future: Future, reason: str) -> bool:
+        """Kill the process if it is computing ``future`` (the job then fails with NegfAbandoned)."""
+        with self._lock:
+            if self.job is not future or self.proc is None:
+                return False
+            self._stop_reason = reason
+            self.proc.kill()
+            return True
+
+    def stop(self, reason: str = "the server is shutting down") -> None:
+        with self._lock:
+            proc, self.proc = self.proc, None
+            self._stop_reason = reason
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait()
@@ -89,7 +127,8 @@ class _WorkerProcess:
 
 class NegfBackend:
     """``workers`` dispatcher threads, each owning one worker (process or in-thread); ``submit`` returns a
-    Future that a queued job can still be cancelled through."""
+    Future; ``abandon`` stops a job whose client gave up (queued: cancelled; running in a worker process:
+    the process is killed at once and a fresh one started)."""
 
     def __init__(self, workers: int, mode: str = "process") -> None:
         if mode not in MODES:
@@ -115,6 +154,13 @@ class NegfBackend:
         self._jobs.put((future, q, params))
         return future
 
+    def abandon(self, future: Future, reason: str) -> bool:
+        """Stop the job of ``future``: True when it was cancelled or its worker process killed, False when
+        it cannot be stopped (``mode="thread"``: it runs to completion) or has already finished."""
+        if future.cancel():
+            return True
+        return any(worker.stop_job(future, reason) for worker in self._procs)
+
     def _dispatch(self, index: int) -> None:
         while True:
             job = self._jobs.get()
@@ -124,14 +170,23 @@ class NegfBackend:
             if not future.set_running_or_notify_cancel():  # cancelled while queued
                 continue
             try:
-                result = self._procs[index].run(q, params) if self._procs else negf_batch(q, params)
+                if self._procs:
+                    result = self._procs[index].run(future, q, params)
+                else:
+                    try:
+                        result = negf_batch(q, params)
+                    except Exception as exc:  # numerical failure on this input
+                        raise NegfSolverError(f"{type(exc).__name__}: {exc}") from None
             except BaseException as exc:  # noqa: BLE001 - handed to the waiting request
                 future.set_exception(exc)
+                if isinstance(exc, NegfAbandoned) and not self._closed:
+                    self._procs[index].start()  # a fresh process, ready for the next job
             else:
                 future.set_result(result)
 
     def shutdown(self) -> None:
-        """Cancel queued solves, stop the dispatchers and kill the worker processes."""
+        """Cancel queued solves, stop the dispatchers and kill the worker processes (a solve in
+        progress fails with NegfAbandoned)."""
         self._closed = True
         while True:
             try:

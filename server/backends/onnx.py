@@ -15,6 +15,7 @@ import onnxruntime as ort
 from neqforce.physics import PHYSICAL_FIELDS
 
 from ..logs import log_event
+from .integrity import check_integrity
 
 log = logging.getLogger("neqforce.server.onnx")
 
@@ -146,7 +147,8 @@ class OnnxModel:
         model = cls(name=name, path=path, sha256=sha256,
                     params=parse_model_params(metadata.get(PARAMS_KEY), path), metadata=metadata,
                     session=session, domain=domain)
-        model.run(np.zeros((1, 8, 6), dtype=np.float32), want_density=True)  # warm-up: first run allocates
+        # warm-up (the first run allocates) on the reference lattice; sha256 and output vs the references
+        check_integrity(path, model.sha256, metadata, lambda q: model.run(q, want_density=True))
         taken = session.get_providers()
         if requested[0] not in taken:
             log_event(log, logging.WARNING, "onnx_provider_unavailable", model=name, requested=requested,

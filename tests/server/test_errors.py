@@ -150,7 +150,7 @@ def test_full_queue_is_resource_exhausted(make_server, slow_params, params, make
             ForceClient(srv.address, retries=0, timeout=300) as c:
         slow = threading.Thread(target=c.compute_forces, args=(make_q(slow_params.shape), slow_params))
         slow.start()
-        while srv.servicer.admission.active == 0:
+        while srv.servicer.negf_admission.active == 0:
             time.sleep(0.005)
         with pytest.raises(ForceServerError) as info:
             c.compute_forces(make_q(params.shape), params)
@@ -172,13 +172,13 @@ def test_queued_request_times_out_in_queue(make_server, slow_params, params, mak
             ForceClient(srv.address, retries=0, timeout=300) as c:
         slow = threading.Thread(target=c.compute_forces, args=(make_q(slow_params.shape), slow_params))
         slow.start()
-        while srv.servicer.admission.active == 0:
+        while srv.servicer.negf_admission.active == 0:
             time.sleep(0.005)
         with pytest.raises(ForceServerError) as info:
             c.compute_forces(make_q(params.shape), params, timeout=0.1)
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         slow.join()
-        assert srv.servicer.admission.waiting == 0
+        assert srv.servicer.negf_admission.waiting == 0
         assert c.compute_forces(make_q(params.shape), params).backend == "negf"
 
 

@@ -37,7 +37,7 @@ def _free_port() -> int:
 
 def _in_flight(srv) -> None:
     deadline = time.monotonic() + 30
-    while srv.servicer.admission.active == 0:
+    while srv.servicer.negf_admission.active == 0:
         assert time.monotonic() < deadline, "the slow call never started"
         time.sleep(0.005)
 
