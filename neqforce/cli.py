@@ -11,6 +11,7 @@ import typer
 
 from neqforce import __version__, healthcheck
 from neqforce.client import cli as client_cli
+from neqforce.client import sweep_cli
 from neqforce.server import cli as server_cli
 from neqforce.training import cli as training_cli
 from neqforce.training import dataset_cli
@@ -26,5 +27,5 @@ def version() -> None:
     typer.echo(__version__)
 
 
-for _module in (client_cli, server_cli, dataset_cli, training_cli, healthcheck):
+for _module in (client_cli, sweep_cli, server_cli, dataset_cli, training_cli, healthcheck):
     _module.register(app)

@@ -1,0 +1,353 @@
+"""One task of ``neqforce sweep``: a chunk of runs that share parameters, advanced together.
+
+The R replicas of a chunk (same parameters, different seeds) make one force call per step on a
+batch ``q[R, lx, ly]`` and follow SPEC §5 exactly as :func:`neqforce.physics.brownian_dynamics`
+does for one run (same float operations in the same order, noise of step s from
+``SeedSequence([seed, s])``), so each replica is bit-for-bit the ``neqforce simulate`` run with its
+seed when the backend gives the same forces for a lattice alone and inside a batch (the bundled
+ONNX model does: ONNX Runtime computes every site of every lattice with the same kernels whatever
+the batch size; tested in ``tests/sweep``).
+
+Each run is a :mod:`neqforce.trajectory` file, created with :meth:`Simulation.create` and
+checkpointed atomically (temporary file + rename) by the task itself. A task that is run again —
+resumed sweep, or retried by Dask after its worker died — reopens each file at its last checkpoint
+and continues bit-for-bit, so a run is never duplicated or half-written.
+
+Forces come from (``ForceSpec.kind``):
+
+* ``onnx``: an ONNX Runtime session in the worker process (loaded once per process and model; the
+  server's own :class:`~neqforce.server.backends.onnx.OnnxModel`, so the numbers are the server's);
+* ``negf``: exact NEGF in the worker process (the server's ``negf_batch``), one BLAS thread;
+* ``server``: a running force server (``--server``), one streamed request per step for the batch.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from neqforce.physics import HolsteinParams, domain_wall_position, step_noise
+
+#: A batched force field: q (R, lx, ly) -> (F (R, lx, ly), n (R, lx, ly) or None), float64.
+BatchForceFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
+
+
+@dataclass(frozen=True)
+class ForceSpec:
+    """Where a task gets its forces (see the module docstring); ``threads``: ONNX Runtime intra-op /
+    BLAS threads inside the task (1 per Dask worker thread by default)."""
+
+    kind: str
+    model: str | None = None
+    server: str | None = None
+    backend: str = "auto"
+    token: str | None = None
+    tls_ca: str | None = None
+    timeout: float = 300.0
+    threads: int = 1
+
+
+@dataclass(frozen=True)
+class ChunkSpec:
+    """A chunk of runs sharing ``params``: one run per seed, trajectory files at ``paths``."""
+
+    key: str
+    point: str
+    params: HolsteinParams
+    seeds: tuple[int, ...]
+    paths: tuple[str, ...]
+    n_steps: int
+    forces: ForceSpec
+    dt: float = 0.1
+    save_every: int = 10
+    checkpoint_every: int = 50
+    checkpoint_seconds: float = 60.0
+    extra: dict[str, Any] = field(default_factory=dict)
+    progress: str | None = None  # event topic of progress reports (sweep_cluster.TaskChannel)
+    stop: str | None = None  # stop file: checkpoint and return once it exists
+
+
+@dataclass
+class RunResult:
+    """State of one run when its task returned."""
+
+    path: str
+    seed: int
+    last_step: int
+    complete: bool
+    backend: str
+    model: str
+    final_xi: float
+
+
+@dataclass
+class ChunkResult:
+    key: str
+    runs: list[RunResult]
+    wall_s: float
+    new_steps: int
+    stopped: bool = False
+
+
+# ----------------------------------------------------------------------------------------- forces
+@functools.lru_cache(maxsize=4)
+def _onnx_model(path: str, threads: int) -> Any:
+    """The server's OnnxModel for ``path``, loaded once per worker process."""
+    from neqforce.server.backends.onnx import OnnxModel, unique_names
+
+    return OnnxModel.load(path, unique_names([path])[0], threads=threads)
+
+
+class OnnxBatchForces:
+    """In-process ONNX Runtime forces: float64 q is cast to float32 and the float32 outputs back to
+    float64, exactly as the server and the client do on the wire."""
+
+    backend = "onnx"
+
+    def __init__(self, path: str, threads: int = 1) -> None:
+        self._model = _onnx_model(str(path), int(threads))
+        self.model = self._model.name
+
+    def __call__(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        force, density = self._model.run(q, want_density=True)
+        return np.asarray(force, dtype=np.float64), np.asarray(density, dtype=np.float64)
+
+
+class NegfBatchForces:
+    """In-process exact NEGF for each lattice of the batch (what the server's NEGF backend runs)."""
+
+    backend = "negf"
+
+    def __init__(self, params: HolsteinParams) -> None:
+        from neqforce.server.backends.negf import NEGF_MODEL
+
+        self.params = params
+        self.model = NEGF_MODEL
+
+    def __call__(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from neqforce.server.backends.negf import negf_batch
+
+        return negf_batch(q, self.params)
+
+
+class ServerBatchForces:
+    """A force server: one streamed request per step carrying the whole batch."""
+
+    def __init__(self, spec: ForceSpec, params: HolsteinParams) -> None:
+        from neqforce.client import ForceClient
+
+        self._client = ForceClient(str(spec.server), token=spec.token, tls_ca=spec.tls_ca,
+                                   timeout=spec.timeout)
+        self._stream = self._client.stream(params, backend=spec.backend, want_density=True)
+        self.backend, self.model = "", ""
+
+    def __call__(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        r = self._stream.compute(q)
+        self.backend, self.model = str(r.backend), str(r.model)
+        return np.asarray(r.force, dtype=np.float64), r.density
+
+    def close(self) -> None:
+        self._stream.close()
+        self._client.close()
+
+
+def make_forces(spec: ForceSpec, params: HolsteinParams) -> Any:
+    """The batched force source of ``spec`` for ``params``."""
+    if spec.kind == "onnx":
+        return OnnxBatchForces(str(spec.model), spec.threads)
+    if spec.kind == "negf":
+        return NegfBatchForces(params)
+    if spec.kind == "server":
+        return ServerBatchForces(spec, params)
+    raise ValueError(f"unknown force source {spec.kind!r}")
+
+
+# ----------------------------------------------------------------------------------------- dynamics
+class _Replica:
+    """One run inside a batch: its Simulation, the state to evaluate next and its step."""
+
+    def __init__(self, sim: Any) -> None:
+        self.sim = sim
+        traj = sim.trajectory
+        self.last_recorded = traj.checkpoint_step
+        self.step = max(self.last_recorded, 0)  # the checkpoint state is recomputed, not recorded twice
+        self.q = np.array(traj.checkpoint_q, dtype=np.float64, copy=True)
+        self.end = traj.n_steps
+        self.amplitude = np.sqrt(2.0 * traj.params.temperature * traj.dt)
+        self.since_checkpoint = 0
+        self.segment: dict[str, Any] = {}
+        self.t0 = time.monotonic()
+
+    @property
+    def done(self) -> bool:
+        return self.sim.last_step >= self.end
+
+
+def _open_or_create(path: Path, params: HolsteinParams, seed: int, spec: ChunkSpec,
+                    q0: Callable[[], np.ndarray]) -> Any:
+    from .simulate import Simulation
+
+    if path.exists():
+        sim = Simulation.open(path)
+        traj = sim.trajectory
+        if traj.params != params or traj.seed != seed or traj.dt != spec.dt:
+            raise ValueError(f"{path} holds another run (parameters, seed or dt differ); remove it or use "
+                             f"another --out")
+        return sim
+    return Simulation.create(path, params, q0(), n_steps=spec.n_steps, dt=spec.dt, seed=seed,
+                             save_every=spec.save_every, extra={"init": "cdw", **spec.extra})
+
+
+def advance_batch(replicas: Sequence[_Replica], force_fn: BatchForceFn, *,
+                  on_step: Callable[[], None] | None = None,
+                  should_checkpoint: Callable[[_Replica], bool] | None = None,
+                  should_stop: Callable[[], bool] | None = None) -> int:
+    """Advance every replica to its end, one batched force call per step for the replicas at the
+    lowest step (all of them, once any resumed from different checkpoints have caught up).
+
+    Q(s + 1) = Q(s) + dt F(Q(s)) + sqrt(2 T dt) ξ(seed, s), with the same float operations as
+    :func:`neqforce.physics.brownian_dynamics`. Returns the number of replica-steps recorded.
+    """
+    recorded = 0
+    active = [r for r in replicas if not r.done]
+    while active:
+        if should_stop is not None and should_stop():
+            break
+        low = min(r.step for r in active)
+        group = [r for r in active if r.step == low]
+        force, density = force_fn(np.stack([r.q for r in group]))
+        force = np.asarray(force, dtype=np.float64)
+        for i, r in enumerate(group):
+            traj = r.sim.trajectory
+            f = force[i]
+            if not np.all(np.isfinite(f)):
+                raise FloatingPointError(f"non-finite force at step {r.step} of {r.sim.path}")
+            if r.step > r.last_recorded:
+                xi = domain_wall_position(r.q, traj.params, traj.q0_bulk)
+                r.sim.writer.record(r.step, r.q.copy(), f, None if density is None else density[i], xi)
+                recorded += 1
+                r.since_checkpoint += 1
+            if r.step < r.end:
+                q = r.q + traj.dt * f
+                if r.amplitude > 0:
+                    q += r.amplitude * step_noise(traj.seed, r.step, q.shape)
+                r.q = q
+                r.step += 1
+            if r.done or (should_checkpoint is not None and should_checkpoint(r)):
+                _checkpoint(r, force_fn)
+        if on_step is not None:
+            on_step()
+        active = [r for r in active if not r.done]
+    return recorded
+
+
+def _checkpoint(r: _Replica, force_fn: Any) -> None:
+    """Write the run's file (atomic), with this task's segment of provenance updated."""
+    from .simulate import _merge
+
+    traj = r.sim.trajectory
+    r.segment["end_step"] = r.sim.last_step
+    r.segment["wall_s"] = round(time.monotonic() - r.t0, 3)
+    for name in ("backend", "model"):
+        value = str(getattr(force_fn, name, "") or "")
+        r.segment[name] = value
+        setattr(traj, name, _merge(getattr(traj, name), value))
+    r.since_checkpoint = 0
+    r.sim.writer.checkpoint(complete=r.done)
+
+
+def run_chunk(spec: ChunkSpec) -> ChunkResult:
+    """Run (or resume) every run of ``spec``; returns their state. Safe to run again at any time."""
+    from threadpoolctl import threadpool_limits
+
+    from .simulate import initial_cdw
+
+    wall0 = time.monotonic()
+    reporter = _Reporter(spec)
+    with threadpool_limits(spec.forces.threads):
+        cache: dict[str, np.ndarray] = {}
+
+        def q0() -> np.ndarray:
+            if "q" not in cache:
+                cache["q"] = initial_cdw(spec.params)[0]
+            return cache["q"]
+
+        replicas = [_Replica(_open_or_create(Path(p), spec.params, s, spec, q0))
+                    for s, p in zip(spec.seeds, spec.paths, strict=True)]
+        todo = [r for r in replicas if not r.done]
+        force_fn = make_forces(spec.forces, spec.params) if todo else None
+        for r in todo:
+            r.t0 = time.monotonic()
+            r.segment = {"start_step": r.last_recorded + 1, "end_step": r.last_recorded, "started": _now(),
+                         "wall_s": 0.0, "sweep_task": spec.key, "replicas_in_batch": len(todo),
+                         "force_source": spec.forces.kind,
+                         **({"server": spec.forces.server} if spec.forces.server else {})}
+            r.sim.trajectory.extra.setdefault("segments", []).append(r.segment)
+        last_ckpt = {id(r): time.monotonic() for r in todo}
+
+        def due(r: _Replica) -> bool:
+            now = time.monotonic()
+            if (r.since_checkpoint and r.sim.last_step % spec.checkpoint_every == 0) or \
+                    now - last_ckpt[id(r)] >= spec.checkpoint_seconds:
+                last_ckpt[id(r)] = now
+                return True
+            return False
+
+        new = 0
+        try:
+            if todo:
+                new = advance_batch(todo, force_fn, on_step=lambda: reporter.report(replicas),
+                                    should_checkpoint=due, should_stop=reporter.stop_requested)
+        finally:
+            for r in todo:  # everything done so far is saved, whatever ended the loop
+                if not r.done and r.since_checkpoint:
+                    _checkpoint(r, force_fn)
+            if hasattr(force_fn, "close"):
+                force_fn.close()
+        reporter.report(replicas, force=True)
+    runs = [RunResult(path=str(r.sim.path), seed=r.sim.trajectory.seed, last_step=r.sim.last_step,
+                      complete=r.done, backend=r.sim.trajectory.backend, model=r.sim.trajectory.model,
+                      final_xi=r.sim.trajectory.series_xi[-1] if r.sim.trajectory.series_xi else float("nan"))
+            for r in replicas]
+    return ChunkResult(key=spec.key, runs=runs, wall_s=time.monotonic() - wall0, new_steps=new,
+                       stopped=not all(r.done for r in replicas))
+
+
+def _now() -> str:
+    from .simulate import _now as now
+
+    return now()
+
+
+class _Reporter:
+    """Progress to the sweep's client ({path: last step}, at most every 0.5 s) and the stop request,
+    through :mod:`neqforce.client.sweep_cluster` (both no-ops outside a Dask worker)."""
+
+    def __init__(self, spec: ChunkSpec) -> None:
+        self._topic, self._stop_file = spec.progress, spec.stop
+        self._last = self._checked = 0.0
+        self._stop = False
+
+    def report(self, replicas: Sequence[_Replica], force: bool = False) -> None:
+        from .sweep_cluster import report_progress
+
+        now = time.monotonic()
+        if not self._topic or (not force and now - self._last < 0.5):
+            return
+        self._last = now
+        report_progress(self._topic, {"runs": {str(r.sim.path): r.sim.last_step for r in replicas}})
+
+    def stop_requested(self) -> bool:
+        from .sweep_cluster import stop_requested
+
+        now = time.monotonic()
+        if now - self._checked >= 0.5:
+            self._checked = now
+            self._stop = stop_requested(self._stop_file)
+        return self._stop
