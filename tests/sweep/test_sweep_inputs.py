@@ -1,0 +1,96 @@
+"""Bad input to ``neqforce sweep``: one ``error:`` line on stderr, exit 2, nothing started; and the
+grid parser behind it."""
+
+from __future__ import annotations
+
+import pytest
+
+from neqforce.client.sweep_grid import grid_points, parse_grid, parse_values
+from neqforce.physics import HolsteinParams
+
+from .conftest import free_port, neqforce
+
+
+def test_ranges_lists_and_single_values():
+    assert parse_values("voltage", "2.0:4.0:0.25") == [2.0, 2.25, 2.5, 2.75, 3.0, 3.25, 3.5, 3.75, 4.0]
+    assert parse_values("voltage", "0.1:0.3:0.1") == [0.1, 0.2, 0.3]  # no 0.30000000000000004, no lost end
+    assert parse_values("voltage", "2.5:3.4:0.5") == [2.5, 3.0]
+    assert parse_values("lx", "8,12") == [8, 12] and parse_values("ly", "10") == [10]
+    assert parse_values("gamma_bath", "1e-3") == [0.001]
+
+
+def test_grid_points_product_and_fixed_values():
+    points = grid_points(parse_grid({"lx": "12", "ly": "10", "voltage": "2.5,3.0", "temperature": "0.1,0.2"}))
+    assert [p.name for p in points] == ["temperature=0.1_voltage=2.5", "temperature=0.1_voltage=3",
+                                        "temperature=0.2_voltage=2.5", "temperature=0.2_voltage=3"]
+    assert all(p.params.shape == (12, 10) for p in points)
+    assert points[3].params == HolsteinParams(lx=12, ly=10, temperature=0.2, voltage=3.0)
+    assert grid_points(parse_grid({}))[0].name == "base"
+
+
+@pytest.mark.parametrize(("name", "spec", "message"), [
+    ("voltage", "", "empty range"),
+    ("voltage", "4.0:2.0:0.5", "reversed range"),
+    ("voltage", "2.0:4.0:0", "step of zero"),
+    ("voltage", "2.0:4.0:-0.5", "negative step"),
+    ("voltage", "2.0:x:0.5", "not a number"),
+    ("voltage", "2,2", "appears twice"),
+    ("lx", "8.5", "not an integer"),
+    ("temperature", "-0.1,0.1", "temperature must be >= 0"),
+    ("volts", "2", "unknown parameter 'volts'"),
+])
+def test_grid_errors(name, spec, message):
+    with pytest.raises(ValueError, match=message):
+        grid_points(parse_grid({name: spec}))
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--voltage", ""], "empty range"),
+    (["--voltage", "4.0:2.0:0.5"], "reversed range"),
+    (["--voltage", "2.0:4.0:0"], "step of zero"),
+    (["--volts", "2.0:4.0:0.5"], "unknown parameter 'volts'"),
+    (["--kappa=0.1:0.2:0"], "step of zero"),
+    (["--seeds", "0"], "--seeds must be >= 1"),
+    (["--backend", "gpu"], "--backend must be one of"),
+])
+def test_cli_bad_input_is_one_line(tmp_path, args, message):
+    out = tmp_path / "sweep"
+    r = neqforce("sweep", "--out", str(out), "--lx", "8", "--ly", "6", "--no-progress", *args, timeout=120)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
+    assert not out.exists()
+
+
+def test_cli_unreachable_scheduler(tmp_path):
+    out = tmp_path / "sweep"
+    address = f"tcp://127.0.0.1:{free_port()}"
+    r = neqforce("sweep", "--out", str(out), "--lx", "8", "--ly", "6", "--voltage", "3.0", "--seeds", "1",
+                 "--steps", "2", "--no-progress", "--scheduler", address, timeout=120)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: cannot reach the Dask scheduler at {address}"), \
+        r.stderr
+    assert not (out / "runs").exists()
+
+
+def test_cli_malformed_scheduler(tmp_path):
+    r = neqforce("sweep", "--out", str(tmp_path / "s"), "--lx", "8", "--ly", "6", "--seeds", "1",
+                 "--steps", "2", "--no-progress", "--scheduler", "not an address", timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: --scheduler 'not an address': not an address like tcp://HOST:PORT"], r.stderr
+
+
+def test_auto_refuses_an_expensive_negf_sweep(tmp_path):
+    """V = 2.5 on 30×28 is not covered by the bundled model: AUTO would run exact NEGF for hours; the
+    sweep says so for the point, refuses before starting anything, and names --backend negf."""
+    out = tmp_path / "sweep"
+    r = neqforce("sweep", "--out", str(out), "--voltage", "2.5,3.0", "--seeds", "8", "--steps", "2000",
+                 "--no-progress", timeout=180)
+    assert r.returncode == 2, r.stderr
+    assert "voltage = 2.5: no model covers the parameters" in r.stdout and "projected" in r.stdout
+    assert "voltage = 3: onnx (compact)" in r.stdout
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "--backend negf" in lines[0], r.stderr
+    assert not (out / "runs").exists()
