@@ -3,6 +3,7 @@ GetServerInfo, Health, ComputeForces and StreamForces, forces bit-for-bit equal 
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -113,3 +114,22 @@ def test_errors_are_one_line_with_the_status(cpp_client, server, tmp_path):
         assert err.count("\n") == 1 and done.stdout == b""
     done = run_cpp(cpp_client, "info", "--server", "127.0.0.1:1", "--timeout", "2")
     assert done.returncode == 1 and done.stderr.decode().startswith("error: UNAVAILABLE")
+
+
+def test_bearer_token(cpp_client):
+    """--token / NEQFORCE_TOKEN reach the server as "authorization: Bearer ..." metadata."""
+    from neqforce.server.app import ServerConfig, start_server
+
+    srv = start_server(ServerConfig(host="127.0.0.1", port=0, models=[], token="s3cret-token", grace_s=1.0))
+    try:
+        env = {k: v for k, v in os.environ.items() if k != "NEQFORCE_TOKEN"}
+        args = [str(cpp_client), "info", "--server", srv.address]
+        done = subprocess.run(args, capture_output=True, timeout=60, env=env)
+        assert done.returncode == 1 and done.stderr.decode().startswith("error: UNAUTHENTICATED")
+        done = subprocess.run(args + ["--token", "wrong"], capture_output=True, timeout=60, env=env)
+        assert done.returncode == 1 and done.stderr.decode().startswith("error: UNAUTHENTICATED")
+        with_token = {**env, "NEQFORCE_TOKEN": "s3cret-token"}
+        done = subprocess.run(args, capture_output=True, timeout=60, env=with_token)
+        assert done.returncode == 0 and "auth_required: true" in done.stdout.decode().splitlines()
+    finally:
+        srv.stop(grace=1.0)
