@@ -5,7 +5,8 @@ The exported graph is :class:`~neqforce.training.folded.FoldedForceModel`: input
 the network and the exact elastic term are all inside the graph. Metadata (``metadata_props``):
 ``neqforce.params``, ``neqforce.descriptor``, ``neqforce.metrics``, ``neqforce.dataset_sha256``,
 ``neqforce.version`` (SPEC §9), plus ``neqforce.architecture``, ``neqforce.training`` and
-``neqforce.domain`` (JSON: the validity domain, see :func:`model_domain`).
+``neqforce.domain`` (JSON: the validity domain, see :func:`model_domain`) and ``neqforce.reference``
+(JSON: the model's answer on a fixed lattice, checked by the server at load).
 """
 
 from __future__ import annotations
@@ -129,6 +130,7 @@ def export_onnx(model: ForceModel, out: str | os.PathLike[str], metadata: dict[s
             entry.key, entry.value = key, value
         onnx.checker.check_model(proto)
         onnx.save(proto, tmp)
+        _add_reference_answer(proto, tmp)
         err = check_onnx(tmp, model) if check else float("nan")
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; a model file is meant to be shared
         os.replace(tmp, out)
@@ -136,6 +138,22 @@ def export_onnx(model: ForceModel, out: str | os.PathLike[str], metadata: dict[s
         if os.path.exists(tmp):
             os.unlink(tmp)
     return out, err
+
+
+def _add_reference_answer(proto, path: str) -> None:
+    """Store the model's answer on the fixed reference lattice (metadata ``neqforce.reference``, computed
+    with ONNX Runtime from the file at ``path``) and save: the server compares its warm-up run with it at
+    load and refuses a corrupted file (neqforce.server.backends.integrity)."""
+    import onnx
+    import onnxruntime as ort
+
+    from neqforce.server.backends.integrity import REFERENCE_KEY, reference_answer
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    entry = proto.metadata_props.add()
+    entry.key = REFERENCE_KEY
+    entry.value = reference_answer(lambda q: sess.run(["force", "density"], {"q": q}))
+    onnx.save(proto, path)
 
 
 def export_checkpoint(checkpoint: str | os.PathLike[str] | list, out: str | os.PathLike[str],

@@ -187,3 +187,95 @@ def _restore_neqforce_logger() -> Iterator[None]:
 def build_model():
     """build_model(path, physical_params, scale=0.1) -> path of a valid SPEC §9 test model."""
     return build_contract_model
+
+
+def build_slow_model(path: Path, params: dict[str, float], width: int = 512) -> Path:
+    """A contract model whose cost grows with the lattice: a Loop of batch*lx*ly (width x width) matmuls
+    (~5 ms each on one core) feeding an output multiplied by 0 (force = 0, density = 1/2). The warm-up
+    lattice (48 sites) takes a fraction of a second; 20 000 sites take minutes: an ONNX Runtime call that
+    cannot be interrupted."""
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array((rng.normal(0, 1.0 / np.sqrt(width), (width, width))).astype(np.float32), "W")
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("MatMul", ["x_in", "W"], ["xw"]),
+         helper.make_node("Tanh", ["xw"], ["x_out"])],
+        "body",
+        [helper.make_tensor_value_info("iter", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("x_in", TensorProto.FLOAT, [width, width])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("x_out", TensorProto.FLOAT, [width, width])])
+
+    def const(name, value, dtype, dims=None):
+        dims = [len(value)] if dims is None else dims
+        return helper.make_node("Constant", [], [name], value=helper.make_tensor(name, dtype, dims, value))
+
+    nodes = [
+        helper.make_node("Size", ["q"], ["n"]),
+        const("true", [True], TensorProto.BOOL, dims=[]),
+        const("shape", [width, width], TensorProto.INT64),
+        helper.make_node("ReduceMean", ["q"], ["m"], keepdims=0),
+        helper.make_node("Expand", ["m", "shape"], ["x0"]),
+        helper.make_node("Loop", ["n", "true", "x0"], ["x_final"], body=body),
+        helper.make_node("ReduceMean", ["x_final"], ["s"], keepdims=0),
+        const("zero", [0.0], TensorProto.FLOAT), const("half", [0.5], TensorProto.FLOAT),
+        helper.make_node("Mul", ["q", "zero"], ["q0"]),
+        helper.make_node("Mul", ["s", "zero"], ["s0"]),
+        helper.make_node("Add", ["q0", "s0"], ["force"]),
+        helper.make_node("Add", ["force", "half"], ["density"]),
+    ]
+    dims = ["batch", "lx", "ly"]
+    graph = helper.make_graph(nodes, "slow_test_model",
+                              [helper.make_tensor_value_info("q", TensorProto.FLOAT, dims)],
+                              [helper.make_tensor_value_info("force", TensorProto.FLOAT, dims),
+                               helper.make_tensor_value_info("density", TensorProto.FLOAT, dims)],
+                              initializer=[w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    model.metadata_props.add(key="neqforce.params", value=json.dumps(params))
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def build_nan_model(path: Path, params: dict[str, float], threshold: float = 50.0) -> Path:
+    """A contract model that returns NaN forces where q > threshold (sqrt(threshold - q)), finite
+    elsewhere: a broken model that passes its warm-up."""
+    def const(name, value):
+        tensor = helper.make_tensor(name, TensorProto.FLOAT, [1], [value])
+        return helper.make_node("Constant", [], [name], value=tensor)
+
+    nodes = [
+        const("t", threshold), const("half", 0.5),
+        helper.make_node("Sub", ["t", "q"], ["d"]),
+        helper.make_node("Sqrt", ["d"], ["force"]),
+        helper.make_node("Add", ["q", "half"], ["qh"]),
+        helper.make_node("Mul", ["qh", "half"], ["density"]),
+    ]
+    dims = ["batch", "lx", "ly"]
+    graph = helper.make_graph(nodes, "nan_test_model",
+                              [helper.make_tensor_value_info("q", TensorProto.FLOAT, dims)],
+                              [helper.make_tensor_value_info("force", TensorProto.FLOAT, dims),
+                               helper.make_tensor_value_info("density", TensorProto.FLOAT, dims)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    model.metadata_props.add(key="neqforce.params", value=json.dumps(params))
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="session", name="build_nan_model")
+def _build_nan_model_fixture():
+    """build_nan_model(path, physical_params, threshold) -> a model with NaN forces where q > threshold."""
+    return build_nan_model
+
+
+@pytest.fixture(scope="session", name="build_slow_model")
+def _build_slow_model_fixture():
+    """build_slow_model(path, physical_params) -> a model whose ONNX Runtime call takes minutes on large
+    lattices."""
+    return build_slow_model
