@@ -18,7 +18,7 @@ import numpy as np
 
 from neqforce.atomic import atomic_path, atomic_write_bytes
 from neqforce.physics import HolsteinParams
-from neqforce.trajectory import FORMAT as TRAJECTORY_FORMAT
+from neqforce.trajectory import FORMATS as TRAJECTORY_FORMATS
 from neqforce.trajectory import Trajectory, read_trajectory, software_versions
 
 FORCES_FORMAT = "neqforce.forces/1"
@@ -123,7 +123,7 @@ def load_configuration(path: str | os.PathLike[str], frame: int | None = None) -
         raise ValueError(f"{path} is not a readable HDF5 file: {exc}") from None
     with fh:
         fmt = fh.attrs.get("format")
-    if fmt == TRAJECTORY_FORMAT:
+    if fmt in TRAJECTORY_FORMATS:
         traj = read_trajectory_checked(path)
         if frame is None:
             q, what = traj.checkpoint_q, f"step {traj.checkpoint_step}"

@@ -50,8 +50,6 @@ from neqforce.physics import (
 )
 from neqforce.trajectory import Trajectory, TrajectoryWriter
 
-from .outputs import read_trajectory_checked
-
 #: Called after every recorded step with the state and its domain-wall position ξ.
 StepCallback = Callable[[BDState, float], None]
 
@@ -182,7 +180,7 @@ class Simulation:
     @classmethod
     def open(cls, path: str | os.PathLike[str], n_steps: int | None = None) -> Simulation:
         """Reopen a run to continue it from its checkpoint; ``n_steps`` may extend its length."""
-        writer = TrajectoryWriter(path, read_trajectory_checked(path))
+        writer = TrajectoryWriter.resume(path)  # validated: TrajectoryError (a ValueError) if not
         sim = cls(writer)
         if n_steps is not None:
             if n_steps < sim.last_step:

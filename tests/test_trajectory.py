@@ -1,0 +1,165 @@
+"""neqforce.trajectory: append-only checkpoints, the commit marker, old files, tampered files."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import h5py
+import numpy as np
+import pytest
+
+from neqforce.client.simulate import Simulation
+from neqforce.physics import HolsteinParams, staggered_sign
+from neqforce.trajectory import (
+    FORMAT,
+    FORMAT_V1,
+    TrajectoryError,
+    TrajectoryWriter,
+    read_trajectory,
+    step_times,
+)
+
+P = HolsteinParams(lx=6, ly=4)
+Q0 = 0.4 * staggered_sign(6, 4)
+
+
+def linear(q: np.ndarray) -> tuple[np.ndarray, None]:
+    """A cheap force field (no NEGF needed to test the file format)."""
+    return -0.3 * q, None
+
+
+def run(path, n_steps=40, stop_at=None, checkpoint_every=5, save_every=4):
+    sim = Simulation.create(path, P, Q0, n_steps=n_steps, seed=3, save_every=save_every, overwrite=True)
+    sim.run(linear, checkpoint_every=checkpoint_every, stop_at=stop_at)
+    return sim
+
+
+def test_checkpoints_append_in_place(tmp_path):
+    """After the first write, checkpoints extend the same file (same inode) instead of rewriting it."""
+    path = tmp_path / "t.h5"
+    sim = Simulation.create(path, P, Q0, n_steps=40, seed=3, save_every=4)
+    inode = os.stat(path).st_ino
+    sim.run(linear, checkpoint_every=5, stop_at=12)
+    assert os.stat(path).st_ino == inode
+    sim = Simulation.open(path)
+    sim.run(linear, checkpoint_every=5)
+    assert os.stat(path).st_ino == inode
+    traj = read_trajectory(path)
+    assert traj.complete and traj.series_step == list(range(41))
+    assert traj.frame_step == list(range(0, 41, 4))
+    with h5py.File(path) as f:
+        assert f.attrs["format"] == FORMAT
+        assert f["series/xi"].maxshape == (None,) and f["frames/q"].maxshape[0] is None
+        assert list(f["checkpoint/commit"][()][:3]) == [40, 41, 11]
+    whole = read_trajectory(run(tmp_path / "whole.h5").path)
+    np.testing.assert_array_equal(whole.checkpoint_q, traj.checkpoint_q)
+    np.testing.assert_array_equal(whole.frames()["q"], traj.frames()["q"])
+
+
+def test_rows_past_the_marker_are_ignored_and_overwritten(tmp_path):
+    """A checkpoint interrupted after appending rows but before moving the marker: readers see the
+    previous checkpoint; resuming overwrites the leftovers and ends bit-for-bit like a clean run."""
+    path = tmp_path / "t.h5"
+    run(path, stop_at=12)
+    with h5py.File(path, "r+") as f:
+        for name in ("step", "time", "xi"):
+            ds = f[f"series/{name}"]
+            ds.resize((ds.shape[0] + 3,))
+            ds[-3:] = -7
+        f["checkpoint/slots"][1 - int(f["checkpoint/commit"][3])] = 99.0
+    traj = read_trajectory(path)
+    assert traj.series_step == list(range(13)) and traj.checkpoint_step == 12
+    assert np.all(traj.checkpoint_q != 99.0)
+    Simulation.open(path).run(linear, checkpoint_every=5)
+    clean = read_trajectory(run(tmp_path / "clean.h5").path)
+    resumed = read_trajectory(path)
+    assert resumed.series_step == clean.series_step and resumed.series_xi == clean.series_xi
+    np.testing.assert_array_equal(resumed.frames()["q"], clean.frames()["q"])
+
+
+def write_v1(path, traj) -> None:
+    """The previous format, written as the old writer did (fixed-size datasets, checkpoint/step, q)."""
+    with h5py.File(path, "w") as f:
+        for key in ("params", "seed", "dt", "save_every", "n_steps", "backend", "model", "q0_bulk",
+                    "created", "complete"):
+            f.attrs[key] = traj.params.to_json() if key == "params" else getattr(traj, key)
+        f.attrs["format"] = FORMAT_V1
+        f.attrs["versions"] = json.dumps(traj.versions)
+        f.attrs["extra"] = json.dumps(traj.extra)
+        steps = np.asarray(traj.series_step)
+        f["series/step"], f["series/time"], f["series/xi"] = steps, steps * traj.dt, traj.series_xi
+        for name, value in traj.frames().items():
+            f[f"frames/{name}"] = value
+        f["checkpoint/step"] = traj.checkpoint_step
+        f["checkpoint/q"] = traj.checkpoint_q
+
+
+def test_old_format_is_read_and_resumed(tmp_path):
+    partial = read_trajectory(run(tmp_path / "p.h5", stop_at=17).path)
+    old = tmp_path / "old.h5"
+    write_v1(old, partial)
+    assert read_trajectory(old).series_step == list(range(18))
+    Simulation.open(old).run(linear, checkpoint_every=5)
+    resumed = read_trajectory(old)
+    clean = read_trajectory(run(tmp_path / "clean.h5").path)
+    assert resumed.series_xi == clean.series_xi
+    np.testing.assert_array_equal(resumed.checkpoint_q, clean.checkpoint_q)
+    with h5py.File(old) as f:
+        assert f.attrs["format"] == FORMAT  # upgraded on its first checkpoint
+
+
+def _tamper_attr(name, value):
+    def edit(f):
+        f.attrs[name] = value
+    return edit
+
+
+def _tamper_commit(index, value):
+    def edit(f):
+        f["checkpoint/commit"][index] = value
+    return edit
+
+
+def _truncate(name, rows):
+    def edit(f):
+        f[name].resize(rows, axis=0)
+    return edit
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_tamper_attr("save_every", 0), "save_every = 0"),
+    (_tamper_attr("dt", -0.1), "dt = -0.1"),
+    (_tamper_commit(0, -5), "checkpoint step = -5"),
+    (_tamper_commit(0, 99), "past the run's"),
+    (_tamper_commit(3, 7), "slot 7"),
+    (_truncate("series/xi", 5), "series/xi has 5 rows"),
+    (_truncate("frames/q", 1), "frames/q has 1 frames"),
+    (_tamper_commit(1, 10), "series/step is not 0..12"),
+    (_tamper_attr("save_every", 3), "expected every 3 steps"),
+    (_tamper_attr("complete", True), "marked complete at step 12"),
+])
+def test_tampered_files_say_what_is_wrong(tmp_path, edit, message):
+    path = tmp_path / "t.h5"
+    run(path, stop_at=12)
+    with h5py.File(path, "r+") as f:
+        edit(f)
+    with pytest.raises(TrajectoryError, match=message) as info:
+        TrajectoryWriter.resume(path)
+    assert "\n" not in str(info.value)
+
+
+def test_tampered_old_format_too(tmp_path):
+    partial = read_trajectory(run(tmp_path / "p.h5", stop_at=12).path)
+    old = tmp_path / "old.h5"
+    write_v1(old, partial)
+    with h5py.File(old, "r+") as f:
+        del f["checkpoint/step"]
+        f["checkpoint/step"] = -5
+    with pytest.raises(TrajectoryError, match="checkpoint step = -5"):
+        read_trajectory(old)
+
+
+def test_times_are_rounded_to_the_step():
+    assert step_times([3], 0.1)[0] == 0.3 and repr(float(step_times([3], 0.1)[0])) == "0.3"
+    np.testing.assert_allclose(step_times(np.arange(1000), 0.05), np.arange(1000) * 0.05, rtol=0, atol=1e-12)
