@@ -19,17 +19,22 @@ from neqforce.physics.negf import EIG_COND_MAX
 TOL = 1e-8
 
 
-def _near_ep_chain(rel: float) -> tuple[np.ndarray, HolsteinParams]:
-    """3×1 chain at t = t_EP (1 + rel), V = 0.7, Q = 0.3 on every site (default g, Γ, T)."""
-    base = HolsteinParams(lx=3, ly=1)
+def _near_ep_chain(rel: float, ly: int = 1) -> tuple[np.ndarray, HolsteinParams]:
+    """3×ly lattice at t = t_EP (1 + rel), V = 0.7, Q = 0.3 on every site (default g, Γ, T).
+
+    With uniform Q every k_y block is the 3-chain shifted by -2t cos k_y: all reach the exceptional point
+    at the same t, so ly > 1 checks that the error bound holds for many coalescing pairs at once.
+    """
+    base = HolsteinParams(lx=3, ly=ly)
     t_ep = (base.gamma_lead - base.gamma_bath) / (2.0 * math.sqrt(2.0))
     p = base.replace(t=t_ep * (1.0 + rel), voltage=0.7)
     return np.full(p.shape, 0.3), p
 
 
-@pytest.mark.parametrize("rel", [1e-12, 1e-10, 1e-8, 1e-6, 1e-3])
-def test_auto_is_exact_approaching_the_exceptional_point(ref, rel):
-    q, p = _near_ep_chain(rel)
+@pytest.mark.parametrize(("rel", "ly"), [(1e-12, 1), (1e-10, 1), (1e-8, 1), (1e-6, 1), (1e-3, 1),
+                                         (1e-10, 10), (1e-6, 10)])
+def test_auto_is_exact_approaching_the_exceptional_point(ref, rel, ly):
+    q, p = _near_ep_chain(rel, ly)
     expected = ref.quad_density(q, p)
     n, info = electron_density(q, p, method="auto", return_info=True)
     assert np.max(np.abs(n - expected)) <= TOL, info
