@@ -148,7 +148,8 @@ class OnnxModel:
                     params=parse_model_params(metadata.get(PARAMS_KEY), path), metadata=metadata,
                     session=session, domain=domain)
         # warm-up (the first run allocates) on the reference lattice; sha256 and output vs the references
-        check_integrity(path, model.sha256, metadata, lambda q: model.run(q, want_density=True))
+        check_integrity(path, model.sha256, metadata, lambda q: model.run(q, want_density=True),
+                        model.providers[0])
         taken = session.get_providers()
         if requested[0] not in taken:
             log_event(log, logging.WARNING, "onnx_provider_unavailable", model=name, requested=requested,
