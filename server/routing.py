@@ -11,12 +11,21 @@ fixed parameters match but a ranged one lies outside is answered, and its reason
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import grpc
+import numpy as np
 
-from neqforce.physics import PHYSICAL_FIELDS, HolsteinParams
+from neqforce.physics import (
+    PHYSICAL_FIELDS,
+    HolsteinParams,
+    bulk_cdw_amplitude,
+    neighbour_sum,
+    staggered_sign,
+)
 from neqforce.v1 import force_service_pb2 as pb
 
 from .backends.negf import NEGF_MODEL
@@ -122,3 +131,39 @@ def route(params: HolsteinParams, requested: int, model_name: str, models: Mappi
     if not negf_fits:
         raise exhausted(f"{why}, and the NEGF fallback refuses it: {cap}")
     return Route(pb.BACKEND_NEGF, None, f"{why}; exact NEGF")
+
+
+@functools.lru_cache(maxsize=16)
+def _order_weights(lx: int, ly: int) -> tuple[np.ndarray, np.ndarray]:
+    """(s/2, s/(2·count)): local order m = s/2·Q − s/(2·count)·Σ_nn Q (physics.local_order), float32."""
+    sign = staggered_sign(lx, ly)
+    count = neighbour_sum(np.ones((lx, ly)))
+    return (sign / 2.0).astype(np.float32), (sign / (2.0 * count)).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=16)
+def _q0_bulk(params: HolsteinParams) -> float:
+    return bulk_cdw_amplitude(params)
+
+
+def metallic_column_count(q: np.ndarray, q0_bulk: float) -> np.ndarray:
+    """Metallic columns per lattice of a batch (batch, lx, ly): mean_y |m| < q0_bulk / 2 (SPEC ξ·lx)."""
+    a, b = _order_weights(*q.shape[-2:])
+    order = np.abs(a * q - b * neighbour_sum(q)).mean(axis=-1)
+    return np.count_nonzero(order < 0.5 * q0_bulk, axis=-1)
+
+
+def flag_configuration(chosen: Route, q: np.ndarray, params: HolsteinParams) -> Route:
+    """``chosen`` with ``OUTSIDE_DOMAIN`` appended to its reason when an ONNX model with a declared
+    ``metallic_columns_max`` answers a lattice (inside its lattice domain) holding more metallic columns
+    than it was validated on: touchdown at the right electrode, where the exact force is nonlocal
+    (docs/nonlocality.md). O(N) on the request, only for such models; otherwise ``chosen`` itself."""
+    model = chosen.model
+    if model is None or model.metallic_columns_max is None or chosen.reason.startswith(OUTSIDE_DOMAIN):
+        return chosen
+    worst = int(np.max(metallic_column_count(q, _q0_bulk(params.replace(lx=1, ly=1)))))
+    if worst <= model.metallic_columns_max:
+        return chosen
+    return dataclasses.replace(chosen, reason=f"{chosen.reason}; {OUTSIDE_DOMAIN}: {worst} metallic columns, "
+                               f"validated up to {model.metallic_columns_max} (touchdown at the right "
+                               "electrode, not in the training data; docs/nonlocality.md)")

@@ -24,7 +24,7 @@ from .config import ServerConfig
 from .errors import RequestError, exhausted, invalid
 from .logs import log_event
 from .metrics import Metrics
-from .routing import BACKEND_NAMES, Route, resolve_parameters, route
+from .routing import BACKEND_NAMES, Route, flag_configuration, resolve_parameters, route
 from .tensors import count_non_finite, decode_q, encode
 from .text import MAX_MESSAGE, clip
 
@@ -211,6 +211,8 @@ class ForceServicer(pb_grpc.ForceServiceServicer):
         if not request.want_density:
             density = None
         self._check_finite(chosen, force, density)
+        if not negf:  # a validated lattice, but a configuration beyond the model's metallic length
+            chosen = flag_configuration(chosen, q, params)
         response = self._response(request, chosen, physical, shape, force, density, compute_s)
         return response, BACKEND_NAMES[chosen.backend], int(q.size)
 

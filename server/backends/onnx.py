@@ -79,6 +79,19 @@ def parse_domain(text: str | None, path: Path) -> dict[str, tuple[float, float]]
     return out
 
 
+def parse_metallic_max(text: str | None, path: Path) -> int | None:
+    """``metallic_columns_max`` of ``neqforce.domain``: the most metallic columns (SPEC ξ·lx) of the
+    configurations the model was validated on, or None (not declared). ValueError when malformed."""
+    if not text:
+        return None
+    value = json.loads(text).get("metallic_columns_max")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{path}: metadata '{DOMAIN_KEY}': metallic_columns_max must be an integer >= 0")
+    return value
+
+
 def provenance_domain(path: Path, sha256: str) -> str | None:
     """The ``domain`` of the provenance file next to the model (``compact.json`` for ``compact.onnx``) as
     JSON text, when that file describes these exact bytes (same sha256); else None. This is how the
@@ -121,6 +134,8 @@ class OnnxModel:
     session: ort.InferenceSession = field(repr=False)
     #: Ranged parameters {name: (min, max)} of the validity domain (``neqforce.domain``); empty = none.
     domain: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: Most metallic columns validated (``neqforce.domain`` ``metallic_columns_max``); None = not declared.
+    metallic_columns_max: int | None = None
 
     @classmethod
     def load(cls, path: str | Path, name: str, providers: Sequence[str] | None = None,
@@ -143,10 +158,12 @@ class OnnxModel:
             raise ValueError(f"{path}: needs outputs 'force' and 'density' (SPEC §9), has {sorted(outputs)}")
         metadata = dict(session.get_modelmeta().custom_metadata_map)
         sha256 = _sha256(path)
-        domain = parse_domain(metadata.get(DOMAIN_KEY) or provenance_domain(path, sha256), path)
+        domain_text = metadata.get(DOMAIN_KEY) or provenance_domain(path, sha256)
+        domain = parse_domain(domain_text, path)
         model = cls(name=name, path=path, sha256=sha256,
                     params=parse_model_params(metadata.get(PARAMS_KEY), path), metadata=metadata,
-                    session=session, domain=domain)
+                    session=session, domain=domain,
+                    metallic_columns_max=parse_metallic_max(domain_text, path))
         # warm-up (the first run allocates) on the reference lattice; sha256 and output vs the references
         check_integrity(path, model.sha256, metadata, lambda q: model.run(q, want_density=True),
                         model.providers[0])

@@ -15,7 +15,7 @@ from neqforce.models import bundled_model_path
 from neqforce.physics import HolsteinParams
 from neqforce.server.backends.onnx import OnnxModel
 from neqforce.server.errors import RequestError
-from neqforce.server.routing import OUTSIDE_DOMAIN, route
+from neqforce.server.routing import OUTSIDE_DOMAIN, flag_configuration, metallic_column_count, route
 from neqforce.v1 import force_service_pb2 as pb
 
 from .conftest import PARAMS, build_contract_model, onnx
@@ -52,7 +52,8 @@ def test_bundled_model_domain_comes_from_its_provenance(tmp_path) -> None:
     assert OnnxModel.load(copy, "c", threads=1).domain == {}  # no provenance beside it
     record = json.loads(BUNDLED.with_suffix(".json").read_text())
     (tmp_path / "compact.json").write_text(json.dumps({**record, "sha256": "0" * 64}))
-    assert OnnxModel.load(copy, "c", threads=1).domain == {}  # provenance of other bytes: ignored
+    with pytest.raises(ValueError, match="sha256"):  # provenance of other bytes: never applied
+        OnnxModel.load(copy, "c", threads=1)
     (tmp_path / "compact.json").write_text(json.dumps(record))
     assert OnnxModel.load(copy, "c", threads=1).domain == model.domain
 
@@ -81,6 +82,44 @@ def test_bundled_model_routing_outside_its_lattice() -> None:
     assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION and "voltage=2.5" in info.value.message
 
 
+def _metal(w: int, seed: int = 0) -> np.ndarray:
+    """Relaxed 30x28 CDW with its w left columns metallic (Q = -0.35 + noise): a wall at column w."""
+    from neqforce.physics import cdw_ground_state
+
+    params = HolsteinParams()
+    q = cdw_ground_state(params).copy()
+    q[:w] = -0.35 + 0.05 * np.random.default_rng(seed).standard_normal((w, params.ly))
+    return q
+
+
+def test_metallic_column_count_is_the_spec_xi() -> None:
+    from neqforce.physics import bulk_cdw_amplitude, domain_wall_position
+
+    params = HolsteinParams()
+    q0 = bulk_cdw_amplitude(params)
+    batch = np.stack([_metal(w, seed=w) for w in (0, 7, 27, 30)])
+    expected = [round(domain_wall_position(q, params) * params.lx) for q in batch]
+    assert list(metallic_column_count(batch, q0)) == expected == [0, 7, 27, 30]
+
+
+@needs_bundled
+def test_bundled_model_flags_touchdown() -> None:
+    """Inside the 30x28 domain, more metallic columns than validated (27) is flagged OUTSIDE_DOMAIN;
+    a batch is flagged by its worst lattice; a flagged lattice-size answer is not flagged twice."""
+    models = {"compact": OnnxModel.load(BUNDLED, "compact", threads=1)}
+    assert models["compact"].metallic_columns_max == 27
+    p = HolsteinParams()
+    chosen = _go(p, models)
+    for w in (0, 10, 27):
+        assert flag_configuration(chosen, _metal(w)[None], p) is chosen
+    flagged = flag_configuration(chosen, np.stack([_metal(10), _metal(28)]), p)
+    assert flagged.model_name == "compact" and f"{OUTSIDE_DOMAIN}: 28 metallic columns" in flagged.reason
+    assert flagged.reason.startswith(chosen.reason)
+    outside = _go(p.replace(lx=40), models, backend=pb.BACKEND_ONNX)
+    assert flag_configuration(outside, np.zeros((1, 40, 28)), p.replace(lx=40)) is outside
+    assert flag_configuration(_go(p.replace(lx=12, ly=10), models), np.zeros((1, 12, 10)), p).model is None
+
+
 def test_ranged_parameter_replaces_the_fixed_value(ranged) -> None:
     """A ranged voltage covers [2, 4] (not only the V = 3 of neqforce.params); outside it, NEGF."""
     models = {"ranged": OnnxModel.load(ranged, "ranged", threads=1)}
@@ -97,7 +136,9 @@ def test_ranged_parameter_replaces_the_fixed_value(ranged) -> None:
 
 
 @pytest.mark.parametrize("domain", ['{"ranges": {"lx": [40, 30]}}', '{"ranges": {"Voltage": [1, 2]}}',
-                                    '{"lx": [1, 2]}', "not json", '{"ranges": [1, 2]}'])
+                                    '{"lx": [1, 2]}', "not json", '{"ranges": [1, 2]}',
+                                    '{"ranges": {}, "metallic_columns_max": -1}',
+                                    '{"ranges": {}, "metallic_columns_max": 2.5}'])
 def test_malformed_domain_is_refused_at_load(model_dir, tmp_path, domain) -> None:
     base = build_contract_model(tmp_path / "base.onnx", PARAMS.physical())
     path = _with_domain(base, tmp_path / "bad.onnx", domain)
@@ -139,7 +180,9 @@ def test_real_server_reports_domain_and_routes_by_it() -> None:
             r = client.compute_forces(q, HolsteinParams(lx=40), backend="onnx")
             assert r.backend == "onnx" and r.reason.startswith(OUTSIDE_DOMAIN)
             assert np.all(np.isfinite(r.force))
-            r = client.compute_forces(np.zeros((30, 28)), HolsteinParams())
-            assert r.backend == "onnx" and not r.reason.startswith(OUTSIDE_DOMAIN)
+            r = client.compute_forces(_metal(10), HolsteinParams())
+            assert r.backend == "onnx" and OUTSIDE_DOMAIN not in r.reason
+            r = client.compute_forces(_metal(30), HolsteinParams())  # the whole device metallic
+            assert r.backend == "onnx" and f"{OUTSIDE_DOMAIN}: 30 metallic columns" in r.reason
     finally:
         srv.stop(grace=1.0)
