@@ -146,11 +146,15 @@ def _q0_bulk(params: HolsteinParams) -> float:
     return bulk_cdw_amplitude(params)
 
 
-def metallic_column_count(q: np.ndarray, q0_bulk: float) -> np.ndarray:
-    """Metallic columns per lattice of a batch (batch, lx, ly): mean_y |m| < q0_bulk / 2 (SPEC ξ·lx)."""
+def _metallic(q: np.ndarray, q0_bulk: float) -> np.ndarray:
+    """Metallic columns (batch, lx) of q (batch, lx, ly): mean_y |m| < q0_bulk / 2 (as metallic_columns)."""
     a, b = _order_weights(*q.shape[-2:])
-    order = np.abs(a * q - b * neighbour_sum(q)).mean(axis=-1)
-    return np.count_nonzero(order < 0.5 * q0_bulk, axis=-1)
+    return np.abs(a * q - b * neighbour_sum(q)).mean(axis=-1) < 0.5 * q0_bulk
+
+
+def metallic_column_count(q: np.ndarray, q0_bulk: float) -> np.ndarray:
+    """Metallic columns per lattice of a batch (batch, lx, ly) (SPEC ξ·lx)."""
+    return np.count_nonzero(_metallic(q, q0_bulk), axis=-1)
 
 
 def flag_configuration(chosen: Route, q: np.ndarray, params: HolsteinParams) -> Route:
@@ -161,8 +165,15 @@ def flag_configuration(chosen: Route, q: np.ndarray, params: HolsteinParams) -> 
     model = chosen.model
     if model is None or model.metallic_columns_max is None or chosen.reason.startswith(OUTSIDE_DOMAIN):
         return chosen
-    worst = int(np.max(metallic_column_count(q, _q0_bulk(params.replace(lx=1, ly=1)))))
-    if worst <= model.metallic_columns_max:
+    lx, limit = q.shape[-2], model.metallic_columns_max
+    if limit >= lx:
+        return chosen
+    q0_bulk = _q0_bulk(params)
+    k = lx - limit  # with more than `limit` metallic columns any k columns hold one: check the last k
+    if k + 1 < lx and not _metallic(q[..., lx - k - 1:, :], q0_bulk)[..., 1:].any():  # (+1 for neighbours)
+        return chosen
+    worst = int(np.max(metallic_column_count(q, q0_bulk)))
+    if worst <= limit:
         return chosen
     return dataclasses.replace(chosen, reason=f"{chosen.reason}; {OUTSIDE_DOMAIN}: {worst} metallic columns, "
                                f"validated up to {model.metallic_columns_max} (touchdown at the right "
