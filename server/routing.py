@@ -7,6 +7,8 @@ lies in [min, max]. AUTO uses only covering models, else exact NEGF; the reason 
 outside. Explicit ONNX: a fixed-parameter mismatch is FAILED_PRECONDITION (other physics); a request whose
 fixed parameters match but a ranged one lies outside is answered, and its reason starts with
 ``OUTSIDE_DOMAIN`` (an extrapolation the model was not validated for, see docs/nonlocality.md).
+A model may also declare ``metallic_columns_max``: an ONNX answer on a configuration with more metallic
+columns gets ``OUTSIDE_DOMAIN`` appended to its reason (:func:`flag_configuration`, after the compute).
 """
 
 from __future__ import annotations
