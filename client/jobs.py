@@ -181,10 +181,15 @@ def run_simulation(opts: SimulateOptions, echo: Echo = print) -> SimulationRepor
         with _closing(conn.client.stream(params, backend=opts.backend, want_density=True)) as stream:
             forces = StreamForces(stream, server=conn.address)
             say = _tqdm_echo(echo, opts.progress)
-            announced = False
+            announced = flagged = False
 
             def announce(state: Any, xi: float) -> None:
-                nonlocal announced
+                nonlocal announced, flagged
+                if forces.last is not None and not flagged and "OUTSIDE_DOMAIN" in forces.last.reason:
+                    flagged = True  # e.g. the metal reached the right electrode (docs/nonlocality.md)
+                    if announced:  # the first answer's reason is printed below
+                        say(f"warning: from step {state.step} the model answers outside its validated "
+                            f"domain ({forces.last.reason})")
                 if not announced and forces.last is not None:
                     announced = True
                     r = forces.last

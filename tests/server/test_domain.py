@@ -115,6 +115,14 @@ def test_bundled_model_flags_touchdown() -> None:
     flagged = flag_configuration(chosen, np.stack([_metal(10), _metal(28)]), p)
     assert flagged.model_name == "compact" and f"{OUTSIDE_DOMAIN}: 28 metallic columns" in flagged.reason
     assert flagged.reason.startswith(chosen.reason)
+    rng = np.random.default_rng(3)  # wherever the ordered columns are (the check looks at the tail first)
+    bulk = _metal(0)
+    for n_metal in (27, 28, 27, 29, 28):
+        q = bulk.copy()
+        cols = rng.choice(30, size=n_metal, replace=False)
+        q[cols] = -0.35
+        count = int(metallic_column_count(q[None], 2.3855)[0])
+        assert (flag_configuration(chosen, q[None], p) is not chosen) == (count > 27), (n_metal, count)
     outside = _go(p.replace(lx=40), models, backend=pb.BACKEND_ONNX)
     assert flag_configuration(outside, np.zeros((1, 40, 28)), p.replace(lx=40)) is outside
     assert flag_configuration(_go(p.replace(lx=12, ly=10), models), np.zeros((1, 12, 10)), p).model is None
@@ -173,6 +181,9 @@ def test_real_server_reports_domain_and_routes_by_it() -> None:
         with ForceClient(srv.address, timeout=120.0, retries=0) as client:
             info = client.server_info()
             assert info["models"][0]["domain"] == {"lx": [30.0, 30.0], "ly": [28.0, 28.0]}
+            from neqforce.client.jobs import format_server_info
+
+            assert "domain      lx in [30, 30], ly in [28, 28]" in format_server_info(info)  # neqforce info
             q = np.random.default_rng(0).normal(0.0, 1.5, size=(12, 10))
             r = client.compute_forces(q, HolsteinParams(lx=12, ly=10))
             assert r.backend == "negf" and "lx=12 outside [30, 30]" in r.reason
@@ -186,3 +197,26 @@ def test_real_server_reports_domain_and_routes_by_it() -> None:
             assert r.backend == "onnx" and f"{OUTSIDE_DOMAIN}: 30 metallic columns" in r.reason
     finally:
         srv.stop(grace=1.0)
+
+
+def test_simulate_says_when_answers_leave_the_domain(tmp_path) -> None:
+    """`neqforce simulate` prints the first reason, and warns once when a later answer carries the
+    OUTSIDE_DOMAIN flag (here: a model validated without metallic columns; its CDW melts in the run)."""
+    from typer.testing import CliRunner
+
+    from neqforce.cli import app
+    from neqforce.physics import bulk_cdw_amplitude, staggered_sign
+
+    base = build_contract_model(tmp_path / "base.onnx", PARAMS.physical())
+    model = _with_domain(base, tmp_path / "cdw_only.onnx",
+                         json.dumps({"ranges": {"lx": [8, 8], "ly": [6, 6]}, "metallic_columns_max": 0}))
+    init = tmp_path / "cdw.npy"
+    np.save(init, bulk_cdw_amplitude(PARAMS) * staggered_sign(PARAMS.lx, PARAMS.ly))
+    result = CliRunner().invoke(app, [str(a) for a in (
+        "simulate", "--model", model, "--init", init, "--lx", 8, "--ly", 6, "--steps", 60, "--out",
+        tmp_path / "run", "--no-progress", "--no-plots")])
+    assert result.exit_code == 0, result.output
+    first = next(line for line in result.output.splitlines() if line.startswith("backend:"))
+    assert "onnx" in first and OUTSIDE_DOMAIN not in first
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning: from step")]
+    assert len(warnings) == 1 and f"{OUTSIDE_DOMAIN}: " in warnings[0] and "metallic columns" in warnings[0]
