@@ -137,6 +137,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Brownian-dynamics quench of the CDW (SPEC §5) with forces from a server; writes an HDF5
         trajectory, ξ(t) as CSV, and density/ξ(t) figures. Ctrl-C saves; --resume continues."""
+        from .interrupt import Interrupts
         from .jobs import SimulateOptions, resume_command, run_simulation
 
         opts = SimulateOptions(
@@ -146,20 +147,28 @@ def register(app: typer.Typer) -> None:
             init=init, frame=frame, backend=backend, server=server, token=token,
             tls_ca=str(tls_ca) if tls_ca else None, model=str(model) if model else None, timeout=timeout,
             resume=resume, overwrite=overwrite, plots=plots, progress=progress)
-        try:
-            report = _guarded(run_simulation, opts, echo=typer.echo)
-        except KeyboardInterrupt as exc:
-            rep = getattr(exc, "report", None)
-            where = f" at step {rep.last_step} of {rep.n_steps}" if rep is not None else ""
-            typer.echo(f"\ninterrupted{where}; everything so far is saved in "
-                       f"{rep.outputs.trajectory if rep else out}. Continue with:\n  {resume_command(opts)}",
-                       err=True)
-            raise typer.Exit(EXIT_INTERRUPTED) from None
-        last_xi = report.final_xi
-        per_step = report.wall_s / max(1, report.last_step)
-        typer.echo(f"done: {report.last_step} steps, final ξ = {last_xi:.2f}, backend {report.backend} "
-                   f"({report.model or '-'}), {_fmt_seconds(report.wall_s)}"
-                   + (f" ({per_step * 1e3:.1f} ms/step)" if report.wall_s > 0 else ""))
+        again = (f"second Ctrl-C: stopping now; the trajectory file holds every step up to the last "
+                 f"checkpoint. Continue with: {resume_command(opts)}")
+        with Interrupts(second_message=again):
+            try:
+                report = _guarded(run_simulation, opts, echo=typer.echo)
+            except KeyboardInterrupt as exc:
+                rep = getattr(exc, "report", None)
+                if rep is None:
+                    typer.echo("\ninterrupted before the first step; nothing was saved", err=True)
+                else:
+                    typer.echo(f"\ninterrupted at step {rep.last_step} of {rep.n_steps}; everything so far "
+                               f"is saved in {rep.outputs.trajectory}. Continue with:\n"
+                               f"  {resume_command(opts)}", err=True)
+                raise typer.Exit(EXIT_INTERRUPTED) from None
+        timing = _fmt_seconds(report.wall_s)
+        if report.steps_run > 0 and report.bd_wall_s > 0:
+            timing += (f"; BD {report.steps_run} steps in {_fmt_seconds(report.bd_wall_s)} "
+                       f"({report.bd_wall_s / report.steps_run * 1e3:.1f} ms/step)")
+        if report.relax_wall_s >= 1.0:
+            timing += f"; initial-state relaxation {_fmt_seconds(report.relax_wall_s)}"
+        typer.echo(f"done: {report.last_step} steps, final ξ = {report.final_xi:.2f}, "
+                   f"backend {report.backend} ({report.model or '-'}), {timing}")
         for p in report.written:
             typer.echo(f"  {p}")
 

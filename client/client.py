@@ -366,6 +366,17 @@ class ForceStream:
         if self._watchdog is not None:
             self._watchdog.close()
 
+    def cancel(self) -> None:
+        """Abandon the stream at once (Ctrl-C, errors): no waiting for the server to answer."""
+        requests, responses = self._requests, self._responses
+        self._requests = self._responses = None
+        if requests is not None:
+            requests.put(_END)
+        if responses is not None:
+            responses.cancel()
+        if self._watchdog is not None:
+            self._watchdog.close()
+
     def __enter__(self) -> ForceStream:
         return self
 

@@ -8,11 +8,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .interrupt import active
 
 
 @dataclass
@@ -68,10 +70,31 @@ def connect(server: str | None = None, *, token: str | None = None,
     else:
         address = server
     try:
-        with ForceClient(address, token=token if running is None else None,
-                         tls_ca=str(tls_ca) if tls_ca is not None and running is None else None,
-                         timeout=timeout, retries=retries) as client:
+        client = ForceClient(address, token=token if running is None else None,
+                             tls_ca=str(tls_ca) if tls_ca is not None and running is None else None,
+                             timeout=timeout, retries=retries)
+        try:
             yield Connection(client=client, address=address, embedded=running is not None)
+        finally:
+            _bounded(client.close, "closing the connection")
     finally:
         if running is not None:
-            running.stop(grace=1.0)
+            interrupted = (guard := active()) is not None and guard.interrupted
+            _bounded(lambda: running.stop(grace=0.0 if interrupted else 1.0), "stopping the embedded server")
+
+
+#: Seconds a teardown step (closing the channel, stopping the embedded server) may take after Ctrl-C.
+TEARDOWN_S = 10.0
+
+
+def _bounded(fn: Callable[[], Any], what: str) -> None:
+    """Run a teardown step so that a Ctrl-C cannot cut it in half (a gRPC channel whose close was
+    interrupted waits for ever in the next close) and, once Ctrl-C was pressed, the process exits
+    with 130 if it takes longer than :data:`TEARDOWN_S` after it."""
+    guard = active()
+    if guard is None:
+        fn()
+        return
+    with guard.critical(), guard.deadline(TEARDOWN_S, f"{what} took over {TEARDOWN_S:g} s after Ctrl-C; "
+                                                       f"exiting (the run file holds every step done)"):
+        fn()

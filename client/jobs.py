@@ -11,6 +11,7 @@ Errors a user can fix (bad parameters, files, addresses) raise ValueError with a
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -21,10 +22,13 @@ from typing import Any
 import numpy as np
 
 from neqforce.physics import HolsteinParams, check_configuration
+from neqforce.physics.ground_state import cache_path, is_cached
 
+from .cost import COST_LIMIT_S, CostRefused, format_duration, project_cost, refusal_message, refuse
 from .embedded import connect
+from .interrupt import guarded
 from .outputs import RunOutputs, load_configuration, write_forces, write_xi_csv
-from .simulate import Simulation, StreamForces, initial_cdw
+from .simulate import Simulation, StreamForces, initial_cdw, relaxed_lattice
 
 Echo = Callable[[str], None]
 
@@ -83,11 +87,14 @@ class SimulateOptions:
     overwrite: bool = False
     plots: bool = True
     progress: bool = True
+    #: Projected wall time (s) beyond which unrequested exact NEGF is refused (client/cost.py).
+    cost_limit_s: float = COST_LIMIT_S
 
 
 @dataclass
 class SimulationReport:
-    """What a simulation job produced."""
+    """What a simulation job produced. ``wall_s``: the whole job; ``bd_wall_s``: the BD steps run by
+    this invocation (``steps_run`` of them), without server start-up or the initial-state relaxation."""
 
     outputs: RunOutputs
     last_step: int
@@ -99,6 +106,9 @@ class SimulationReport:
     written: list[Path]
     final_xi: float = float("nan")
     interrupted: bool = False
+    steps_run: int = 0
+    bd_wall_s: float = 0.0
+    relax_wall_s: float = 0.0
 
 
 def _check_resume_consistent(sim: Simulation, opts: SimulateOptions) -> None:
@@ -116,7 +126,40 @@ def _check_resume_consistent(sim: Simulation, opts: SimulateOptions) -> None:
                          "checkpoint)")
 
 
-def _initial_state(opts: SimulateOptions, echo: Echo) -> tuple[HolsteinParams, Any]:
+def check_options(opts: SimulateOptions) -> None:
+    """Every option that can be checked without the server or the initial state (ValueError, one line)."""
+    _check_backend(opts.backend)
+    if opts.steps is not None and opts.steps < 0:
+        raise ValueError(f"--steps must be >= 0, got {opts.steps}")
+    if opts.dt is not None and not (np.isfinite(opts.dt) and opts.dt > 0):
+        raise ValueError(f"--dt must be > 0 (time step in 1/gamma), got {opts.dt:g}")
+    if opts.seed is not None and opts.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {opts.seed}")
+    if opts.save_every is not None and opts.save_every < 1:
+        raise ValueError(f"--save-every must be >= 1 (save_every), got {opts.save_every}")
+    if opts.checkpoint_every < 1:
+        raise ValueError(f"--checkpoint-every must be >= 1, got {opts.checkpoint_every}")
+    if not (np.isfinite(opts.timeout) and opts.timeout > 0):
+        raise ValueError(f"--timeout must be > 0 seconds, got {opts.timeout:g}")
+    if opts.model is not None and not Path(opts.model).is_file():
+        raise ValueError(f"model file not found: {opts.model}")
+    if opts.tls_ca is not None and not Path(opts.tls_ca).is_file():
+        raise ValueError(f"TLS CA file not found: {opts.tls_ca}")
+
+
+def check_output_folder(outputs: RunOutputs) -> None:
+    """The folder of the run's files exists (created if needed) and is writable, or a ValueError naming it."""
+    folder = outputs.trajectory.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".neqforce-write-test."):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ValueError(f"cannot write the output folder {folder} (--out): {reason}") from None
+
+
+def _initial_state(opts: SimulateOptions, echo: Echo) -> tuple[HolsteinParams, Callable[[], np.ndarray]]:
     """Parameters and the initial configuration (a loader, so the slow CDW relaxation runs last)."""
     if opts.init == "cdw":
         if opts.frame is not None:
@@ -124,109 +167,215 @@ def _initial_state(opts: SimulateOptions, echo: Echo) -> tuple[HolsteinParams, A
         params = resolve_params(opts.params)
 
         def load() -> np.ndarray:
-            q, how = initial_cdw(params)
-            echo(f"initial state: {how}")
-            return q
+            return _relaxed_cdw(params, echo, opts.progress)
 
         return params, load
     conf = load_configuration(opts.init, frame=opts.frame)
     params = resolve_params(opts.params, shape=conf.q.shape)
+    check_configuration(conf.q, params, name="initial configuration")
 
     def load_file() -> np.ndarray:
         echo(f"initial state: {conf.source}")
-        return check_configuration(conf.q, params, name="initial configuration")
+        return conf.q
 
     return params, load_file
+
+
+def _relaxed_cdw(params: HolsteinParams, echo: Echo, progress: bool) -> np.ndarray:
+    """:func:`initial_cdw`, saying what it does when it has to relax a lattice (exact NEGF, minutes)."""
+    ref = relaxed_lattice(params)
+    if is_cached(ref):
+        q, how = initial_cdw(params)
+        echo(f"initial state: {how}")
+        return q
+    where = cache_path(ref)
+    echo(f"relaxing the V = 0 CDW on {ref.lx}×{ref.ly} with exact NEGF (about 100 solves; done once, "
+         f"then cached in {where})")
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(unit="solve", desc="CDW relaxation", dynamic_ncols=True, postfix="max|F|=?")
+
+    def report(solves: int, err: float) -> None:
+        if bar is not None:
+            bar.update(solves - bar.n)
+            bar.set_postfix_str(f"max|F|={err:.1e}", refresh=False)
+
+    t0 = time.monotonic()
+    try:
+        q, how = initial_cdw(params, progress=report)
+    finally:
+        if bar is not None:
+            bar.close()
+    echo(f"initial state: {how}; relaxed in {format_duration(time.monotonic() - t0)}"
+         + (f", cached in {where}" if where.exists() else ""))
+    return q
+
+
+def _predicted_route(info: dict[str, Any], params: HolsteinParams, backend: str) -> str:
+    """Which backend the server is expected to use for ``params``, and why (from GetServerInfo)."""
+    if backend == "negf":
+        return "exact NEGF (requested with --backend negf)"
+    rtol = float((info.get("routing") or {}).get("rtol", 1e-6))
+    physical = params.physical()
+    models = info.get("models") or []
+    for m in models:
+        covered = m.get("params") or {}
+        misfit = [k for k, v in covered.items()
+                  if k in physical and abs(physical[k] - v) > rtol * max(1.0, abs(v))]
+        if not misfit:
+            return f"ONNX model {m.get('name', '?')} (it covers these parameters)"
+    if backend == "onnx":
+        return "ONNX requested, but no model covers these parameters (the server will refuse)"
+    if not models:
+        return "exact NEGF (the server has no ML model)"
+    m = models[0]
+    covered = m.get("params") or {}
+    misfit = ", ".join(f"{k} = {physical[k]:g} (model: {covered[k]:g})" for k in covered
+                       if k in physical and abs(physical[k] - covered[k]) > rtol * max(1.0, abs(covered[k])))
+    return f"exact NEGF (no model covers {misfit})"
 
 
 def run_simulation(opts: SimulateOptions, echo: Echo = print) -> SimulationReport:
     """Run (or resume) a BD quench against a force server and write trajectory, CSV and figures.
 
+    Every option is checked before any work. After the first step the projected wall time is
+    printed; exact NEGF that was not requested by name and would take longer than
+    ``opts.cost_limit_s`` is stopped there (:class:`neqforce.client.cost.CostRefused`, one line).
     KeyboardInterrupt is re-raised after the trajectory (and the CSV) hold every step done; the
     report of an interrupted run is attached to the exception as ``exc.report``.
     """
-    _check_backend(opts.backend)
-    if opts.checkpoint_every < 1:
-        raise ValueError(f"--checkpoint-every must be >= 1, got {opts.checkpoint_every}")
-    if opts.steps is not None and opts.steps < 0:
-        raise ValueError(f"--steps must be >= 0, got {opts.steps}")
+    with guarded():
+        return _run_simulation(opts, echo)
+
+
+def _run_simulation(opts: SimulateOptions, echo: Echo) -> SimulationReport:
+    check_options(opts)
     outputs = RunOutputs.at(opts.out)
     path = outputs.trajectory
-    created = False
     if opts.resume:
         if not path.exists():
             raise ValueError(f"nothing to resume: {path} does not exist")
-        sim = Simulation.open(path, n_steps=opts.steps)
+        sim: Simulation | None = Simulation.open(path, n_steps=opts.steps)
         _check_resume_consistent(sim, opts)
         params, load_q0 = sim.params, None
-        echo(f"resuming {path} at step {max(sim.last_step, 0)} of {sim.trajectory.n_steps}")
     else:
         if path.exists() and not opts.overwrite:
             raise ValueError(f"{path} already exists (add --resume to continue it, --overwrite to start "
                              f"over, or choose another --out)")
         params, load_q0 = _initial_state(opts, echo)
         sim = None
+    check_output_folder(outputs)
     if sim is not None and sim.complete:
         echo(f"{path} is already complete ({sim.trajectory.n_steps} steps); rewriting ξ(t) and figures")
         return _finish(sim, outputs, opts, echo, wall=0.0)
+    if sim is not None:
+        echo(f"resuming {path} at step {max(sim.last_step, 0)} of {sim.trajectory.n_steps}")
 
     wall0 = time.monotonic()
-    with connect(opts.server, token=opts.token, tls_ca=opts.tls_ca, model=opts.model,
-                 timeout=opts.timeout) as conn:
-        info = conn.client.server_info()  # fails fast (before any slow set-up) on a bad address/token
-        echo(f"forces from {conn.describe()}: {_models_line(info)}; backend {opts.backend!r}")
-        if sim is None:
-            sim = _create(path, params, load_q0(), opts)
-            created = True
-        with _closing(conn.client.stream(params, backend=opts.backend, want_density=True)) as stream:
-            forces = StreamForces(stream, server=conn.address)
-            say = _tqdm_echo(echo, opts.progress)
-            announced = flagged = False
+    created = False
+    relax_s = 0.0
+    run_info: dict[str, Any] = {"steps_before": sim.last_step if sim is not None else -1, "bd_s": 0.0}
+    try:
+        with connect(opts.server, token=opts.token, tls_ca=opts.tls_ca, model=opts.model,
+                     timeout=opts.timeout) as conn:
+            info = conn.client.server_info()  # fails fast (before any slow set-up) on a bad address/token
+            echo(f"forces from {conn.describe()}: {_models_line(info)}")
+            echo(f"backend {opts.backend!r} → expected: {_predicted_route(info, params, opts.backend)}")
+            if sim is None:
+                t0 = time.monotonic()
+                q0 = load_q0()
+                relax_s = time.monotonic() - t0
+                sim = _create(path, params, q0, opts)
+                created = True
+                run_info["steps_before"] = -1
+            _run_steps(sim, conn, info, opts, echo, run_info)
+    except KeyboardInterrupt as exc:
+        if sim is None or (created and sim.last_step < 0):
+            if created:
+                sim.path.unlink(missing_ok=True)  # nothing computed: leave no half-started run
+            raise
+        n = sim.last_step
+        echo(f"interrupted: steps 0..{n} are saved in {path}; writing ξ(t)" + (" and figures" if opts.plots
+             else "") + " (Ctrl-C again to skip)…")
+        exc.report = _finish(sim, outputs, opts, echo, wall=time.monotonic() - wall0, interrupted=True,
+                             run_info=run_info, relax_s=relax_s)
+        raise
+    except CostRefused:
+        if created and sim is not None:
+            sim.path.unlink(missing_ok=True)  # one step of a run that will not be continued as it is
+        raise
+    except BaseException:
+        if sim is not None and created and sim.last_step < 0:
+            sim.path.unlink(missing_ok=True)
+        elif sim is not None and sim.last_step >= 0:
+            write_xi_csv(outputs.xi_csv, sim.trajectory)
+            echo(f"steps 0..{sim.last_step} are saved in {path}; after fixing the problem, "
+                 f"continue with: {resume_command(opts)}")
+        raise
+    return _finish(sim, outputs, opts, echo, wall=time.monotonic() - wall0, run_info=run_info,
+                   relax_s=relax_s)
 
-            def announce(state: Any, xi: float) -> None:
-                nonlocal announced, flagged
-                if forces.last is not None and not flagged and "OUTSIDE_DOMAIN" in forces.last.reason:
-                    flagged = True  # e.g. the metal reached the right electrode (docs/nonlocality.md)
-                    if announced:  # the first answer's reason is printed below
-                        say(f"warning: from step {state.step} the model answers outside its validated "
-                            f"domain ({forces.last.reason})")
-                if not announced and forces.last is not None:
-                    announced = True
-                    r = forces.last
-                    say(f"backend: {r.backend}, model: {r.model or '-'} ({r.reason})")
 
-            try:
-                sim.run(forces, checkpoint_every=opts.checkpoint_every, callback=announce,
-                        progress=opts.progress,
-                        segment_info={"server": "embedded" if conn.embedded else conn.address,
-                                      "server_version": str(info.get("version", "")),
-                                      "server_models": {str(m.get("name")): str(m.get("sha256", ""))
-                                                        for m in info.get("models", [])},
-                                      "backend_requested": opts.backend})
-            except KeyboardInterrupt as exc:
-                exc.report = _finish(sim, outputs, opts, echo, wall=time.monotonic() - wall0,
-                                     interrupted=True)
-                raise
-            except BaseException:
-                if created and sim.last_step < 0:
-                    sim.path.unlink(missing_ok=True)  # nothing computed: leave no half-started run
-                elif sim.last_step >= 0:
-                    write_xi_csv(outputs.xi_csv, sim.trajectory)
-                    echo(f"steps 0..{sim.last_step} are saved in {path}; after fixing the problem, "
-                         f"continue with: {resume_command(opts)}")
-                raise
-    return _finish(sim, outputs, opts, echo, wall=time.monotonic() - wall0)
+def _run_steps(sim: Simulation, conn: Any, info: dict[str, Any], opts: SimulateOptions, echo: Echo,
+               run_info: dict[str, Any]) -> None:
+    """The BD steps of one invocation, streaming forces from ``conn``; checks the cost after step one."""
+    params = sim.params
+    say = _tqdm_echo(echo, opts.progress)
+    if opts.backend != "onnx" and params.n_sites > 1000:
+        say(f"measuring the first step ({params.lx}×{params.ly} = {params.n_sites} sites; on exact NEGF "
+            f"this can take minutes)…")
+    with _closing(conn.client.stream(params, backend=opts.backend, want_density=True)) as stream:
+        forces = StreamForces(stream, server=conn.address)
+        t_start = time.monotonic()
+        first = True
+        flagged = False
+        end = sim.trajectory.n_steps
+
+        def after_step(state: Any, xi: float) -> None:
+            nonlocal first, flagged
+            if forces.last is not None and not flagged and "OUTSIDE_DOMAIN" in forces.last.reason:
+                flagged = True  # e.g. the metal reached the right electrode (docs/nonlocality.md)
+                if not first:  # the first answer's reason is printed below
+                    say(f"warning: from step {state.step} the model answers outside its validated domain "
+                        f"({forces.last.reason})")
+            if not first or forces.last is None:
+                return
+            first = False
+            r = forces.last
+            seconds = time.monotonic() - t_start
+            remaining = max(0, end - state.step)
+            proj = project_cost(str(r.backend), seconds, remaining)
+            say(f"backend: {r.backend}, model: {r.model or '-'} ({r.reason})")
+            say(f"first step: {format_duration(seconds)}; projected for the {remaining} steps left: "
+                f"{format_duration(proj.total_s)}")
+            if refuse(proj, opts.backend, opts.cost_limit_s):
+                raise CostRefused(refusal_message(proj, lattice=params.shape, limit_s=opts.cost_limit_s))
+
+        t0 = time.monotonic()
+        try:
+            sim.run(forces, checkpoint_every=opts.checkpoint_every, callback=after_step,
+                    progress=opts.progress,
+                    segment_info={"server": "embedded" if conn.embedded else conn.address,
+                                  "server_version": str(info.get("version", "")),
+                                  "server_models": {str(m.get("name")): str(m.get("sha256", ""))
+                                                    for m in info.get("models", [])},
+                                  "backend_requested": opts.backend})
+        finally:
+            run_info["bd_s"] = time.monotonic() - t0
 
 
 @contextmanager
 def _closing(stream: Any) -> Iterator[Any]:
-    """Close a ForceStream at the end of the block; when the block is left by an exception (Ctrl-C in
-    the middle of a gRPC call leaves the call half-done), an error while closing must not replace it."""
+    """Close a ForceStream at the end of the block. When the block is left by an exception (Ctrl-C in
+    the middle of a gRPC call leaves the call half-done), the stream is cancelled, not drained: no
+    waiting for a server that may be busy with a long NEGF call, and no error replacing the exception."""
     try:
         yield stream
     except BaseException:
         with suppress(Exception):
-            stream.close()
+            stream.cancel()
         raise
     stream.close()
 
@@ -271,7 +420,8 @@ def _tqdm_echo(echo: Echo, progress: bool) -> Echo:
 
 
 def _finish(sim: Simulation, outputs: RunOutputs, opts: SimulateOptions, echo: Echo, wall: float,
-            interrupted: bool = False) -> SimulationReport:
+            interrupted: bool = False, run_info: dict[str, Any] | None = None,
+            relax_s: float = 0.0) -> SimulationReport:
     traj = sim.trajectory
     written = [outputs.trajectory, write_xi_csv(outputs.xi_csv, traj)]
     if opts.plots and traj.frame_step:
@@ -279,10 +429,15 @@ def _finish(sim: Simulation, outputs: RunOutputs, opts: SimulateOptions, echo: E
 
         written.append(plot_density_snapshots(traj, outputs.density_png))
         written.append(plot_xi(traj, outputs.xi_png))
+    run_info = run_info or {}
+    # BD steps integrated by this invocation (a resumed run restarts from its checkpoint step)
+    steps_run = max(0, sim.last_step - max(int(run_info.get("steps_before", sim.last_step)), 0))
     return SimulationReport(outputs=outputs, last_step=sim.last_step, n_steps=traj.n_steps,
                             complete=sim.complete, backend=traj.backend, model=traj.model, wall_s=wall,
                             written=written, interrupted=interrupted,
-                            final_xi=traj.series_xi[-1] if traj.series_xi else float("nan"))
+                            final_xi=traj.series_xi[-1] if traj.series_xi else float("nan"),
+                            steps_run=steps_run, bd_wall_s=float(run_info.get("bd_s", 0.0)),
+                            relax_wall_s=relax_s)
 
 
 # ---------------------------------------------------------------------------------------- forces

@@ -18,13 +18,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from neqforce.atomic import atomic_write_bytes
 from neqforce.physics import local_order
 from neqforce.trajectory import Trajectory
 
-from .outputs import atomic_write_bytes
-
 #: Largest lx or ly drawn site by site (n_i); larger lattices show the staggered density instead.
 MAX_SITE_RESOLVED = 64
+#: Largest figure (inches; at the default 150 dpi, 2400×2100 px) whatever the lattice's aspect ratio.
+MAX_FIGURE_IN = (16.0, 14.0)
 _GATE = "#c28e0e"
 _SUBSTRATE = "#5f6b7a"
 
@@ -98,10 +99,12 @@ def plot_density_snapshots(traj: Trajectory, path: str | os.PathLike[str], n_pan
     xi_by_step = dict(zip(traj.series_step, traj.series_xi, strict=True))
     ncols = {1: 1, 2: 2, 3: 3, 4: 2}.get(len(idx), 3 if len(idx) <= 6 else 4)
     nrows = int(np.ceil(len(idx) / ncols))
-    aspect = ly / lx
     panel_w = 3.1
-    fig = Figure(figsize=(max(6.4, panel_w * ncols + 1.3), panel_w * aspect * nrows + 1.4),
-                 layout="constrained")
+    # panels follow the lattice's shape (aspect="equal"), but a 1-column or 1-row lattice must not make
+    # a figure of tens of thousands of pixels: the panel aspect is clamped and the figure capped
+    aspect = min(max(ly / lx, 0.25), 3.0)
+    fig = Figure(figsize=(min(max(6.4, panel_w * ncols + 1.3), MAX_FIGURE_IN[0]),
+                          min(panel_w * aspect * nrows + 1.4, MAX_FIGURE_IN[1])), layout="constrained")
     axes = np.atleast_1d(fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False)).ravel()
     bar = max(1.0, 0.06 * lx)
     image = None
@@ -119,7 +122,7 @@ def plot_density_snapshots(traj: Trajectory, path: str | os.PathLike[str], n_pan
         ax.set_xlim(-0.5 - bar, lx - 0.5 + bar)
         ax.set_ylim(-0.5, ly - 0.5)
         xi = xi_by_step.get(step)
-        title = f"t = {step * traj.dt:g}"
+        title = f"t = {float(fr['time'][idx[k]]):g}"
         if xi is not None:
             title += f",  ξ = {xi:.2f}"
             if 0.0 < xi < 1.0:

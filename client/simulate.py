@@ -1,6 +1,6 @@
 """Brownian-dynamics quench simulations driven by any force source (library behind ``neqforce simulate``).
 
-The dynamics is SPEC §5, overdamped Langevin with gamma = 1 (Euler–Maruyama, :func:`brownian_dynamics`):
+The dynamics is overdamped Langevin with gamma = 1 (Euler–Maruyama, :func:`brownian_dynamics`):
 
     Q(t + dt) = Q(t) + dt F(Q(t)) + sqrt(2 T dt) ξ,   ξ ~ N(0, 1) from SeedSequence([seed, step])
 
@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import signal
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -48,7 +46,10 @@ from neqforce.physics import (
     negf_forces,
     staggered_sign,
 )
+from neqforce.physics.ground_state import RelaxProgress
 from neqforce.trajectory import Trajectory, TrajectoryWriter
+
+from .interrupt import guarded
 
 #: Called after every recorded step with the state and its domain-wall position ξ.
 StepCallback = Callable[[BDState, float], None]
@@ -61,24 +62,35 @@ MAX_RELAX_SITES = 1024
 REFERENCE_LY = 28
 
 
-def initial_cdw(params: HolsteinParams, max_relax_sites: int = MAX_RELAX_SITES) -> tuple[np.ndarray, str]:
+def relaxed_lattice(params: HolsteinParams, max_relax_sites: int = MAX_RELAX_SITES) -> HolsteinParams:
+    """The lattice whose V = 0 CDW :func:`initial_cdw` relaxes with exact NEGF: ``params`` itself up to
+    ``max_relax_sites`` sites, else a reference of at most 30 columns (see :func:`initial_cdw`)."""
+    if params.n_sites <= max_relax_sites:
+        return params
+    lx_ref = min(params.lx, 30)
+    if lx_ref * params.ly <= max_relax_sites:
+        ly_ref = params.ly
+    else:  # an even width: a commensurate checkerboard (only the x profile is used)
+        ly_ref = min(REFERENCE_LY, max(2, (max_relax_sites // lx_ref) // 2 * 2))
+    return params.replace(lx=lx_ref, ly=ly_ref)
+
+
+def initial_cdw(params: HolsteinParams, max_relax_sites: int = MAX_RELAX_SITES,
+                progress: RelaxProgress | None = None) -> tuple[np.ndarray, str]:
     """The quench's initial state, shape (lx, ly), and a description of how it was made.
 
     Up to ``max_relax_sites`` sites: the relaxed V = 0 CDW itself (:func:`cdw_ground_state`, exact NEGF,
     cached). Larger devices (which only an ML model can drive) get Q = (-1)^(x+y) A(x), with the
     amplitude profile A(x) = mean_y |Q| of the relaxed CDW of a reference lattice of at most 30
     columns: its left half next to the gate, its right half next to the substrate, and its central
-    (bulk) amplitude in between.
+    (bulk) amplitude in between. ``progress(solves, max|F|)`` follows a relaxation that is not cached.
     """
-    if params.n_sites <= max_relax_sites:
-        return cdw_ground_state(params), f"relaxed V = 0 CDW on {params.lx}×{params.ly} (exact NEGF)"
-    lx_ref = min(params.lx, 30)
-    if lx_ref * params.ly <= max_relax_sites:
-        ly_ref = params.ly
-    else:  # an even width: a commensurate checkerboard (only the x profile is used)
-        ly_ref = min(REFERENCE_LY, max(2, (max_relax_sites // lx_ref) // 2 * 2))
-    ref = params.replace(lx=lx_ref, ly=ly_ref)
-    profile = np.mean(np.abs(cdw_ground_state(ref)), axis=1)
+    ref = relaxed_lattice(params, max_relax_sites)
+    if ref is params:
+        q = cdw_ground_state(params, progress=progress)
+        return q, f"relaxed V = 0 CDW on {params.lx}×{params.ly} (exact NEGF)"
+    lx_ref, ly_ref = ref.lx, ref.ly
+    profile = np.mean(np.abs(cdw_ground_state(ref, progress=progress)), axis=1)
     half = lx_ref // 2
     amplitude = np.full(params.lx, profile[half])
     amplitude[:half] = profile[:half]
@@ -89,7 +101,7 @@ def initial_cdw(params: HolsteinParams, max_relax_sites: int = MAX_RELAX_SITES) 
 
 
 class NEGFForces:
-    """In-process exact NEGF force field (F, n) for fixed parameters (SPEC §2–3)."""
+    """In-process exact NEGF force field (F, n) for fixed parameters (docs/physics.md)."""
 
     backend = "negf"
     model = "exact-negf"
@@ -251,9 +263,8 @@ class Simulation:
 
         states = brownian_dynamics(traj.checkpoint_q, force_fn, n_steps=end - start, dt=traj.dt,
                                    temperature=traj.params.temperature, seed=traj.seed, start_step=start)
-        guard = _DeferInterrupt()
-        try:
-            with guard:
+        with guarded() as guard:
+            try:
                 for state in states:
                     if state.step <= last:
                         continue
@@ -262,12 +273,13 @@ class Simulation:
                         self.writer.record(state.step, state.q, state.force, state.density, xi)
                     if bar is not None:
                         bar.set_postfix_str(f"xi={xi:.2f}", refresh=False)
-                        bar.update(1)
+                        bar.update(1 if state.step > 0 else 0)  # step 0 is the initial state
                     if callback is not None:
                         callback(state, xi)
+                    guard.check()  # a Ctrl-C whose exception was swallowed somewhere stops here
                     since = time.monotonic() - t_ckpt
-                    # a due checkpoint is skipped while writing it would cost over 10 % of the run time
-                    # (big lattices: the file is rewritten whole); time-based ones always happen
+                    # a due checkpoint is skipped while writing it would cost over 10 % of the run time;
+                    # time-based ones always happen
                     if state.step < end and ((state.step % checkpoint_every == 0 and since >= 9 * cost)
                                              or since >= checkpoint_seconds):
                         t0 = time.monotonic()
@@ -275,76 +287,27 @@ class Simulation:
                             checkpoint()
                         t_ckpt = time.monotonic()
                         cost = t_ckpt - t0
-        except BaseException:
-            try:
-                checkpoint()
-            finally:
-                if bar is not None:
-                    bar.close()
-            raise
-        checkpoint(complete=self.complete)
+                guard.check()
+            except BaseException:
+                try:
+                    with guard.critical():
+                        checkpoint()
+                finally:
+                    if bar is not None:
+                        bar.close()
+                raise
+            with guard.critical():
+                checkpoint(complete=self.complete)
         if bar is not None:
             bar.close()
         return traj
 
 
-class _DeferInterrupt:
-    """SIGINT handler that raises KeyboardInterrupt at once, except inside ``critical()`` sections
-    (recording a step, writing a checkpoint), where it is raised when the section ends. A no-op
-    outside the main thread."""
-
-    def __init__(self) -> None:
-        self._depth = 0
-        self._pending = False
-        self._previous: Any = None
-        self._active = False
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        if self._depth:
-            self._pending = True
-        else:
-            raise KeyboardInterrupt
-
-    def __enter__(self) -> _DeferInterrupt:
-        if threading.current_thread() is threading.main_thread():
-            if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-                return self  # Ctrl-C is ignored in this process (e.g. nohup): keep it so
-            try:
-                self._previous = signal.signal(signal.SIGINT, self._handler)
-                self._active = True
-            except ValueError:  # pragma: no cover - e.g. embedded interpreters
-                self._active = False
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._active:
-            signal.signal(signal.SIGINT, self._previous)
-            self._active = False
-
-    def critical(self) -> _Critical:
-        return _Critical(self)
-
-
-class _Critical:
-    def __init__(self, guard: _DeferInterrupt) -> None:
-        self.guard = guard
-
-    def __enter__(self) -> None:
-        self.guard._depth += 1
-
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        g = self.guard
-        g._depth -= 1
-        if g._depth == 0 and g._pending and exc_type is None:
-            g._pending = False
-            raise KeyboardInterrupt
-
-
 def _progress_bar(start: int, end: int):
-    """tqdm bar over the steps still to do (ETA; ξ shown as a postfix)."""
+    """tqdm bar over BD steps (``end`` in all, ``start`` already done; ETA; ξ shown as a postfix)."""
     from tqdm import tqdm
 
-    return tqdm(total=end + 1, initial=start, unit="step", desc="BD", dynamic_ncols=True,
+    return tqdm(total=end, initial=max(0, start - 1), unit="step", desc="BD", dynamic_ncols=True,
                 smoothing=0.1, postfix="xi=?")
 
 

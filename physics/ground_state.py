@@ -1,10 +1,11 @@
-"""The relaxed V = 0 checkerboard CDW, the initial state of every quench (SPEC §5)."""
+"""The relaxed V = 0 checkerboard CDW, the initial state of every quench (docs/physics.md)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,8 @@ from .lattice import staggered_sign
 from .params import HolsteinParams
 
 _MEMORY: dict[str, np.ndarray] = {}
+#: Called after every NEGF solve of a relaxation with (solves so far, max |F_i| now).
+RelaxProgress = Callable[[int, float], None]
 #: Relaxation stops when max |F_i| falls below this.
 FORCE_TOL = 1e-8
 
@@ -37,7 +40,7 @@ def _key(params: HolsteinParams, seed: int) -> str:
 
 
 def relax(q_init: np.ndarray, params: HolsteinParams, tol: float = FORCE_TOL, max_iter: int = 1000,
-          step: float = 0.8) -> np.ndarray:
+          step: float = 0.8, progress: RelaxProgress | None = None) -> np.ndarray:
     """Solve F(Q) = 0 with NEGF forces by steepest descent Q <- Q + step F (step halves on overshoot).
 
     At V = 0 the force is the gradient of the electronic free energy plus E_lat, so this is a
@@ -46,12 +49,16 @@ def relax(q_init: np.ndarray, params: HolsteinParams, tol: float = FORCE_TOL, ma
     q = np.array(q_init, dtype=np.float64)
     force = negf_forces(q, params)[0]
     err = float(np.max(np.abs(force)))
-    for _ in range(max_iter):
+    if progress is not None:
+        progress(1, err)
+    for solves in range(2, max_iter + 2):
         if err < tol:
             return q
         trial = q + step * force
         trial_force = negf_forces(trial, params)[0]
         trial_err = float(np.max(np.abs(trial_force)))
+        if progress is not None:
+            progress(solves, trial_err)
         if trial_err > 2.0 * err and step > 1e-3:
             step *= 0.5
             continue
@@ -65,34 +72,48 @@ def packaged_key(params: HolsteinParams, seed: int = 0) -> str:
     return _key(params, seed)
 
 
-def _relax_from_checkerboard(params: HolsteinParams, seed: int) -> np.ndarray:
+def cache_path(params: HolsteinParams, seed: int = 0) -> Path:
+    """Where :func:`cdw_ground_state` keeps the relaxed state of ``params`` (the voltage is ignored)."""
+    return cache_dir() / "ground_state" / f"{_key(params, seed)}.npy"
+
+
+def is_cached(params: HolsteinParams, seed: int = 0) -> bool:
+    """True when :func:`cdw_ground_state` will not need to relax (memory, packaged or disk cache)."""
+    key = _key(params, seed)
+    return key in _MEMORY or (PACKAGED / f"{key}.npy").exists() or cache_path(params, seed).exists()
+
+
+def _relax_from_checkerboard(params: HolsteinParams, seed: int,
+                             progress: RelaxProgress | None = None) -> np.ndarray:
     p0 = params.replace(voltage=0.0)
     rng = np.random.default_rng(seed)
     q_init = staggered_sign(p0.lx, p0.ly) * bulk_cdw_amplitude(p0) + 1e-3 * rng.standard_normal(p0.shape)
-    return relax(q_init, p0)
+    return relax(q_init, p0, progress=progress)
 
 
-def cdw_ground_state(params: HolsteinParams, seed: int = 0, use_cache: bool = True) -> np.ndarray:
+def cdw_ground_state(params: HolsteinParams, seed: int = 0, use_cache: bool = True,
+                     progress: RelaxProgress | None = None) -> np.ndarray:
     """Relaxed V = 0 checkerboard CDW Q, shape (lx, ly); the voltage of ``params`` is ignored.
 
     Starts from Q = (-1)^(x+y) q0_bulk (positive at (0, 0)) plus 1e-3 Gaussian noise from ``seed``
-    and relaxes to max |F| < 1e-8 with exact NEGF forces. Cached in memory and on disk
-    (:func:`cache_dir`), keyed by the parameters and the seed; the default 30×28 state ships with the
-    package (``physics/ground_states/``, regenerate with ``use_cache=False``).
+    and relaxes to max |F| < 1e-8 with exact NEGF forces (``progress(solves, max|F|)`` after each
+    solve). Cached in memory and on disk (:func:`cache_path`), keyed by the parameters and the seed;
+    the default 30×28 state ships with the package (``physics/ground_states/``, regenerate with
+    ``use_cache=False``).
     """
     key = _key(params, seed)
     if not use_cache:
-        return _relax_from_checkerboard(params, seed)
+        return _relax_from_checkerboard(params, seed, progress)
     if key in _MEMORY:
         return _MEMORY[key].copy()
-    path = cache_dir() / "ground_state" / f"{key}.npy"
+    path = cache_path(params, seed)
     for candidate in (PACKAGED / f"{key}.npy", path):
         if candidate.exists():
             q = np.load(candidate)
             if q.shape == params.shape:
                 _MEMORY[key] = q
                 return q.copy()
-    q = _relax_from_checkerboard(params, seed)
+    q = _relax_from_checkerboard(params, seed, progress)
     _MEMORY[key] = q
     try:
         with atomic_write(path) as fh:

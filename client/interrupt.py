@@ -1,0 +1,178 @@
+"""Ctrl-C for long client jobs: never lost, never half-done, never a hang.
+
+:class:`Interrupts` replaces the SIGINT handler of the main thread for the duration of a job:
+
+* the first Ctrl-C raises KeyboardInterrupt at once, except inside :meth:`Interrupts.critical`
+  sections (recording a step, writing a checkpoint, closing gRPC objects), where it is raised when
+  the section ends. It is also *remembered*: :meth:`Interrupts.check` raises it again at the next
+  safe point, so an interrupt whose exception was swallowed (a ``__del__``, a library's
+  ``except BaseException``) still stops the run instead of letting it finish with exit 0;
+* a second Ctrl-C (the user insisting while the job shuts down) exits at once with status 130,
+  after saying so — everything up to the last checkpoint is already on disk;
+* :meth:`Interrupts.deadline` bounds a shutdown phase: if it has not ended after ``seconds``, the
+  process exits with 130 (a gRPC channel whose close was broken by an earlier interrupt may
+  otherwise wait for ever on its Condition).
+
+Outside the main thread, and where SIGINT is ignored (``nohup``), it changes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+#: Exit status of a job stopped by Ctrl-C (128 + SIGINT), the shell convention.
+EXIT_INTERRUPTED = 130
+
+_ACTIVE: Interrupts | None = None
+
+
+def active() -> Interrupts | None:
+    """The installed :class:`Interrupts` of this process, if any."""
+    return _ACTIVE
+
+
+def _hard_exit(message: str) -> None:
+    """Say ``message`` on stderr and leave now (no interpreter shutdown that could wait on threads)."""
+    try:
+        sys.stderr.write(f"\n{message}\n")
+        sys.stderr.flush()
+        sys.stdout.flush()
+    finally:
+        os._exit(EXIT_INTERRUPTED)
+
+
+class Interrupts:
+    """SIGINT handling for one job (use as a context manager in the main thread)."""
+
+    def __init__(self, second_message: str = "second Ctrl-C: stopping now") -> None:
+        self.second_message = second_message
+        self.count = 0  # SIGINTs received
+        self.interrupted_at = 0.0  # time.monotonic() of the first
+        self._depth = 0
+        self._pending = False
+        self._previous: Any = None
+        self._installed = False
+
+    # ------------------------------------------------------------------ installation
+    def __enter__(self) -> Interrupts:
+        global _ACTIVE
+        if threading.current_thread() is not threading.main_thread() or _ACTIVE is not None:
+            return self
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+            return self  # Ctrl-C is ignored in this process (nohup): keep it so
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        except ValueError:  # pragma: no cover - embedded interpreters
+            return self
+        self._installed = True
+        _ACTIVE = self
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        global _ACTIVE
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous)
+            self._installed = False
+            _ACTIVE = None
+            if self.count:
+                _bound_interpreter_exit(EXIT_SECONDS)
+
+
+    # ------------------------------------------------------------------ state
+    @property
+    def interrupted(self) -> bool:
+        return self.count > 0
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.count += 1
+        if self.count == 1:
+            self.interrupted_at = time.monotonic()
+        if self._depth:
+            self._pending = True  # raised (or, for a second Ctrl-C, exited) when the section ends
+        elif self.count > 1:
+            _hard_exit(self.second_message)
+        else:
+            raise KeyboardInterrupt
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt if a Ctrl-C was received (a safe point: outside critical sections)."""
+        if self.count and not self._depth:
+            self._pending = False
+            raise KeyboardInterrupt
+
+    @contextmanager
+    def critical(self) -> Iterator[None]:
+        """A section a Ctrl-C must not cut in half; a Ctrl-C received inside is raised at its end
+        (unless the section is already left by another exception)."""
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if not self._depth and self._pending and self.count > 1:
+                _hard_exit(self.second_message)
+        if not self._depth and self._pending:
+            self._pending = False
+            raise KeyboardInterrupt
+
+    @contextmanager
+    def deadline(self, seconds: float, message: str) -> Iterator[None]:
+        """Exit the process with 130 (printing ``message``) if the block is still running ``seconds``
+        after a Ctrl-C (counted from the later of the Ctrl-C and the start of the block)."""
+        done = threading.Event()
+        started = time.monotonic()
+
+        def watch() -> None:
+            while not done.wait(0.05):
+                if self.count and time.monotonic() - max(started, self.interrupted_at) > seconds:
+                    _hard_exit(message)
+
+        threading.Thread(target=watch, daemon=True, name="neqforce-shutdown-deadline").start()
+        try:
+            yield
+        finally:
+            done.set()
+
+
+#: Seconds the interpreter may spend shutting down after an interrupted job (joining the threads of
+#: an embedded server that is still finishing a long NEGF call, …) before the process exits with 130.
+EXIT_SECONDS = 5.0
+
+
+def _bound_interpreter_exit(seconds: float) -> None:
+    """Once the interpreter starts shutting down, give it ``seconds`` to finish, then exit with 130.
+
+    Registered with threading's pre-join hook, so it runs before the interpreter waits for worker
+    threads (``concurrent.futures`` joins its pools there); only armed after a real Ctrl-C.
+    """
+    def arm() -> None:
+        def watch() -> None:
+            time.sleep(seconds)
+            os._exit(EXIT_INTERRUPTED)
+
+        threading.Thread(target=watch, daemon=True, name="neqforce-exit-deadline").start()
+
+    register = getattr(threading, "_register_atexit", None)
+    if register is not None:
+        try:
+            register(arm)
+        except RuntimeError:  # already shutting down
+            arm()
+
+
+@contextmanager
+def guarded() -> Iterator[Interrupts]:
+    """The installed :class:`Interrupts` (shared by nested users), or a new one for this block."""
+    current = active()
+    if current is not None:
+        yield current
+        return
+    with Interrupts() as new:
+        yield new
