@@ -42,6 +42,8 @@ def train_cmd(
     max_minutes: float = typer.Option(0.0, min=0.0, help="Stop after this many minutes (0: no limit)."),
     threads: int = typer.Option(0, min=0, help="torch CPU threads (0: default)."),
     resume: bool = typer.Option(False, help="Continue from OUT/last.pt."),
+    allow_incomplete: bool = typer.Option(False, help="Train on trajectories still being generated "
+                                          "(the model records the dataset as partial)."),
 ) -> None:
     """Train a force model on NEGF-BD trajectories (split 70/30 by trajectory)."""
     try:
@@ -55,7 +57,8 @@ def train_cmd(
             weight_decay=weight_decay, patience=patience, seed=seed, device=device,
             test_fraction=test_fraction,
             test_ids=tuple(s.strip() for s in test_ids.split(",") if s.strip()), voltage=voltage,
-            stride=stride, max_step=max_step or None, max_minutes=max_minutes, threads=threads)
+            stride=stride, max_step=max_step or None, max_minutes=max_minutes, threads=threads,
+            allow_incomplete=allow_incomplete)
         train([str(d) for d in data], out, opts, resume=resume, log=typer.echo)
     except (ValueError, KeyError, OSError) as exc:
         _fail(exc)

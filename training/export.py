@@ -60,6 +60,7 @@ def model_metadata(ck: dict) -> dict[str, str]:
                                 "ensemble[" + ", ".join(m.descriptor_name for m in members) + "]"),
         "neqforce.metrics": json.dumps(ck.get("metrics", {}), sort_keys=True),
         "neqforce.dataset_sha256": str(ck.get("dataset_sha256", "")),
+        "neqforce.dataset_complete": json.dumps(bool(ck.get("dataset_complete", False))),
         "neqforce.version": __version__,
         "neqforce.architecture": json.dumps(arch, sort_keys=True),
         "neqforce.training": json.dumps(training, sort_keys=True),

@@ -57,6 +57,7 @@ class TrainOptions:
     max_step: int | None = None  # use frames up to this BD step only
     max_minutes: float = 0.0  # 0: no limit
     threads: int = 0  # torch intra-op threads (0: torch default)
+    allow_incomplete: bool = False  # train on trajectories still being generated (recorded as such)
 
 
 def pick_device(name: str) -> torch.device:
@@ -138,6 +139,11 @@ def train(data: str | os.PathLike[str] | Sequence[str], out: str | os.PathLike[s
     cfg = model_config(opts)
 
     trajs = select_voltage(load_dataset(data), opts.voltage)
+    incomplete = sorted(traj_id(t) for t in trajs if not t.complete)
+    if incomplete and not opts.allow_incomplete:
+        raise ValueError(f"{len(incomplete)} trajectories are still incomplete ({', '.join(incomplete[:4])}"
+                         f"{', ...' if len(incomplete) > 4 else ''}): finish `neqforce dataset generate` "
+                         "first, or pass --allow-incomplete (the model then records a partial dataset)")
     train_t, test_t = split_by_trajectory(trajs, opts.test_fraction, opts.test_ids or None)
     params = train_t[0].params
     fr = frames_of(train_t, stride=opts.stride, max_step=opts.max_step)
@@ -233,6 +239,7 @@ def train(data: str | os.PathLike[str] | Sequence[str], out: str | os.PathLike[s
         "config": cfg.to_dict(), "params": params.physical(), "state_dict": model.state_dict(),
         "metrics": metrics, "train_ids": fr.ids, "test_ids": [traj_id(t) for t in test_t],
         "lattice": [params.lx, params.ly], "dataset_sha256": dataset_sha256([t.extra["file"] for t in trajs]),
+        "dataset_complete": not incomplete, "dataset_frames": int(sum(len(t.frames()["q"]) for t in trajs)),
         "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(opts).items()},
         "epochs_run": epoch + 1, "neqforce_version": __version__, "torch_version": torch.__version__,
         "descriptor": cfg.descriptor_name})

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-pytest.importorskip("torch")
+torch = pytest.importorskip("torch")
 
 from typer.testing import CliRunner  # noqa: E402
 
@@ -88,3 +88,40 @@ def test_cli_errors_are_one_line(tmp_path):
     assert "error:" in res.output and "Traceback" not in res.output
     res = runner.invoke(app, ["export", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x.onnx")])
     assert res.exit_code != 0 and "error:" in res.output
+
+
+def test_train_refuses_a_dataset_still_being_generated(tmp_path):
+    """A half-written dataset is refused by default; with --allow-incomplete the model records it."""
+    from neqforce.physics import HolsteinParams
+    from neqforce.training.dataset import RunSpec, run_negf_bd
+
+    params = HolsteinParams(lx=8, ly=6)
+    data = tmp_path / "data"
+    data.mkdir()
+    run_negf_bd(data / "V3.000_s0.h5", params, RunSpec(3.0, 0, 12), dt=0.1, save_every=1, checkpoint_every=4)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after(n_seen=[0]):  # noqa: B006 - counter shared across calls on purpose
+        def cb(n):
+            n_seen[0] += n
+            if n_seen[0] >= 9:
+                raise Stop
+        return cb
+
+    try:
+        run_negf_bd(data / "V3.000_s1.h5", params, RunSpec(3.0, 1, 40), dt=0.1, save_every=1,
+                    checkpoint_every=4, progress=stop_after())
+    except Stop:
+        pass
+    runner = CliRunner()
+    args = ["train", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", "--hidden", "8",
+            "--test-ids", "V3.000_s0"]
+    res = runner.invoke(app, args)
+    assert res.exit_code != 0
+    assert "incomplete" in res.output and "V3.000_s1" in res.output and "Traceback" not in res.output
+    res = runner.invoke(app, [*args, "--allow-incomplete"])
+    assert res.exit_code == 0, res.output
+    ck = torch.load(tmp_path / "run" / "model.pt", weights_only=False)
+    assert ck["dataset_complete"] is False and ck["dataset_frames"] > 0
