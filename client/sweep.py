@@ -77,6 +77,7 @@ class PointRoute:
     kind: str  # force source of its tasks: onnx | negf | server
     model_path: str | None = None
     projection: str = ""
+    probe_s: float | None = None  # measured seconds of one force call (probe of --server)
 
 
 @dataclass
@@ -113,64 +114,74 @@ def _check_options(opts: SweepOptions) -> None:
         raise ValueError(f"model file not found: {opts.model}")
 
 
-def _covering(models: list[dict[str, Any]], params: HolsteinParams, rtol: float) -> tuple[dict | None, str]:
-    """The first model covering ``params`` (server AUTO rule), else None and why not."""
-    physical = params.physical()
-    best, best_bad = None, None
-    for m in models:
-        bad = [k for k, v in m["params"].items()
-               if k in physical and not abs(physical[k] - v) <= rtol * max(1.0, abs(v))]
-        if not bad:
-            return m, f"model '{m['name']}' covers the parameters"
-        if best_bad is None or len(bad) < len(best_bad):
-            best, best_bad = m, bad
-    if best is None:
-        return None, "no ONNX model is loaded"
-    diff = ", ".join(f"{k}={physical[k]:g} (model {best['params'][k]:g})" for k in best_bad)
-    return None, f"no model covers the parameters (closest '{best['name']}': {diff})"
-
-
-def _local_models(opts: SweepOptions) -> list[dict[str, Any]]:
-    """The model the workers would load (``--model`` or the bundled one), with its parameters."""
+def _local_models(opts: SweepOptions) -> dict[str, Any]:
+    """The model the workers would load (``--model`` or the bundled one), loaded as the server does."""
     from neqforce.models import bundled_model_path
     from neqforce.server.backends.onnx import OnnxModel, unique_names
 
     path = Path(opts.model) if opts.model else bundled_model_path()
     if not path.is_file():
-        return []
-    try:
-        m = OnnxModel.load(path, unique_names([path])[0], threads=1)
-    except ValueError as exc:
-        raise ValueError(str(exc)) from None
-    return [{"name": m.name, "params": dict(m.params), "path": str(path), "sha256": m.sha256}]
+        return {}
+    model = OnnxModel.load(path, unique_names([path])[0], threads=1)
+    return {model.name: model}
+
+
+def _probe_q(params: HolsteinParams) -> np.ndarray:
+    """A CDW checkerboard with the bulk amplitude: what a probe force call is timed on."""
+    from neqforce.physics import bulk_cdw_amplitude, staggered_sign
+
+    return staggered_sign(params.lx, params.ly) * bulk_cdw_amplitude(params)
 
 
 def plan_routes(points: list[GridPoint], opts: SweepOptions) -> tuple[list[PointRoute], list[dict]]:
-    """Route of every point (the server's AUTO rule: a covering model, else exact NEGF)."""
-    if opts.server is not None:
-        from .jobs import fetch_server_info
+    """Route of every point, decided by the server's own rule (:func:`neqforce.server.routing.route`:
+    AUTO = a model covering the point, fixed parameters and validity domain, else exact NEGF).
 
-        info = fetch_server_info(opts.server, token=opts.token, tls_ca=opts.tls_ca, timeout=opts.timeout)
-        models = [{"name": m["name"], "params": m["params"], "sha256": m.get("sha256", "")}
-                  for m in info.get("models", [])]
-        rtol = float(info.get("routing", {}).get("rtol", 1e-6))
-    else:
-        models, rtol = _local_models(opts), 1e-6
+    In-worker forces: the rule is applied to the model the workers load. With ``--server``: each point
+    is asked of the server with one probe call, whose answer (backend, reason, compute time) is the route.
+    """
+    if opts.server is not None:
+        return _plan_on_server(points, opts)
+    from neqforce.server.errors import RequestError
+    from neqforce.server.routing import route
+    from neqforce.v1 import force_service_pb2 as pb
+
+    models = _local_models(opts)
+    requested = {"auto": pb.BACKEND_AUTO, "onnx": pb.BACKEND_ONNX, "negf": pb.BACKEND_NEGF}[opts.backend]
     routes = []
     for p in points:
-        model, why = _covering(models, p.params, rtol)
-        if opts.backend == "negf":
-            backend, name, reason = "negf", "negf-exact", "exact NEGF requested (--backend negf)"
-        elif model is not None:
-            backend, name, reason = "onnx", model["name"], why
-        elif opts.backend == "onnx":
-            raise ValueError(f"--backend onnx at {p.label}: {why}; use --backend auto or negf, or a model "
-                             f"that covers it")
+        try:  # no NEGF size cap in the workers: the projected cost decides (check_costs)
+            chosen = route(p.params, requested, "", models, rtol=1e-6, negf_max_sites=1 << 62)
+        except RequestError as exc:
+            raise ValueError(f"{p.label}: {exc}") from None
+        backend = "onnx" if chosen.backend == pb.BACKEND_ONNX else "negf"
+        if backend == "negf" and opts.backend == "auto":
+            reason = f"{chosen.reason} (AUTO routes it to exact NEGF)"
         else:
-            backend, name, reason = "negf", "negf-exact", f"{why}: AUTO routes it to exact NEGF"
-        kind = "server" if opts.server is not None else backend
-        routes.append(PointRoute(backend=backend, model=name, reason=reason, kind=kind,
-                                 model_path=(model or {}).get("path") if backend == "onnx" else None))
+            reason = chosen.reason
+        routes.append(PointRoute(backend=backend, model=chosen.model_name, reason=reason, kind=backend,
+                                 model_path=str(chosen.model.path) if chosen.model is not None else None))
+    info = [{"name": m.name, "sha256": m.sha256, "path": str(m.path)} for m in models.values()]
+    return routes, info
+
+
+def _plan_on_server(points: list[GridPoint], opts: SweepOptions) -> tuple[list[PointRoute], list[dict]]:
+    from neqforce.client import ForceClient
+
+    from .cost import timed
+
+    routes = []
+    with ForceClient(opts.server, token=opts.token, tls_ca=opts.tls_ca, timeout=opts.timeout) as client:
+        info = client.server_info()
+        for p in points:
+            result, seconds = timed(client.compute_forces, _probe_q(p.params), p.params, backend=opts.backend,
+                                    want_density=True)
+            reason = str(result.reason)
+            if result.backend == "negf" and opts.backend == "auto":
+                reason += " (AUTO routes it to exact NEGF)"
+            routes.append(PointRoute(backend=str(result.backend), model=str(result.model), reason=reason,
+                                     kind="server", probe_s=seconds))
+    models = [{"name": m["name"], "sha256": m.get("sha256", "")} for m in info.get("models", [])]
     return routes, models
 
 
@@ -179,13 +190,12 @@ def _negf_step_seconds(params: HolsteinParams, cache: dict[tuple[int, int], floa
     if params.shape not in cache:
         from threadpoolctl import threadpool_limits
 
-        from neqforce.physics import bulk_cdw_amplitude, negf_forces, staggered_sign
+        from neqforce.physics import negf_forces
 
         from .cost import timed
 
-        q = staggered_sign(params.lx, params.ly) * bulk_cdw_amplitude(params)
         with threadpool_limits(1):
-            cache[params.shape] = timed(negf_forces, q, params)[1]
+            cache[params.shape] = timed(negf_forces, _probe_q(params), params)[1]
     return cache[params.shape]
 
 
@@ -201,7 +211,7 @@ def check_costs(points: list[GridPoint], routes: list[PointRoute], remaining: di
     for p, r in zip(points, routes, strict=True):
         left = [s for s in remaining[p.name] if s > 0]
         if r.backend == "negf" and left:
-            per = _negf_step_seconds(p.params, cache)
+            per = r.probe_s if r.probe_s is not None else _negf_step_seconds(p.params, cache)
             proj = project_cost("negf", per, max(left), replicas=len(left), parallel=parallel)
             r.projection = proj.describe()
             total += proj.total_s

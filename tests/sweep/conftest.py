@@ -19,8 +19,8 @@ import pytest
 
 from neqforce.trajectory import read_trajectory
 
-#: The sweep the cluster tests share: 12×10, V = 2.5 (no model covers it: AUTO -> exact NEGF) and
-#: V = 3.0 (the bundled model), 3 seeds, checkpoints every 10 steps.
+#: The sweep the cluster tests share: 12×10 (outside the bundled model's 30×28 domain: AUTO -> exact
+#: NEGF), V = 2.5 and 3.0, 3 seeds, checkpoints every 10 steps.
 SWEEP_ARGS = ["--lx", "12", "--ly", "10", "--voltage", "2.5,3.0", "--seeds", "3", "--save-every", "5",
               "--checkpoint-every", "10", "--no-progress"]
 

@@ -89,7 +89,7 @@ def test_auto_refuses_an_expensive_negf_sweep(tmp_path):
     r = neqforce("sweep", "--out", str(out), "--voltage", "2.5,3.0", "--seeds", "8", "--steps", "2000",
                  "--no-progress", timeout=180)
     assert r.returncode == 2, r.stderr
-    assert "voltage = 2.5: no model covers the parameters" in r.stdout and "projected" in r.stdout
+    assert "voltage = 2.5: no loaded model covers the parameters" in r.stdout and "projected" in r.stdout
     assert "voltage = 3: onnx (compact)" in r.stdout
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "--backend negf" in lines[0], r.stderr

@@ -1,0 +1,121 @@
+"""Batched replicas (one force call [R, lx, ly] per step) are bit-for-bit the ``neqforce simulate`` run
+with the same seed: ONNX Runtime gives every lattice of a batch the same float32 numbers as the lattice
+alone, and the sweep repeats the float operations of :func:`brownian_dynamics` exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from neqforce.client.simulate import initial_cdw
+from neqforce.client.sweep_task import ChunkSpec, ForceSpec, OnnxBatchForces, run_chunk
+from neqforce.models import bundled_model_path
+from neqforce.physics import HolsteinParams
+from neqforce.trajectory import read_trajectory
+
+from .conftest import assert_same_run, neqforce
+
+P = HolsteinParams(lx=12, ly=10)
+
+
+def test_onnx_batch_equals_single_lattices():
+    """The property the batching relies on, checked on the bundled model at two lattice sizes."""
+    forces = OnnxBatchForces(str(bundled_model_path()))
+    rng = np.random.default_rng(7)
+    for shape in ((12, 10), (30, 28)):
+        q = initial_cdw(P.replace(lx=shape[0], ly=shape[1]))[0] + 0.3 * rng.standard_normal((16, *shape))
+        f_batch, n_batch = forces(q)
+        for i in range(len(q)):
+            f1, n1 = forces(q[i:i + 1])
+            assert np.array_equal(f1[0], f_batch[i]) and np.array_equal(n1[0], n_batch[i])
+
+
+def test_batched_replicas_equal_simulate(tmp_path):
+    """Four replicas on the paper's 30×28 device (inside the bundled model's domain: AUTO -> ONNX),
+    advanced together and checkpointed at other steps than simulate does, equal `neqforce simulate
+    --seed s` on the embedded server, step by step and frame by frame."""
+    seeds = (0, 1, 2, 3)
+    p = HolsteinParams()
+    spec = ChunkSpec(key="test", point="base", params=p, seeds=seeds,
+                     paths=tuple(str(tmp_path / f"s{s}.h5") for s in seeds), n_steps=40,
+                     forces=ForceSpec(kind="onnx", model=str(bundled_model_path())), save_every=5,
+                     checkpoint_every=7)
+    result = run_chunk(spec)
+    assert all(r.complete for r in result.runs) and result.new_steps == 4 * 41
+    for seed in (0, 3):
+        out = tmp_path / f"sim{seed}"
+        r = neqforce("simulate", "--steps", "40", "--seed", str(seed), "--save-every", "5", "--out", str(out),
+                     "--no-plots", "--no-progress")
+        assert r.returncode == 0, r.stderr
+        sim = read_trajectory(out / "trajectory.h5")
+        assert (sim.backend, sim.model) == ("onnx", "compact")
+        assert_same_run(tmp_path / f"s{seed}.h5", out / "trajectory.h5")
+
+
+def test_chunk_resumes_replicas_from_different_checkpoints(tmp_path):
+    """Replicas stopped at different steps catch up one by one, then advance as one batch; the result
+    equals an uninterrupted chunk."""
+    seeds = (0, 1, 2)
+    kw = dict(point="base", params=P, seeds=seeds, n_steps=40, save_every=4, checkpoint_every=5,
+              forces=ForceSpec(kind="onnx", model=str(bundled_model_path())))
+    run_chunk(ChunkSpec(key="full", paths=tuple(str(tmp_path / f"full{s}.h5") for s in seeds), **kw))
+    parts = tuple(str(tmp_path / f"part{s}.h5") for s in seeds)
+    for seed, stop in ((0, 10), (1, 25)):  # runs 0 and 1 stopped early, run 2 never started
+        run_chunk(ChunkSpec(key="part", paths=(parts[seed],), **{**kw, "seeds": (seed,), "n_steps": stop}))
+        t = read_trajectory(parts[seed])
+        assert t.complete and t.checkpoint_step == stop
+    from neqforce.client.simulate import Simulation
+
+    for seed in (0, 1):  # extend the planned length, as a resumed sweep with more steps would
+        sim = Simulation.open(parts[seed], n_steps=40)
+        sim.writer.checkpoint(complete=False)
+    result = run_chunk(ChunkSpec(key="rest", paths=parts, **kw))
+    assert result.new_steps == (40 - 10) + (40 - 25) + 41
+    for seed in seeds:
+        assert_same_run(tmp_path / f"full{seed}.h5", tmp_path / f"part{seed}.h5")
+
+
+def test_negf_chunk_is_the_dataset_dynamics(tmp_path):
+    """An exact-NEGF chunk on 8×6 equals NEGF-BD computed the way the dataset generator does."""
+    from threadpoolctl import threadpool_limits
+
+    from neqforce.training.dataset import RunSpec, run_negf_bd
+
+    p = HolsteinParams(lx=8, ly=6)
+    run_chunk(ChunkSpec(key="n", point="base", params=p, seeds=(5,), paths=(str(tmp_path / "c.h5"),),
+                        n_steps=25, save_every=1, forces=ForceSpec(kind="negf")))
+    with threadpool_limits(1):
+        run_negf_bd(tmp_path / "d.h5", p, RunSpec(p.voltage, 5, 25), dt=0.1, save_every=1,
+                    checkpoint_every=10)
+    a, b = read_trajectory(tmp_path / "c.h5"), read_trajectory(tmp_path / "d.h5")
+    assert a.series_xi == b.series_xi
+    assert np.array_equal(a.frames()["q"], b.frames()["q"])
+    assert np.array_equal(a.frames()["force"], b.frames()["force"])
+
+
+def test_onnx_sweep_run_equals_simulate_on_a_server(tmp_path):
+    """End to end on 12×10: `neqforce sweep --backend onnx` (one batched task of 3 replicas on the
+    embedded cluster) writes the run `neqforce simulate --backend onnx --seed 2` writes against a real
+    server running ONNX Runtime with one intra-op thread.
+
+    (With several threads and a single lattice this small, ONNX Runtime splits its matrix products
+    differently and the float32 forces move by 1 ulp; batches, and one thread, never do. The 30×28
+    test above holds with the embedded server's default threads.)"""
+    from neqforce.server.app import ServerConfig, start_server
+
+    out = tmp_path / "sweep"
+    r = neqforce("sweep", "--out", str(out), "--lx", "12", "--ly", "10", "--voltage", "3.0", "--seeds", "3",
+                 "--steps", "40", "--save-every", "5", "--backend", "onnx", "--workers", "1", "--no-progress")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "1 task(s) (3 runs still to do)" in r.stdout and "OUTSIDE_DOMAIN" in r.stdout
+    run = out / "runs" / "base" / "seed2" / "trajectory.h5"
+    assert read_trajectory(run).extra["segments"][-1]["replicas_in_batch"] == 3
+    server = start_server(ServerConfig(port=0, intra_op_threads=1, negf_pool="thread", grace_s=1.0))
+    try:
+        sim = tmp_path / "sim"
+        r = neqforce("simulate", "--lx", "12", "--ly", "10", "--steps", "40", "--seed", "2", "--save-every",
+                     "5", "--out", str(sim), "--no-plots", "--no-progress", "--backend", "onnx",
+                     "--server", server.address)
+    finally:
+        server.stop(grace=1.0)
+    assert r.returncode == 0, r.stderr
+    assert_same_run(run, sim / "trajectory.h5")
