@@ -36,7 +36,7 @@ class Tensor(_message.Message):
     def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DataType, str]] = ..., raw_contents: _Optional[bytes] = ...) -> None: ...
 
 class ComputeForcesRequest(_message.Message):
-    __slots__ = ("q", "parameters", "backend", "want_density", "model", "request_id")
+    __slots__ = ("q", "parameters", "backend", "want_density", "model", "request_id", "want_force_std")
     class ParametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -50,16 +50,18 @@ class ComputeForcesRequest(_message.Message):
     WANT_DENSITY_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    WANT_FORCE_STD_FIELD_NUMBER: _ClassVar[int]
     q: Tensor
     parameters: _containers.ScalarMap[str, float]
     backend: Backend
     want_density: bool
     model: str
     request_id: str
-    def __init__(self, q: _Optional[_Union[Tensor, _Mapping]] = ..., parameters: _Optional[_Mapping[str, float]] = ..., backend: _Optional[_Union[Backend, str]] = ..., want_density: _Optional[bool] = ..., model: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    want_force_std: bool
+    def __init__(self, q: _Optional[_Union[Tensor, _Mapping]] = ..., parameters: _Optional[_Mapping[str, float]] = ..., backend: _Optional[_Union[Backend, str]] = ..., want_density: _Optional[bool] = ..., model: _Optional[str] = ..., request_id: _Optional[str] = ..., want_force_std: _Optional[bool] = ...) -> None: ...
 
 class ComputeForcesResponse(_message.Message):
-    __slots__ = ("force", "density", "backend", "model", "reason", "parameters", "compute_seconds", "request_id")
+    __slots__ = ("force", "density", "backend", "model", "reason", "parameters", "compute_seconds", "request_id", "force_std", "force_std_max", "flagged")
     class ParametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -75,6 +77,9 @@ class ComputeForcesResponse(_message.Message):
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    FORCE_STD_FIELD_NUMBER: _ClassVar[int]
+    FORCE_STD_MAX_FIELD_NUMBER: _ClassVar[int]
+    FLAGGED_FIELD_NUMBER: _ClassVar[int]
     force: Tensor
     density: Tensor
     backend: Backend
@@ -83,7 +88,10 @@ class ComputeForcesResponse(_message.Message):
     parameters: _containers.ScalarMap[str, float]
     compute_seconds: float
     request_id: str
-    def __init__(self, force: _Optional[_Union[Tensor, _Mapping]] = ..., density: _Optional[_Union[Tensor, _Mapping]] = ..., backend: _Optional[_Union[Backend, str]] = ..., model: _Optional[str] = ..., reason: _Optional[str] = ..., parameters: _Optional[_Mapping[str, float]] = ..., compute_seconds: _Optional[float] = ..., request_id: _Optional[str] = ...) -> None: ...
+    force_std: Tensor
+    force_std_max: float
+    flagged: bool
+    def __init__(self, force: _Optional[_Union[Tensor, _Mapping]] = ..., density: _Optional[_Union[Tensor, _Mapping]] = ..., backend: _Optional[_Union[Backend, str]] = ..., model: _Optional[str] = ..., reason: _Optional[str] = ..., parameters: _Optional[_Mapping[str, float]] = ..., compute_seconds: _Optional[float] = ..., request_id: _Optional[str] = ..., force_std: _Optional[_Union[Tensor, _Mapping]] = ..., force_std_max: _Optional[float] = ..., flagged: _Optional[bool] = ...) -> None: ...
 
 class GetServerInfoRequest(_message.Message):
     __slots__ = ()
