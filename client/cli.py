@@ -17,7 +17,18 @@ EXIT_USAGE = 2
 EXIT_FAILURE = 1
 EXIT_INTERRUPTED = 130
 
-_PHYS = "Physics (SPEC §4; default: SPEC value, or the stored one on --resume)"
+_PHYS = "Physics (docs/physics.md; default: the value in parentheses, or the stored one on --resume)"
+#: Help of the physics options (units: energies in units of the hopping scale, docs/physics.md).
+PHYS_HELP = {
+    "voltage": "Bias V; mu_L = -V at the left electrode (gate), mu_R = 0 (3.0).",
+    "temperature": "Electron and Langevin temperature T (0.1).",
+    "t": "Nearest-neighbour hopping t (1.0).",
+    "g": "Electron-phonon coupling g (sqrt(2.24) = 1.4967).",
+    "k": "Lattice stiffness k (1.0).",
+    "kappa": "Nearest-neighbour elastic coupling kappa (0.18).",
+    "gamma_lead": "Electrode broadening Gamma of columns 0 and lx-1 (1.0).",
+    "gamma_bath": "Bath broadening of every site (0.001).",
+}
 _SERVER = "Server"
 
 
@@ -91,7 +102,7 @@ def register(app: typer.Typer) -> None:
                                               help="Store Q, F, n every this many steps (default: 10); ξ "
                                                    "is stored every step."),
         checkpoint_every: int = typer.Option(50, "--checkpoint-every",
-                                             help="Rewrite the trajectory file every this many steps "
+                                             help="Append to the trajectory file every this many steps "
                                                   "(and at least once a minute)."),
         init: str = typer.Option("cdw", help="Initial state: 'cdw' (relaxed V = 0 CDW) or a file: .npy "
                                              "array (lx, ly) or .h5 trajectory (its last state)."),
@@ -121,21 +132,19 @@ def register(app: typer.Typer) -> None:
         lx: int | None = typer.Option(None, rich_help_panel=_PHYS, help="Sites along x (transport) (30)."),
         ly: int | None = typer.Option(None, rich_help_panel=_PHYS, help="Sites along y (periodic) (28)."),
         voltage: float | None = typer.Option(None, "--voltage", "-V", rich_help_panel=_PHYS,
-                                             help="Bias V; mu_L = -V at the left electrode (3.0)."),
+                                             help=PHYS_HELP["voltage"]),
         temperature: float | None = typer.Option(None, "--temperature", "-T", rich_help_panel=_PHYS,
-                                                 help="Electron and Langevin temperature (0.1)."),
-        t: float | None = typer.Option(None, "--t", rich_help_panel=_PHYS, help="Hopping (1.0)."),
-        g: float | None = typer.Option(None, "--g", rich_help_panel=_PHYS,
-                                       help="Electron-phonon coupling (sqrt(2.24) = 1.4967)."),
-        k: float | None = typer.Option(None, "--k", rich_help_panel=_PHYS, help="Stiffness (1.0)."),
-        kappa: float | None = typer.Option(None, "--kappa", rich_help_panel=_PHYS,
-                                           help="Nearest-neighbour coupling (0.18)."),
+                                                 help=PHYS_HELP["temperature"]),
+        t: float | None = typer.Option(None, "--t", rich_help_panel=_PHYS, help=PHYS_HELP["t"]),
+        g: float | None = typer.Option(None, "--g", rich_help_panel=_PHYS, help=PHYS_HELP["g"]),
+        k: float | None = typer.Option(None, "--k", rich_help_panel=_PHYS, help=PHYS_HELP["k"]),
+        kappa: float | None = typer.Option(None, "--kappa", rich_help_panel=_PHYS, help=PHYS_HELP["kappa"]),
         gamma_lead: float | None = typer.Option(None, "--gamma-lead", rich_help_panel=_PHYS,
-                                                help="Electrode broadening (1.0)."),
+                                                help=PHYS_HELP["gamma_lead"]),
         gamma_bath: float | None = typer.Option(None, "--gamma-bath", rich_help_panel=_PHYS,
-                                                help="Bulk bath broadening (0.001)."),
+                                                help=PHYS_HELP["gamma_bath"]),
     ) -> None:
-        """Brownian-dynamics quench of the CDW (SPEC §5) with forces from a server; writes an HDF5
+        """Brownian-dynamics quench of the CDW (docs/physics.md) with forces from a server; writes an HDF5
         trajectory, ξ(t) as CSV, and density/ξ(t) figures. Ctrl-C saves; --resume continues."""
         from .interrupt import Interrupts
         from .jobs import SimulateOptions, resume_command, run_simulation
@@ -193,16 +202,21 @@ def register(app: typer.Typer) -> None:
         timeout: float = typer.Option(300.0, rich_help_panel=_SERVER,
                                       help="Seconds to wait for one response (exact NEGF of 3000+ sites "
                                            "takes about a minute per core)."),
-        voltage: float | None = typer.Option(None, "--voltage", "-V", rich_help_panel=_PHYS, help="Bias V."),
-        temperature: float | None = typer.Option(None, "--temperature", "-T", rich_help_panel=_PHYS),
-        t: float | None = typer.Option(None, "--t", rich_help_panel=_PHYS),
-        g: float | None = typer.Option(None, "--g", rich_help_panel=_PHYS),
-        k: float | None = typer.Option(None, "--k", rich_help_panel=_PHYS),
-        kappa: float | None = typer.Option(None, "--kappa", rich_help_panel=_PHYS),
-        gamma_lead: float | None = typer.Option(None, "--gamma-lead", rich_help_panel=_PHYS),
-        gamma_bath: float | None = typer.Option(None, "--gamma-bath", rich_help_panel=_PHYS),
+        voltage: float | None = typer.Option(None, "--voltage", "-V", rich_help_panel=_PHYS,
+                                             help=PHYS_HELP["voltage"]),
+        temperature: float | None = typer.Option(None, "--temperature", "-T", rich_help_panel=_PHYS,
+                                                 help=PHYS_HELP["temperature"]),
+        t: float | None = typer.Option(None, "--t", rich_help_panel=_PHYS, help=PHYS_HELP["t"]),
+        g: float | None = typer.Option(None, "--g", rich_help_panel=_PHYS, help=PHYS_HELP["g"]),
+        k: float | None = typer.Option(None, "--k", rich_help_panel=_PHYS, help=PHYS_HELP["k"]),
+        kappa: float | None = typer.Option(None, "--kappa", rich_help_panel=_PHYS, help=PHYS_HELP["kappa"]),
+        gamma_lead: float | None = typer.Option(None, "--gamma-lead", rich_help_panel=_PHYS,
+                                                help=PHYS_HELP["gamma_lead"]),
+        gamma_bath: float | None = typer.Option(None, "--gamma-bath", rich_help_panel=_PHYS,
+                                                help=PHYS_HELP["gamma_bath"]),
     ) -> None:
-        """Forces F_i (and densities n_i) of one configuration, from a server; lattice size from the array."""
+        """Forces F_i (and densities n_i) of one configuration, from a server; lattice size from the array;
+        physics: stored in an .h5 input, else the defaults (in parentheses), overridden by the options."""
         from .jobs import compute_forces_file
 
         rep = _guarded(compute_forces_file, input_path, out, frame=frame,

@@ -27,10 +27,11 @@ def check_health(address: str, service: str = "", timeout: float = 3.0, tls_ca: 
 
 
 def health(
-    address: str = typer.Option("127.0.0.1:50051", help="Server address HOST:PORT."),
+    address: str = typer.Option("127.0.0.1:50051", "--server", "--address",
+                                help="Server address HOST:PORT (--address: the old name, still accepted)."),
     service: str = typer.Option("", help="Service name ('' = overall server health)."),
     timeout: float = typer.Option(3.0, min=0.1, help="Deadline in seconds."),
-    tls_ca: Path = typer.Option(None, help="CA certificate (PEM) for a TLS server."),
+    tls_ca: Path | None = typer.Option(None, "--tls-ca", help="CA certificate (PEM) for a TLS server."),
 ) -> None:
     """Check a server's gRPC health; exit 0 if SERVING, 1 otherwise."""
     try:
