@@ -8,15 +8,21 @@ A dataset is a folder::
 Each run starts from the relaxed V = 0 CDW (:func:`cdw_ground_state`) and integrates SPEC §5 with
 exact NEGF forces; frames (Q, n, F) are stored every ``save_every`` steps. Finished runs are never
 recomputed; an interrupted run resumes bit-for-bit from its last checkpoint.
+
+Runs are Dask tasks (one run per task: exact NEGF gains nothing from batching, and one task per run
+spreads them over the workers) on an embedded LocalCluster of ``workers`` processes, or on an
+existing cluster (``scheduler="tcp://HOST:8786"``, see docs/distributed.md). Each task writes its
+run file itself, atomically (shared storage); the client writes the manifest. A task retried after
+its worker died resumes the file from its last checkpoint, so nothing is duplicated or half-written.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing as mp
 import os
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -138,24 +144,41 @@ def run_negf_bd(path: Path, params: HolsteinParams, run: RunSpec, dt: float, sav
     return path
 
 
-def _worker(args: tuple) -> str:
-    path, params, run, dt, save_every, checkpoint_every, queue, extra = args
+def _task(path: str, params: HolsteinParams, run: RunSpec, dt: float, save_every: int,
+          checkpoint_every: int, extra: dict, topic: str | None) -> str:
+    """One run as a Dask task: exact NEGF with one BLAS thread, progress to the client's channel."""
     from threadpoolctl import threadpool_limits
 
+    from neqforce.client.sweep_cluster import report_progress
+
+    done = _run_status(Path(path))[1] + 1
+    last = time.monotonic()
+
+    def progress(n: int) -> None:
+        nonlocal done, last
+        done += n
+        if time.monotonic() - last >= 0.5:
+            last = time.monotonic()
+            report_progress(topic, {"runs": {path: done}})
+
     with threadpool_limits(1):
-        run_negf_bd(Path(path), params, run, dt, save_every, checkpoint_every,
-                    progress=(lambda n: queue.put(n)) if queue is not None else None, extra=extra)
+        run_negf_bd(Path(path), params, run, dt, save_every, checkpoint_every, progress=progress, extra=extra)
+    report_progress(topic, {"runs": {path: run.n_steps + 1}})
     return run.name
 
 
 def generate_dataset(out_dir: str | os.PathLike[str], spec: DatasetSpec, workers: int = 2,
-                     show_progress: bool = True) -> Path:
+                     show_progress: bool = True, scheduler: str | None = None,
+                     echo: Callable[[str], None] | None = None) -> Path:
     """Generate (or complete) the dataset ``spec`` in ``out_dir``; returns the folder.
 
-    Runs are distributed over ``workers`` processes (one BLAS thread each). Runs already complete
-    are skipped; interrupted ones resume from their checkpoint.
+    Runs are Dask tasks on an embedded LocalCluster of ``workers`` single-threaded processes (one
+    BLAS thread each), or on the cluster at ``scheduler``. Runs already complete are skipped (no
+    cluster is started when all are); interrupted ones resume from their checkpoint.
     """
     from tqdm import tqdm
+
+    from neqforce.client.sweep_cluster import TaskChannel, dask_client
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -170,41 +193,48 @@ def generate_dataset(out_dir: str | os.PathLike[str], spec: DatasetSpec, workers
         if old.get("params") != manifest["params"] or old.get("dt") != spec.dt:
             raise ValueError(f"{out} holds a dataset with other parameters; use a new folder")
     _atomic_write_text(manifest_path, json.dumps(manifest, indent=2, sort_keys=True))
-    todo, done_steps = [], 0
+    todo, done = [], {}
     for run in spec.runs:
-        complete, last = _run_status(out / f"{run.name}.h5")
-        if complete:
-            done_steps += run.n_steps + 1
-        else:
+        path = str(out / f"{run.name}.h5")
+        complete, last = _run_status(Path(path))
+        done[path] = run.n_steps + 1 if complete else last + 1
+        if not complete:
             todo.append(run)
-            done_steps += last + 1
     total = sum(r.n_steps + 1 for r in spec.runs)
-    bar = tqdm(total=total, initial=done_steps, unit="step", desc="NEGF-BD", disable=not show_progress,
-               smoothing=0.05)
-    if todo:
-        ctx = mp.get_context("spawn")
-        manager = ctx.Manager()
-        queue = manager.Queue()
-        jobs = [(str(out / f"{r.name}.h5"), spec.params, r, spec.dt, spec.save_every, spec.checkpoint_every,
-                 queue, spec.extra) for r in todo]
-        with ctx.Pool(processes=max(1, min(workers, len(todo)))) as pool:
-            result = pool.map_async(_worker, jobs, chunksize=1)
-            while not result.ready():
-                _drain(queue, bar)
-                time.sleep(0.2)
-            _drain(queue, bar)
-            result.get()
-        manager.shutdown()
-    bar.close()
+    if not todo:
+        return out
+    say = echo or (lambda text: None)
+    with dask_client(scheduler, n_workers=max(1, min(workers, len(todo))), echo=say) as client:
+        for tmp in out.glob("*.h5.*.tmp"):  # left by a writer killed mid-write; no task runs yet
+            tmp.unlink(missing_ok=True)
+        channel = TaskChannel(client, out / ".stop", prefix="neqforce-dataset")
+        tag = uuid.uuid4().hex[:8]
+        futures = [client.submit(_task, str(out / f"{r.name}.h5"), spec.params, r, spec.dt,
+                                 spec.save_every, spec.checkpoint_every, spec.extra, channel.topic,
+                                 key=f"neqforce-dataset-{tag}-{r.name}", pure=False) for r in todo]
+        bar = tqdm(total=total, initial=sum(done.values()), unit="step", desc="NEGF-BD",
+                   disable=not show_progress, smoothing=0.05)
+        try:
+            pending = set(futures)
+            while pending:
+                finished = {f for f in pending if f.done()}
+                pending -= finished
+                for fut in finished:
+                    fut.result()  # a failed run raises its own exception here
+                for msg in channel.drain():
+                    for path, n in msg.get("runs", {}).items():
+                        done[path] = max(done.get(path, 0), int(n))
+                bar.n = min(total, sum(done.values()))
+                bar.refresh()
+                if pending and not finished:
+                    time.sleep(0.2)
+        finally:
+            for fut in futures:
+                if not fut.done():
+                    fut.cancel()
+            channel.close()
+            bar.close()
     return out
-
-
-def _drain(queue, bar) -> None:
-    n = 0
-    while not queue.empty():
-        n += queue.get_nowait()
-    if n:
-        bar.update(n)
 
 
 def dataset_files(path: str | os.PathLike[str]) -> list[Path]:

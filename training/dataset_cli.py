@@ -13,7 +13,10 @@ dataset_app = typer.Typer(help="NEGF Brownian-dynamics datasets.", no_args_is_he
 def generate(
     out: Path = typer.Argument(..., help="Dataset folder (created; an existing one is completed/resumed)."),
     preset: str = typer.Option("bundled", help="Recipe: 'bundled' (30x28, ~1 h on 2 cores) or 'tiny'."),
-    workers: int = typer.Option(2, min=1, help="Worker processes (one BLAS thread each)."),
+    workers: int = typer.Option(2, min=1, help="Worker processes of the embedded Dask cluster (one BLAS "
+                                               "thread each)."),
+    scheduler: str | None = typer.Option(None, help="tcp://HOST:8786 of a running Dask scheduler (default: "
+                                                    "an embedded LocalCluster of --workers processes)."),
     seeds: str = typer.Option("", help="Override the seeds at DEFAULT_V, e.g. '0,1,2'."),
     steps: int = typer.Option(0, min=0, help="Override the number of BD steps of every run (0: preset)."),
 ) -> None:
@@ -34,10 +37,17 @@ def generate(
         if steps:
             runs = tuple(replace(r, n_steps=steps) for r in runs)
         spec = replace(spec, runs=runs)
-        generate_dataset(out, spec, workers=workers)
+        generate_dataset(out, spec, workers=workers, scheduler=scheduler, echo=typer.echo)
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    except (RuntimeError, OSError, FloatingPointError) as exc:  # a failed run, or the cluster
+        typer.echo(f"error: {' '.join(str(exc).split()) or type(exc).__name__}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        typer.echo(f"\ninterrupted; finished runs and every run's last checkpoint are kept in {out}. "
+                   f"Continue with the same command.", err=True)
+        raise typer.Exit(130) from None
     typer.echo(f"dataset ready: {out}")
 
 

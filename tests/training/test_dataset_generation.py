@@ -214,3 +214,61 @@ def test_killed_generation_resumes_bit_for_bit(tmp_path):
     for run in _spec(n_steps).runs:
         _assert_same_run(reference / f"{run.name}.h5", killed / f"{run.name}.h5")
     assert dataset_sha256(killed) == dataset_sha256(reference)
+
+
+def _start_dask(tmp_path: Path, n_workers: int) -> tuple[str, list[subprocess.Popen]]:
+    """A real `dask scheduler` and `n_workers` single-threaded `dask worker` processes on 127.0.0.1."""
+    import socket
+
+    from distributed import Client
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    log = open(tmp_path / "dask.log", "w")  # noqa: SIM115 - lives as long as the processes
+    procs = [subprocess.Popen([sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port",
+                               str(port), "--no-dashboard"], stdout=log, stderr=subprocess.STDOUT,
+                              cwd=tmp_path)]
+    procs += [subprocess.Popen([sys.executable, "-m", "dask", "worker", address, "--nthreads", "1",
+                                "--no-dashboard"], stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+              for _ in range(n_workers)]
+    deadline = time.monotonic() + 90
+    with Client(address, timeout="30s", set_as_default=False) as client:
+        while len(client.nthreads()) < n_workers:
+            assert time.monotonic() < deadline, "Dask workers did not come up"
+            time.sleep(0.2)
+    return address, procs
+
+
+def test_generation_on_an_existing_dask_cluster_equals_the_embedded_one(tiny_dataset, tmp_path):
+    """`scheduler=` runs the same tasks on a `dask scheduler` + 2 `dask worker` processes: the same files."""
+    address, procs = _start_dask(tmp_path, 2)
+    lines: list[str] = []
+    try:
+        out = generate_dataset(tmp_path / "ds", preset_spec("tiny"), scheduler=address, show_progress=False,
+                               echo=lines.append)
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=30)
+    assert any(line.startswith(f"Dask scheduler {address}: 2 worker(s)") for line in lines), lines
+    for run in preset_spec("tiny").runs:
+        _assert_same_run(tiny_dataset / f"{run.name}.h5", out / f"{run.name}.h5")
+    assert json.loads((out / "dataset.json").read_text())["preset"] == "tiny"
+
+
+def test_generate_cli_unreachable_scheduler(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    exe = Path(sys.executable).with_name("neqforce")
+    r = subprocess.run([str(exe), "dataset", "generate", str(tmp_path / "ds"), "--preset", "tiny",
+                        "--scheduler", f"tcp://127.0.0.1:{port}"], capture_output=True, text=True,
+                       timeout=120)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert lines[0].startswith(f"error: cannot reach the Dask scheduler at tcp://127.0.0.1:{port}")
