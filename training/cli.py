@@ -11,6 +11,17 @@ from pathlib import Path
 import typer
 
 
+def _range(text: str, option: str) -> tuple[float, float]:
+    """'MIN,MAX' → (min, max); ValueError with the option's name otherwise."""
+    try:
+        lo, hi = (float(x) for x in text.split(","))
+    except ValueError:
+        raise ValueError(f"{option} takes MIN,MAX (two numbers), got {text!r}") from None
+    if not lo <= hi:
+        raise ValueError(f"{option}: MIN {lo:g} is above MAX {hi:g}")
+    return lo, hi
+
+
 def _fail(exc: Exception) -> None:
     typer.echo(f"error: {exc}", err=True)
     raise typer.Exit(2) from None
@@ -19,7 +30,8 @@ def _fail(exc: Exception) -> None:
 def train_cmd(
     data: list[Path] = typer.Argument(..., help="Dataset folder(s) or trajectory files (.h5)."),
     out: Path = typer.Option(..., "--out", help="Run folder: model.pt, last.pt, history.json."),
-    preset: str = typer.Option("compact", help="Architecture: 'compact' (default) or 'paper' (Table I)."),
+    preset: str = typer.Option("compact", help="Architecture: 'compact' (default), 'paper' (Table I) or "
+                               "'voltage' (V and metallic runs as inputs: several voltages and lengths)."),
     descriptor: str = typer.Option("", help="Override the descriptor: paper, device, paper+elec."),
     hidden: str = typer.Option("", help="Override hidden widths, e.g. '64,64'."),
     activation: str = typer.Option("", help="Override activation: relu, silu, tanh, gelu."),
@@ -36,7 +48,10 @@ def train_cmd(
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu, cuda, cuda:1 …"),
     test_fraction: float = typer.Option(0.3, min=0.0, max=0.9, help="Fraction of trajectories held out."),
     test_ids: str = typer.Option("", help="Explicit test trajectories, e.g. 'V3.000_s4,V3.000_s5'."),
-    voltage: float = typer.Option(3.0, help="Use only trajectories at this voltage."),
+    voltage: float = typer.Option(None, help="Use only trajectories at this voltage (default: 3.0; all "
+                                  "voltages for a preset with a voltage input)."),
+    voltage_range: str = typer.Option("", help="Use trajectories with V in MIN,MAX (e.g. '2.0,4.0'); needs a "
+                                      "preset with a voltage input."),
     stride: int = typer.Option(1, min=1, help="Use every stride-th frame."),
     max_step: int = typer.Option(0, min=0, help="Use frames up to this BD step only (0: all)."),
     max_minutes: float = typer.Option(0.0, min=0.0, help="Stop after this many minutes (0: no limit)."),
@@ -47,9 +62,14 @@ def train_cmd(
 ) -> None:
     """Train a force model on NEGF-BD trajectories (split 70/30 by trajectory)."""
     try:
+        from neqforce.physics import DEFAULT_V
+        from neqforce.training.model import PRESETS
         from neqforce.training.train import TrainOptions, train
 
         widths = tuple(int(h) for h in hidden.split(",")) if hidden else None
+        v_range = _range(voltage_range, "--voltage-range") if voltage_range else None
+        if voltage is None and v_range is None:
+            voltage = None if preset in PRESETS and PRESETS[preset].takes_voltage else DEFAULT_V
         opts = TrainOptions(
             preset=preset, descriptor=descriptor or None, hidden=widths,
             activation=activation or None, anti_rank=None if anti_rank < 0 else anti_rank,
@@ -57,6 +77,7 @@ def train_cmd(
             weight_decay=weight_decay, patience=patience, seed=seed, device=device,
             test_fraction=test_fraction,
             test_ids=tuple(s.strip() for s in test_ids.split(",") if s.strip()), voltage=voltage,
+            voltage_range=v_range,
             stride=stride, max_step=max_step or None, max_minutes=max_minutes, threads=threads,
             allow_incomplete=allow_incomplete)
         train([str(d) for d in data], out, opts, resume=resume, log=typer.echo)
@@ -70,16 +91,20 @@ def evaluate_cmd(
     out: Path = typer.Option(Path("eval"), "--out",
                              help="Folder for metrics.json, parity.png, error_hist.png."),
     split: str = typer.Option("auto", help="auto, test, train or all trajectories."),
-    voltage: float = typer.Option(None, help="Voltage of the trajectories (default: the model's)."),
+    voltage: float = typer.Option(None, help="Voltage of the trajectories (default: the model's; every "
+                                  "voltage of the data for a model with a voltage input)."),
     stride: int = typer.Option(1, min=1, help="Use every stride-th frame."),
     threads: int = typer.Option(0, min=0, help="CPU threads (0: default)."),
+    f_max: float = typer.Option(None, min=1e-9, help="Fixed normalization F_max of the paper's metric "
+                                "(e.g. 1.494; default: max |F_NEGF| of the evaluated frames)."),
 ) -> None:
-    """Paper metrics (MSE and σ of forces rescaled to [-1, 1]) overall and per region, and Fig. 2 PNGs."""
+    """Paper metrics (MSE and σ of forces rescaled to [-1, 1]) overall, per region and per (lattice, V),
+    Fig. 2 PNGs, and for a committee the Spearman correlation of its spread with the actual error."""
     try:
         from neqforce.training.evaluate import evaluate
 
         evaluate(model, [str(d) for d in data], out, split=split, voltage=voltage, stride=stride,
-                 threads=threads, log=typer.echo)
+                 threads=threads, log=typer.echo, f_max=f_max)
     except (ValueError, KeyError, OSError) as exc:
         _fail(exc)
 
@@ -91,6 +116,11 @@ def export_cmd(
     check: bool = typer.Option(True, help="Verify ONNX Runtime against torch on random lattices."),
     metrics: Path = typer.Option(None, help="metrics.json of a later 'neqforce evaluate' to store as the "
                                  "test metrics (default: those computed at the end of training)."),
+    calibrate: list[Path] = typer.Option(None, help="Dataset(s) the members were trained on: calibrate the "
+                                         "committee's spread threshold on their validation frames "
+                                         "(repeatable; needs 2+ checkpoints)."),
+    spread_target: float = typer.Option(None, min=0.0, help="Force RMSE the threshold is calibrated "
+                                        "against (default sqrt(3e-4) * 1.494 = 0.0259)."),
 ) -> None:
     """Export a checkpoint to ONNX (descriptor + MLP + elastic term in one graph, SPEC §9)."""
     try:
@@ -99,9 +129,19 @@ def export_cmd(
         from neqforce.training.export import CHECK_TOL, export_checkpoint
 
         test_metrics = json.loads(metrics.read_text()) if metrics else None
-        path, err, meta = export_checkpoint(list(checkpoint), out, check=check, metrics=test_metrics)
+        path, err, meta = export_checkpoint(list(checkpoint), out, check=check, metrics=test_metrics,
+                                            calibrate=[str(c) for c in calibrate] if calibrate else None,
+                                            spread_target=spread_target)
         typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB), "
                    f"descriptor {meta['neqforce.descriptor']}")
+        typer.echo(f"domain: {meta['neqforce.domain']}")
+        if "neqforce.committee" in meta:
+            com = json.loads(meta["neqforce.committee"])
+            thr = com.get("spread_threshold")
+            typer.echo(f"committee of {com['members']}: spread threshold "
+                       + (f"{thr:.4g} (force units; {com.get('threshold_rule')}; Spearman(spread, error) "
+                          f"on validation sites {com.get('spearman_sites', float('nan')):.3f})"
+                          if thr is not None else "not calibrated (pass --calibrate DATA)"))
         if check:
             typer.echo(f"ONNX Runtime vs torch on random lattices: max |diff| / max(1, |F|) = {err:.2e} "
                        f"(tolerance {CHECK_TOL:.0e})")

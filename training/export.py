@@ -2,7 +2,10 @@
 
 The exported graph is :class:`~neqforce.training.folded.FoldedForceModel`: input ``q`` float32
 [batch, lx, ly] (all dynamic), outputs ``force`` and ``density`` of the same shape; the descriptor,
-the network and the exact elastic term are all inside the graph. Metadata (``metadata_props``):
+the network and the exact elastic term are all inside the graph. A model with global inputs also takes
+``voltage`` float32 [batch]; an ensemble of 2+ members (a committee) also outputs ``force_std`` (per-site
+std of the members' forces) and stores ``neqforce.committee`` (its calibrated spread threshold,
+:mod:`neqforce.training.calibration`). Metadata (``metadata_props``):
 ``neqforce.params``, ``neqforce.descriptor``, ``neqforce.metrics``, ``neqforce.dataset_sha256``,
 ``neqforce.version`` (SPEC §9), plus ``neqforce.architecture``, ``neqforce.training`` and
 ``neqforce.domain`` (JSON: the validity domain, see :func:`model_domain`) and ``neqforce.reference``
@@ -27,6 +30,8 @@ from .folded import FoldedEnsemble, FoldedForceModel
 from .model import EnsembleForceModel, ForceModel
 
 OPSET = 18
+#: Metadata of a committee: JSON {"members", "spread_threshold" (force units, or null: not calibrated), …}.
+COMMITTEE_KEY = "neqforce.committee"
 #: Lattices (batch, lx, ly) of the export check: small, odd, wide-in-y, a chain and the default.
 CHECK_SHAPES = ((3, 8, 6), (1, 13, 10), (2, 30, 28), (1, 5, 1), (2, 7, 3))
 CHECK_TOL = 1e-5
@@ -34,11 +39,23 @@ CHECK_TOL = 1e-5
 
 def model_domain(ck: dict) -> dict:
     """Validity domain of a model trained from checkpoint ``ck`` (metadata ``neqforce.domain``): the
-    lattice it was trained and tested on as ranges of lx and ly; every physical parameter is fixed at
-    ``neqforce.params`` (the model takes only q). The server's AUTO routing uses it (docs/ml_model.md)."""
-    lx, ly = (int(v) for v in ck["lattice"])
-    return {"ranges": {"lx": [lx, lx], "ly": [ly, ly]},
-            "basis": f"training and test trajectories on {lx}x{ly} at the fixed parameters"}
+    lattices it was trained on as ranges of lx and ly, the range of training voltages when the model
+    takes V as an input (else V is fixed at ``neqforce.params``), every other physical parameter fixed,
+    and ``metallic_columns_max``, the most metallic columns of a training frame (when recorded). The
+    server's AUTO routing uses it (docs/ml_model.md)."""
+    from .model import ModelConfig
+
+    lattices = ck.get("lattices") or [ck["lattice"]]
+    lxs, lys = [int(a) for a, _ in lattices], [int(b) for _, b in lattices]
+    ranges: dict = {"lx": [min(lxs), max(lxs)], "ly": [min(lys), max(lys)]}
+    basis = f"training trajectories on {', '.join(f'{a}x{b}' for a, b in lattices)}"
+    if ModelConfig.from_dict(ck["config"]).takes_voltage and ck.get("voltages"):
+        ranges["voltage"] = [min(ck["voltages"]), max(ck["voltages"])]
+        basis += f" at V = {', '.join(f'{v:g}' for v in ck['voltages'])}"
+    domain = {"ranges": ranges, "basis": basis + ", the other parameters fixed"}
+    if ck.get("metallic_columns_max") is not None:
+        domain["metallic_columns_max"] = int(ck["metallic_columns_max"])
+    return domain
 
 
 def model_metadata(ck: dict) -> dict[str, str]:
@@ -77,22 +94,44 @@ def random_lattices(shape: tuple[int, int, int], rng: np.random.Generator, q0: f
     return (q0 * stag * amp + 0.3 * rng.standard_normal(shape)).astype(np.float32)
 
 
+def onnx_feeds(sess, q: np.ndarray, voltage: float | np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Inputs of an ONNX force model: ``q`` and, when the graph declares it, ``voltage`` [batch] (float32;
+    a scalar is broadcast over the batch). ValueError when the graph needs a voltage and none is given."""
+    feeds = {"q": np.asarray(q, dtype=np.float32)}
+    if "voltage" in {i.name for i in sess.get_inputs()}:
+        if voltage is None:
+            raise ValueError("the model takes the voltage as an input; give one")
+        feeds["voltage"] = np.broadcast_to(np.asarray(voltage, np.float32), (len(feeds["q"]),)).copy()
+    return feeds
+
+
 def check_onnx(path: str | os.PathLike[str], model: ForceModel, shapes=CHECK_SHAPES, tol: float = CHECK_TOL,
                seed: int = 0) -> float:
-    """Largest |ORT - torch| / max(1, max|F|) over force and density on :func:`random_lattices`;
-    raises ValueError above ``tol`` (float32 rounding of O(1) forces is ~1e-6)."""
+    """Largest |ORT - torch| / max(1, max|F|) over force, density (and force_std of a committee) on
+    :func:`random_lattices` (at random voltages in [2, 4] for a model with a voltage input); raises
+    ValueError above ``tol`` (float32 rounding of O(1) forces is ~1e-6)."""
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(seed)
+    outputs = [o.name for o in sess.get_outputs()]
+    committee = "force_std" in outputs
+    if committee != (isinstance(model, EnsembleForceModel) and len(model.members) > 1):
+        raise ValueError(f"ONNX check failed: outputs {outputs} do not match the torch model")
     worst = 0.0
     for shape in shapes:
         q = random_lattices(shape, rng)
-        f_ort, n_ort = sess.run(["force", "density"], {"q": q})
+        v = rng.uniform(2.0, 4.0, size=shape[0]).astype(np.float32)
+        res = sess.run(outputs, onnx_feeds(sess, q, v))
+        f_ort, n_ort = res[outputs.index("force")], res[outputs.index("density")]
+        vt = torch.from_numpy(v) if "voltage" in {i.name for i in sess.get_inputs()} else None
         with torch.no_grad():
-            f_t, n_t = model(torch.from_numpy(q))
+            f_t, n_t = model(torch.from_numpy(q), vt)
+            s_t = model.spread(torch.from_numpy(q), vt).numpy() if committee else None
         scale = max(1.0, float(np.abs(f_t.numpy()).max()))
         err = max(float(np.abs(f_ort - f_t.numpy()).max()), float(np.abs(n_ort - n_t.numpy()).max())) / scale
+        if committee:
+            err = max(err, float(np.abs(res[outputs.index("force_std")] - s_t).max()) / scale)
         if f_ort.shape != shape or not np.isfinite(err) or err > tol:
             raise ValueError(f"ONNX check failed on {shape}: max |ORT - torch| = {err:.2e} > {tol:.0e}")
         worst = max(worst, err)
@@ -111,27 +150,32 @@ def export_onnx(model: ForceModel, out: str | os.PathLike[str], metadata: dict[s
         folded: torch.nn.Module = FoldedEnsemble(list(model.members)).eval()
     else:
         folded = FoldedForceModel(model).eval()
-    axes = {"q": {0: "batch", 1: "lx", 2: "ly"}, "force": {0: "batch", 1: "lx", 2: "ly"},
-            "density": {0: "batch", 1: "lx", 2: "ly"}}
+    lattice = {0: "batch", 1: "lx", 2: "ly"}
+    inputs = ["q", "voltage"] if folded.takes_voltage else ["q"]
+    outputs = ["force", "density"] + (["force_std"] if getattr(folded, "committee", False) else [])
+    axes = {name: lattice for name in ["q", *outputs]}
+    if folded.takes_voltage:
+        axes["voltage"] = {0: "batch"}
+    example = (torch.zeros(2, 8, 6),) + ((torch.full((2,), 3.0),) if folded.takes_voltage else ())
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=out.name + ".", suffix=".tmp")
     os.close(fd)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             # the TorchScript exporter handles the symbolic (lx, ly) index arithmetic of the descriptor
-            torch.onnx.export(folded, (torch.zeros(2, 8, 6),), tmp, input_names=["q"],
-                              output_names=["force", "density"], dynamic_axes=axes, opset_version=OPSET,
-                              dynamo=False)
+            torch.onnx.export(folded, example, tmp, input_names=inputs, output_names=outputs,
+                              dynamic_axes=axes, opset_version=OPSET, dynamo=False)
         proto = onnx.load(tmp)
-        proto.doc_string = ("neqforce surrogate: q [batch, lx, ly] -> total force and density "
-                            "(descriptor + MLP + exact elastic term; SPEC section 9)")
+        proto.doc_string = (f"neqforce surrogate: {', '.join(inputs)} -> {', '.join(outputs)} "
+                            "(descriptor + MLP + exact elastic term; SPEC section 9, docs/physics.md)")
         del proto.metadata_props[:]
         for key, value in (metadata or {}).items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
         onnx.checker.check_model(proto)
         onnx.save(proto, tmp)
-        _add_reference_answer(proto, tmp)
+        first = model.members[0] if isinstance(model, EnsembleForceModel) else model
+        _add_reference_answer(proto, tmp, float(first.v_default))
         err = check_onnx(tmp, model) if check else float("nan")
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; a model file is meant to be shared
         os.replace(tmp, out)
@@ -141,7 +185,7 @@ def export_onnx(model: ForceModel, out: str | os.PathLike[str], metadata: dict[s
     return out, err
 
 
-def _add_reference_answer(proto, path: str) -> None:
+def _add_reference_answer(proto, path: str, voltage: float) -> None:
     """Store the model's answer on the fixed reference lattice (metadata ``neqforce.reference``, computed
     with ONNX Runtime from the file at ``path``) and save: the server compares its warm-up run with it at
     load and refuses a corrupted file (neqforce.server.backends.integrity)."""
@@ -153,17 +197,22 @@ def _add_reference_answer(proto, path: str) -> None:
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     entry = proto.metadata_props.add()
     entry.key = REFERENCE_KEY
-    entry.value = reference_answer(lambda q: sess.run(["force", "density"], {"q": q}))
+    # a model with a voltage input answers at the voltage of its neqforce.params (as the server's warm-up)
+    entry.value = reference_answer(lambda q: sess.run(["force", "density"], onnx_feeds(sess, q, voltage)))
     onnx.save(proto, path)
 
 
 def export_checkpoint(checkpoint: str | os.PathLike[str] | list, out: str | os.PathLike[str],
-                      check: bool = True, metrics: dict | None = None) -> tuple[Path, float, dict[str, str]]:
-    """Export a training checkpoint (or a list of them: their mean, an ensemble); returns
-    (path, max ORT-vs-torch error, metadata).
+                      check: bool = True, metrics: dict | None = None, calibrate=None,
+                      spread_target: float | None = None) -> tuple[Path, float, dict[str, str]]:
+    """Export a training checkpoint (or a list of them: their mean, an ensemble; 2+ members are a
+    committee with a ``force_std`` output); returns (path, max ORT-vs-torch error, metadata).
 
     ``metrics``: test metrics from a later ``neqforce evaluate`` (metrics.json) to store instead of
     those computed at the end of training (e.g. when the test trajectories have grown since).
+    ``calibrate``: dataset(s) holding the members' training trajectories: the committee's spread
+    threshold is calibrated on their validation frames (:mod:`neqforce.training.calibration`) against
+    ``spread_target`` (force RMSE; default the issue's MSE 3e-4 at F_norm = 1.494).
     """
     paths = list(checkpoint) if isinstance(checkpoint, list | tuple) else [checkpoint]
     loaded = [load_model(p) for p in paths]
@@ -172,14 +221,30 @@ def export_checkpoint(checkpoint: str | os.PathLike[str] | list, out: str | os.P
         for _, other in loaded[1:]:
             if other["params"] != ck["params"] or other.get("test_ids") != ck.get("test_ids"):
                 raise ValueError("ensemble members must share physical parameters and test trajectories")
+            if (other.get("voltages"), other.get("lattices")) != (ck.get("voltages"), ck.get("lattices")):
+                raise ValueError("ensemble members must be trained on the same voltages and lattices")
+            if other["config"].get("global_features", "") != ck["config"].get("global_features", ""):
+                raise ValueError("ensemble members must share their global inputs (--preset)")
         model = EnsembleForceModel([m for m, _ in loaded])
+        mcm = [c.get("metallic_columns_max") for _, c in loaded]
         ck = {**ck, "ensemble": [c["config"] for _, c in loaded],
               "options": [c.get("options") for _, c in loaded],
               "epochs_run": [c.get("epochs_run") for _, c in loaded],
-              "metrics": {"members": [c.get("metrics", {}) for _, c in loaded]}}
+              "metrics": {"members": [c.get("metrics", {}) for _, c in loaded]},
+              "metallic_columns_max": None if None in mcm else min(mcm)}
     if metrics is not None:
         ck = {**ck, "metrics": {**ck.get("metrics", {}), "test": metrics}}
     meta = model_metadata(ck)
+    if len(loaded) > 1:
+        committee: dict = {"members": len(loaded), "spread_threshold": None,
+                           "spread": "per-site std (ddof 0) of the members' forces, force units"}
+        if calibrate:
+            from .calibration import TARGET_RMSE_FORCE, calibrate_committee
+
+            committee.update(calibrate_committee(model, ck, calibrate, spread_target or TARGET_RMSE_FORCE))
+        meta[COMMITTEE_KEY] = json.dumps(committee, sort_keys=True)
+    elif calibrate:
+        raise ValueError("--calibrate needs a committee: export two or more checkpoints together")
     path, err = export_onnx(model, out, meta, check=check)
     return path, err, meta
 

@@ -8,7 +8,9 @@ linear scalar f_ref. So, with raw = (Q_j) (113 channels per site) and one matrix
     M = W_big @ raw,   W_big = [W_lin; W_G'; W_a'; w_ref]   ((3H + 1) × 113)
     z = M_lin + M_ref · M_G + b + E[x],   h1 = φ(z + M_a) + φ(z - M_a)
 
-where E[x] is the first-layer weight of the electrode one-hot features of column x. Standardization
+where E[x] is the first-layer weight of the electrode one-hot features of column x, plus, for a model
+with global inputs (voltage, metallic runs: training/global_features.py), W_g · g[x] per column (an
+(H × n_g) product per column, O(lx), not per site). Standardization
 of features and target is folded into the weights. The layout is channels-first (B, C, lx·ly), so
 the neighbour gathers copy whole planes and every layer is one GEMM: this is the graph exported to
 ONNX. It computes the same function as :class:`ForceModel` (tested to float32 rounding).
@@ -24,7 +26,8 @@ from .model import ACTIVATIONS, ForceModel, neighbour_sum
 
 
 class FoldedForceModel(nn.Module):
-    """q (B, lx, ly) float32 → (force, density), each (B, lx, ly); see the module docstring."""
+    """q (B, lx, ly) float32 [, voltage (B,) float32] → (force, density), each (B, lx, ly); see the
+    module docstring."""
 
     def __init__(self, model: ForceModel) -> None:
         super().__init__()
@@ -40,7 +43,7 @@ class FoldedForceModel(nn.Module):
 
         with torch.no_grad():
             first = model.net.first
-            n_s = model.s_mean.shape[0]
+            n_s, n_desc = model.s_mean.shape[0], model.n_desc  # all invariant inputs / descriptor ones
             w_quad = first.weight[:, n_s:]  # (H, K) weights of the quadratic A'' invariants (K may be 0)
             w1 = first.weight[:, :n_s] / model.s_std  # (H, n_s): standardization folded in
             b1 = first.bias - w1 @ model.s_mean
@@ -63,9 +66,13 @@ class FoldedForceModel(nn.Module):
             rows.append(ref.unsqueeze(0))
             self.register_buffer("w_big", torch.cat(rows, 0).contiguous())
             self.register_buffer("b1", b1.unsqueeze(1).contiguous())  # (H, 1)
-            n_elec = w1.shape[1] - (n_line + 2 * n_pair)
+            n_elec = n_desc - (n_line + 2 * n_pair)
             self.has_elec = n_elec > 0
-            self.register_buffer("w_elec", w1[:, n_line + 2 * n_pair:].contiguous())  # (H, 2r)
+            self.register_buffer("w_elec", w1[:, n_line + 2 * n_pair:n_desc].contiguous())  # (H, 2r)
+            self.register_buffer("w_glob", w1[:, n_desc:].t().contiguous())  # (n_g, H)
+            self.globals = model.globals
+            self.takes_voltage = model.config.takes_voltage
+            self.register_buffer("v_default", model.v_default.clone(), persistent=False)
             self.hidden = h
             self.act = ACTIVATIONS[cfg.activation]()
             linears = [m for m in model.net.rest if isinstance(m, nn.Linear)]
@@ -94,16 +101,28 @@ class FoldedForceModel(nn.Module):
         sq = torch.stack(cols, 1).reshape(b, (2 * r + 1) ** 2, n)  # dx-major, like the square index
         return sq[:, self.idx_raw]
 
-    def electronic(self, q: torch.Tensor) -> torch.Tensor:
-        """g (n_i - 1/2), (B, lx, ly)."""
-        return self.electronic_from_raw(q, self.raw_neighbours(q))
+    def global_inputs(self, q: torch.Tensor, voltage: torch.Tensor | None) -> torch.Tensor | None:
+        """Per-column global features (B, lx, n_g), or None for a q-only model."""
+        if self.globals is None:
+            return None
+        v = self.v_default.expand(q.shape[0]) if voltage is None else voltage
+        return self.globals(q, v)
 
-    def electronic_from_raw(self, q: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
-        """g (n_i - 1/2) from the gathered neighbour values ``raw`` (B, n_off, lx·ly) of ``q``."""
+    def electronic(self, q: torch.Tensor, voltage: torch.Tensor | None = None) -> torch.Tensor:
+        """g (n_i - 1/2), (B, lx, ly)."""
+        return self.electronic_from_raw(q, self.raw_neighbours(q), self.global_inputs(q, voltage))
+
+    def electronic_from_raw(self, q: torch.Tensor, raw: torch.Tensor,
+                            glob: torch.Tensor | None = None) -> torch.Tensor:
+        """g (n_i - 1/2) from the gathered neighbour values ``raw`` (B, n_off, lx·ly) of ``q`` and the
+        per-column global features ``glob`` (B, lx, n_g) (None for a q-only model)."""
         b, lx, ly = q.shape[0], q.shape[1], q.shape[2]
         h_ = self.hidden
         m = torch.matmul(self.w_big, raw)  # (B, R, N)
         z = m[:, :h_] + m[:, -1:] * m[:, h_:2 * h_] + self.b1
+        if glob is not None:
+            e = torch.matmul(glob, self.w_glob).transpose(1, 2)  # (B, H, lx)
+            z = (z.reshape(b, h_, lx, ly) + e.unsqueeze(3)).reshape(b, h_, lx * ly)
         if self.has_elec:
             x = torch.arange(lx, device=q.device).unsqueeze(1)
             onehot = torch.cat([(x == self.dist).to(q.dtype), ((lx - 1 - x) == self.dist).to(q.dtype)], 1)
@@ -124,14 +143,16 @@ class FoldedForceModel(nn.Module):
                 h = self.act(h)
         return h.reshape(b, lx, ly)
 
-    def forward(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        el = self.electronic(q)
+    def forward(self, q: torch.Tensor, voltage: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        el = self.electronic(q, voltage)
         force = el - self.k * q - self.kappa * neighbour_sum(q)
         return force, 0.5 + el / self.g
 
 
 class FoldedEnsemble(nn.Module):
-    """Mean electronic force of several folded models (one neighbour gather per cutoff) + elastic term."""
+    """Mean electronic force of several folded models (one neighbour gather per cutoff, global features
+    computed once) + elastic term; with 2+ members also the committee spread ``force_std`` (per-site std,
+    ddof 0, of the members' forces; force units)."""
 
     def __init__(self, models: list[ForceModel]) -> None:
         super().__init__()
@@ -142,18 +163,31 @@ class FoldedEnsemble(nn.Module):
         self.register_buffer("g", first.g.clone())
         self.register_buffer("k", first.k.clone())
         self.register_buffer("kappa", first.kappa.clone())
+        kinds = {m.globals.kind if m.globals is not None else "" for m in self.members}
+        if len(kinds) > 1:
+            raise ValueError(f"ensemble members must share their global inputs, got {sorted(kinds)}")
+        self.takes_voltage = first.takes_voltage
+        self.committee = len(self.members) > 1
 
-    def electronic(self, q: torch.Tensor) -> torch.Tensor:
+    def member_electronic(self, q: torch.Tensor, voltage: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Electronic force of every member, each (B, lx, ly)."""
         raws: dict[int, torch.Tensor] = {}
-        total = None
+        glob = self.members[0].global_inputs(q, voltage)
+        out = []
         for m in self.members:
             if m.r_cut not in raws:
                 raws[m.r_cut] = m.raw_neighbours(q)
-            el = m.electronic_from_raw(q, raws[m.r_cut])
-            total = el if total is None else total + el
-        return total / len(self.members)
+            out.append(m.electronic_from_raw(q, raws[m.r_cut], glob))
+        return out
 
-    def forward(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        el = self.electronic(q)
+    def electronic(self, q: torch.Tensor, voltage: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.stack(self.member_electronic(q, voltage)).mean(0)
+
+    def forward(self, q: torch.Tensor, voltage: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        els = torch.stack(self.member_electronic(q, voltage))
+        el = els.mean(0)
         force = el - self.k * q - self.kappa * neighbour_sum(q)
-        return force, 0.5 + el / self.g
+        if not self.committee:
+            return force, 0.5 + el / self.g
+        std = (els - el.unsqueeze(0)).pow(2).mean(0).sqrt()
+        return force, 0.5 + el / self.g, std

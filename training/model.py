@@ -1,6 +1,7 @@
 """Torch force model: lattice Q → (total force, density), exportable to ONNX (SPEC §9).
 
     q (B, lx, ly) ──descriptor──▶ invariant s (B, lx, ly, n_s), antisymmetric a (B, lx, ly, n_a)
+    q, voltage (B,) ──global features (optional, training/global_features.py)──▶ appended to s
                   ──C_s-averaged MLP──▶ electronic force g (n - 1/2)  (B, lx, ly)
     force = electronic + (-k Q - kappa Σ_nn Q)   (exact elastic part, SPEC §2)
     density = 1/2 + electronic / g
@@ -22,7 +23,9 @@ import torch
 from torch import nn
 
 from .descriptors import DESCRIPTORS, R_CUT, descriptor_name, n_features, offsets
+from .global_features import GlobalFeatures, n_global, needs_voltage
 
+Pair = tuple[torch.Tensor, torch.Tensor]
 ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh, "gelu": nn.GELU}
 
 
@@ -36,6 +39,8 @@ class ModelConfig:
     r_cut: int = R_CUT
     anti_rank: int = 0  # A'' block: 0 → C_s-averaged first layer; K > 0 → K learned invariants (v_k·a)²
     extra: dict = field(default_factory=dict)
+    #: Global inputs (training/global_features.py): '' none (q only), 'voltage', 'voltage+metal'.
+    global_features: str = ""
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -44,7 +49,12 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
-        return cls(**{"anti_rank": 0, **d, "hidden": tuple(d["hidden"])})
+        return cls(**{"anti_rank": 0, "global_features": "", **d, "hidden": tuple(d["hidden"])})
+
+    @property
+    def takes_voltage(self) -> bool:
+        """Whether the model has the voltage as an input (ONNX input ``voltage``)."""
+        return needs_voltage(self.global_features)
 
     @property
     def descriptor_name(self) -> str:
@@ -57,7 +67,7 @@ class ModelConfig:
         n_off, n_a = off.n_paper, n_features(self.descriptor, self.r_cut)[1]
         h = self.hidden[0]
         rows = 2 * h + 1 + (h if n_a and not self.anti_rank else 0) + (self.anti_rank if n_a else 0)
-        macs = rows * n_off + (self.anti_rank * h if n_a else 0)
+        macs = rows * n_off + (self.anti_rank * h if n_a else 0) + n_global(self.global_features) * h
         widths = [*self.hidden, 1]
         for a, b in zip(widths[:-1], widths[1:], strict=True):
             macs += a * b
@@ -71,6 +81,7 @@ class ModelConfig:
             macs = n_a * self.anti_rank + (n_s + self.anti_rank) * widths[0]
         else:
             macs = (n_s + 2 * n_a) * widths[0]
+        macs += n_global(self.global_features) * widths[0]
         for a, b in zip(widths[:-1], widths[1:], strict=True):
             macs += a * b
         return macs
@@ -82,6 +93,9 @@ PRESETS: dict[str, ModelConfig] = {
     "paper": ModelConfig(descriptor="paper", hidden=(4096, 2048, 1024, 512, 256, 128, 64, 64),
                          activation="relu"),
     "compact": ModelConfig(descriptor="paper+elec", hidden=(32, 64), activation="silu", r_cut=10),
+    # voltage-range model (issue 10, docs/ml_model.md): V and the metallic runs connected to the electrodes
+    "voltage": ModelConfig(descriptor="paper+elec", hidden=(32, 64), activation="silu", r_cut=8,
+                           global_features="voltage+metal"),
 }
 
 
@@ -177,16 +191,23 @@ class SymmetrizedMLP(nn.Module):
 class ForceModel(nn.Module):
     """Lattice → (force, density) with feature standardization and the exact elastic term.
 
-    Buffers (set by training from the training set): ``s_mean``, ``s_std`` (invariant features),
-    ``a_std`` (antisymmetric features: scaled only, so they stay odd), ``y_mean``, ``y_std``
-    (electronic force g (n - 1/2)), and the physical constants ``g``, ``k``, ``kappa``.
+    Buffers (set by training from the training set): ``s_mean``, ``s_std`` (invariant features, the
+    global ones last), ``a_std`` (antisymmetric features: scaled only, so they stay odd), ``y_mean``,
+    ``y_std`` (electronic force g (n - 1/2)), and the physical constants ``g``, ``k``, ``kappa``.
+    With global features, ``voltage`` (B,) is an input; when omitted, ``v_default`` (the voltage of the
+    model's parameters) is used. ``q0``: bulk CDW amplitude of the parameters (metallicity criterion).
     """
 
-    def __init__(self, config: ModelConfig, g: float, k: float, kappa: float) -> None:
+    def __init__(self, config: ModelConfig, g: float, k: float, kappa: float, voltage: float = 3.0,
+                 q0: float = 2.3855) -> None:
         super().__init__()
         self.config = config
         n_s, n_a = n_features(config.descriptor, config.r_cut)
+        self.n_desc = n_s
+        self.globals = GlobalFeatures(config.global_features, q0) if config.global_features else None
+        n_s += n_global(config.global_features)
         self.descriptor = Descriptor(config.descriptor, config.r_cut)
+        self.register_buffer("v_default", torch.tensor(float(voltage)), persistent=False)
         self.net = SymmetrizedMLP(n_s, n_a, config.hidden, config.activation, config.anti_rank)
         self.register_buffer("s_mean", torch.zeros(n_s))
         self.register_buffer("s_std", torch.ones(n_s))
@@ -201,22 +222,37 @@ class ForceModel(nn.Module):
         """Normalized network output from raw features (used by training on precomputed features)."""
         return self.net((s - self.s_mean) / self.s_std, a / self.a_std)
 
-    def electronic(self, q: torch.Tensor) -> torch.Tensor:
-        """Learned electronic force g (n_i - 1/2), (B, lx, ly)."""
+    def voltages(self, q: torch.Tensor, voltage: torch.Tensor | None) -> torch.Tensor:
+        """The voltage of every lattice of the batch, (B,): ``voltage`` or the model's default."""
+        if voltage is None:
+            return self.v_default.to(q.dtype).expand(q.shape[0])
+        return torch.as_tensor(voltage, dtype=q.dtype, device=q.device).reshape(-1).expand(q.shape[0])
+
+    def features(self, q: torch.Tensor, voltage: torch.Tensor | None = None) -> Pair:
+        """Raw (invariant [descriptor, global], antisymmetric) features, (B, lx, ly, ·) each."""
         s, a = self.descriptor(q)
+        if self.globals is not None:
+            g = self.globals(q, self.voltages(q, voltage))  # (B, lx, n_g)
+            s = torch.cat([s, g.unsqueeze(2).expand(-1, -1, q.shape[-1], -1)], dim=-1)
+        return s, a
+
+    def electronic(self, q: torch.Tensor, voltage: torch.Tensor | None = None) -> torch.Tensor:
+        """Learned electronic force g (n_i - 1/2), (B, lx, ly)."""
+        s, a = self.features(q, voltage)
         return self.head(s, a) * self.y_std + self.y_mean
 
     def elastic(self, q: torch.Tensor) -> torch.Tensor:
         """-k Q_i - kappa Σ_nn Q_j: open in x, periodic in y (no y-bonds when ly = 1)."""
         return -self.k * q - self.kappa * neighbour_sum(q)
 
-    def forward(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        el = self.electronic(q)
+    def forward(self, q: torch.Tensor, voltage: torch.Tensor | None = None) -> Pair:
+        el = self.electronic(q, voltage)
         return el + self.elastic(q), 0.5 + el / self.g
 
 
 class EnsembleForceModel(nn.Module):
-    """Mean of the electronic forces of several :class:`ForceModel` (same physics) + elastic term."""
+    """Mean of the electronic forces of several :class:`ForceModel` (same physics) + elastic term; the
+    committee spread is the per-site standard deviation (ddof 0) of the members' forces."""
 
     def __init__(self, members: list[ForceModel]) -> None:
         super().__init__()
@@ -224,12 +260,24 @@ class EnsembleForceModel(nn.Module):
             raise ValueError("an ensemble needs at least one model")
         self.members = nn.ModuleList(members)
 
-    def electronic(self, q: torch.Tensor) -> torch.Tensor:
-        return torch.stack([m.electronic(q) for m in self.members]).mean(0)
+    @property
+    def config(self) -> ModelConfig:
+        return self.members[0].config
 
-    def forward(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def member_electronic(self, q: torch.Tensor, voltage: torch.Tensor | None = None) -> torch.Tensor:
+        """Electronic force of every member, (M, B, lx, ly)."""
+        return torch.stack([m.electronic(q, voltage) for m in self.members])
+
+    def electronic(self, q: torch.Tensor, voltage: torch.Tensor | None = None) -> torch.Tensor:
+        return self.member_electronic(q, voltage).mean(0)
+
+    def spread(self, q: torch.Tensor, voltage: torch.Tensor | None = None) -> torch.Tensor:
+        """Committee spread: per-site std (ddof 0) of the members' forces, force units, (B, lx, ly)."""
+        return self.member_electronic(q, voltage).std(0, unbiased=False)
+
+    def forward(self, q: torch.Tensor, voltage: torch.Tensor | None = None) -> Pair:
         first = self.members[0]
-        el = self.electronic(q)
+        el = self.electronic(q, voltage)
         return el + first.elastic(q), 0.5 + el / first.g
 
 
@@ -246,4 +294,10 @@ def neighbour_sum(q: torch.Tensor) -> torch.Tensor:
 
 def build_model(config: ModelConfig, params_physical: dict) -> ForceModel:
     """An untrained model for the physical parameters (dict of SPEC names: g, k, kappa, …)."""
-    return ForceModel(config, g=params_physical["g"], k=params_physical["k"], kappa=params_physical["kappa"])
+    q0 = 2.3855
+    if config.global_features:
+        from neqforce.physics import HolsteinParams, bulk_cdw_amplitude
+
+        q0 = bulk_cdw_amplitude(HolsteinParams(**params_physical))
+    return ForceModel(config, g=params_physical["g"], k=params_physical["k"], kappa=params_physical["kappa"],
+                      voltage=params_physical.get("voltage", 3.0), q0=q0)

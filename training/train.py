@@ -4,6 +4,11 @@ Pipeline: trajectories → split by trajectory (train/test) → validation block
 trajectories (early stopping) → descriptors precomputed once (float32) → per-site minibatches of the
 normalized electronic force → best-on-validation weights → test metrics on the held-out trajectories.
 
+A model with global inputs (preset ``voltage``) trains on several voltages (``voltage=None``: all, or
+``voltage_range``) and lattice lengths at once: features are computed per lattice shape and pooled by
+site; the checkpoint records the voltages, lattices and the most metallic columns of its training
+frames, from which the export declares the validity domain.
+
 Outputs in ``out``: ``model.pt`` (best weights, split, metrics, provenance), ``last.pt`` (resume state,
 rewritten atomically every epoch), ``history.json``.
 """
@@ -22,13 +27,23 @@ import numpy as np
 import torch
 
 from neqforce import __version__
-from neqforce.physics import DEFAULT_V
+from neqforce.physics import DEFAULT_V, bulk_cdw_amplitude, metallic_columns
 
 from .checkpoint import read_checkpoint, save_checkpoint
-from .data import frames_of, select_voltage, split_by_trajectory, traj_id, validation_mask
+from .data import (
+    Frames,
+    frame_groups,
+    qualify_ids,
+    select_voltage,
+    split_by_trajectory,
+    traj_id,
+    validation_mask,
+    voltages_of,
+)
 from .dataset import dataset_sha256, load_dataset
 from .descriptors import offsets
-from .metrics import force_metrics, format_metrics
+from .evaluate import grouped_metrics
+from .metrics import format_metrics
 from .model import PRESETS, ForceModel, ModelConfig, build_model
 
 
@@ -52,7 +67,8 @@ class TrainOptions:
     device: str = "auto"
     test_fraction: float = 0.3
     test_ids: tuple[str, ...] = ()
-    voltage: float | None = DEFAULT_V
+    voltage: float | None = DEFAULT_V  # one voltage; None: all (or voltage_range)
+    voltage_range: tuple[float, float] | None = None  # V in [min, max] (models with a voltage input)
     stride: int = 1
     max_step: int | None = None  # use frames up to this BD step only
     max_minutes: float = 0.0  # 0: no limit
@@ -76,15 +92,19 @@ def model_config(opts: TrainOptions) -> ModelConfig:
     return ModelConfig(descriptor=opts.descriptor or base.descriptor,
                        hidden=tuple(opts.hidden or base.hidden),
                        activation=opts.activation or base.activation, r_cut=opts.r_cut or base.r_cut,
-                       anti_rank=base.anti_rank if opts.anti_rank is None else opts.anti_rank)
+                       anti_rank=base.anti_rank if opts.anti_rank is None else opts.anti_rank,
+                       global_features=base.global_features)
 
 
 @torch.no_grad()
-def compute_features(model: ForceModel, q: np.ndarray, chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """Descriptor of every site of every frame: (S·lx·ly, n_s), (S·lx·ly, n_a), float32 on CPU."""
+def compute_features(model: ForceModel, q: np.ndarray, voltage: np.ndarray | None = None,
+                     chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs of every site of every frame: (S·lx·ly, n_s), (S·lx·ly, n_a), float32 on CPU; ``voltage``
+    (S,) per frame (None: the model's default)."""
     ss, aa = [], []
     for i in range(0, len(q), chunk):
-        s, a = model.descriptor(torch.from_numpy(q[i:i + chunk]))
+        v = None if voltage is None else torch.from_numpy(np.asarray(voltage[i:i + chunk], np.float32))
+        s, a = model.features(torch.from_numpy(q[i:i + chunk]), v)
         ss.append(s.flatten(0, 2))
         aa.append(a.flatten(0, 2))
     return torch.cat(ss), torch.cat(aa)
@@ -95,7 +115,7 @@ def set_normalization(model: ForceModel, s: torch.Tensor, a: torch.Tensor, y: to
     n_paper = offsets(model.config.r_cut).n_paper
     mean, std = s.mean(0), s.std(0)
     std = torch.where(std < 1e-3, torch.ones_like(std), std)  # constant feature: leave unscaled
-    mean[n_paper:], std[n_paper:] = 0.0, 1.0
+    mean[n_paper:model.n_desc], std[n_paper:model.n_desc] = 0.0, 1.0
     model.s_mean.copy_(mean)
     model.s_std.copy_(std)
     if a.shape[1]:
@@ -106,12 +126,25 @@ def set_normalization(model: ForceModel, s: torch.Tensor, a: torch.Tensor, y: to
 
 
 @torch.no_grad()
-def predict_forces(model: ForceModel, q: np.ndarray, chunk: int = 64) -> np.ndarray:
-    """Total forces (S, lx, ly) of a model for frames q (S, lx, ly)."""
+def predict_forces(model: ForceModel, q: np.ndarray, voltage: np.ndarray | None = None,
+                   chunk: int = 64) -> np.ndarray:
+    """Total forces (S, lx, ly) of a model for frames q (S, lx, ly) at voltages (S,) (None: default)."""
     dev = next(model.parameters()).device
-    out = [model(torch.from_numpy(np.ascontiguousarray(q[i:i + chunk], dtype=np.float32)).to(dev))[0].cpu()
-           for i in range(0, len(q), chunk)]
+    out = []
+    for i in range(0, len(q), chunk):
+        qi = torch.from_numpy(np.ascontiguousarray(q[i:i + chunk], dtype=np.float32)).to(dev)
+        vi = None if voltage is None else torch.from_numpy(np.asarray(voltage[i:i + chunk], np.float32))
+        out.append(model(qi, None if vi is None else vi.to(dev))[0].cpu())
     return torch.cat(out).numpy().astype(np.float64)
+
+
+def max_metallic_columns(frames: Sequence[Frames]) -> int:
+    """Most metallic columns (SPEC ξ·lx) of any frame: the metallic-length extent of the training data."""
+    worst = 0
+    for fr in frames:
+        q0 = bulk_cdw_amplitude(fr.params)
+        worst = max(worst, int(np.count_nonzero(metallic_columns(fr.q, q0), axis=-1).max(initial=0)))
+    return worst
 
 
 def _val_loss(model: ForceModel, s: torch.Tensor, a: torch.Tensor, y: torch.Tensor, dev: torch.device,
@@ -138,7 +171,11 @@ def train(data: str | os.PathLike[str] | Sequence[str], out: str | os.PathLike[s
     dev = pick_device(opts.device)
     cfg = model_config(opts)
 
-    trajs = select_voltage(load_dataset(data), opts.voltage)
+    trajs = qualify_ids(select_voltage(load_dataset(data), opts.voltage, opts.voltage_range))
+    if len(voltages_of(trajs)) > 1 and not cfg.takes_voltage:
+        raise ValueError(f"the data holds voltages {', '.join(f'{v:g}' for v in voltages_of(trajs))} but "
+                         f"preset {opts.preset!r} has no voltage input: pick one with --voltage, or use "
+                         "--preset voltage")
     incomplete = sorted(traj_id(t) for t in trajs if not t.complete)
     if incomplete and not opts.allow_incomplete:
         raise ValueError(f"{len(incomplete)} trajectories are still incomplete ({', '.join(incomplete[:4])}"
@@ -146,20 +183,34 @@ def train(data: str | os.PathLike[str] | Sequence[str], out: str | os.PathLike[s
                          "first, or pass --allow-incomplete (the model then records a partial dataset)")
     train_t, test_t = split_by_trajectory(trajs, opts.test_fraction, opts.test_ids or None)
     params = train_t[0].params
-    fr = frames_of(train_t, stride=opts.stride, max_step=opts.max_step)
-    vmask = validation_mask(fr.step)
-    if vmask.all() or not vmask.any():
-        vmask = np.arange(len(fr)) % 5 == 4
-    log(f"train {[t for t in fr.ids]} ({int((~vmask).sum())} frames, {int(vmask.sum())} validation), "
-        f"test {[traj_id(t) for t in test_t]}, lattice {params.lx}x{params.ly}, "
-        f"V = {params.voltage}, preset {opts.preset}: {cfg.hidden} {cfg.activation}, "
-        f"{cfg.macs_per_site()} MACs/site, device {dev}")
+    groups = frame_groups(train_t, stride=opts.stride, max_step=opts.max_step)
+    vmasks = []
+    for fr in groups:
+        vmask = validation_mask(fr.step)
+        if vmask.all() or not vmask.any():
+            vmask = np.arange(len(fr)) % 5 == 4
+        vmasks.append(vmask)
+    n_val = sum(int(m.sum()) for m in vmasks)
+    n_frames = sum(len(fr) for fr in groups)
+    train_ids = [i for fr in groups for i in fr.ids]
+    lattices = [[fr.params.lx, fr.params.ly] for fr in groups]
+    log(f"train {train_ids} ({n_frames - n_val} frames, {n_val} validation), "
+        f"test {[traj_id(t) for t in test_t]}, lattices {', '.join(f'{a}x{b}' for a, b in lattices)}, "
+        f"V = {', '.join(f'{v:g}' for v in voltages_of(train_t))}, preset {opts.preset}: {cfg.hidden} "
+        f"{cfg.activation}, {cfg.macs_per_site()} MACs/site, device {dev}")
 
     model = build_model(cfg, params.physical())
     t0 = time.time()
-    s_all, a_all = compute_features(model, fr.q)
-    y_all = torch.from_numpy(fr.electronic.reshape(-1))
-    site_val = torch.from_numpy(np.repeat(vmask, params.lx * params.ly))
+    parts: dict[str, list[torch.Tensor]] = {"s": [], "a": [], "y": [], "val": []}
+    for fr, vmask in zip(groups, vmasks, strict=True):
+        s_g, a_g = compute_features(model, fr.q, fr.voltage)
+        parts["s"].append(s_g)
+        parts["a"].append(a_g)
+        parts["y"].append(torch.from_numpy(fr.electronic.reshape(-1)))
+        parts["val"].append(torch.from_numpy(np.repeat(vmask, fr.params.lx * fr.params.ly)))
+    s_all, a_all, y_all = torch.cat(parts["s"]), torch.cat(parts["a"]), torch.cat(parts["y"])
+    site_val = torch.cat(parts["val"])
+    del parts
     s_tr, a_tr, y_tr = s_all[~site_val], a_all[~site_val], y_all[~site_val]
     s_va, a_va, y_va = s_all[site_val], a_all[site_val], y_all[site_val]
     del s_all, a_all
@@ -185,7 +236,7 @@ def train(data: str | os.PathLike[str] | Sequence[str], out: str | os.PathLike[s
         log(f"resumed at epoch {start_epoch}")
 
     y_scale2 = float(model.y_std) ** 2
-    f_max_train = float(np.abs(fr.force).max())
+    f_max_train = max(float(np.abs(fr.force).max()) for fr in groups)
     n_tr = len(yn_tr)
     t_start = time.time()
     epoch = start_epoch - 1
@@ -232,13 +283,15 @@ def train(data: str | os.PathLike[str] | Sequence[str], out: str | os.PathLike[s
     model.to("cpu").eval()
     metrics: dict = {"validation_mse": best_val * y_scale2 / f_max_train**2}
     if test_t:
-        te = frames_of(test_t, max_step=opts.max_step)
-        metrics["test"] = force_metrics(predict_forces(model, te.q), te.force)
+        tests = frame_groups(test_t, max_step=opts.max_step)
+        metrics["test"] = grouped_metrics([(predict_forces(model, te.q, te.voltage), te) for te in tests])
         log("test (held-out trajectories):\n" + format_metrics(metrics["test"]))
     save_checkpoint(best_path, {
         "config": cfg.to_dict(), "params": params.physical(), "state_dict": model.state_dict(),
-        "metrics": metrics, "train_ids": fr.ids, "test_ids": [traj_id(t) for t in test_t],
-        "lattice": [params.lx, params.ly], "dataset_sha256": dataset_sha256([t.extra["file"] for t in trajs]),
+        "metrics": metrics, "train_ids": train_ids, "test_ids": [traj_id(t) for t in test_t],
+        "lattice": [params.lx, params.ly], "lattices": lattices, "voltages": voltages_of(train_t),
+        "metallic_columns_max": max_metallic_columns(groups),
+        "dataset_sha256": dataset_sha256([t.extra["file"] for t in trajs]),
         "dataset_complete": not incomplete, "dataset_frames": int(sum(len(t.frames()["q"]) for t in trajs)),
         "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(opts).items()},
         "epochs_run": epoch + 1, "neqforce_version": __version__, "torch_version": torch.__version__,

@@ -1,0 +1,97 @@
+"""Global (nonlocal) inputs of the voltage-range model, computed inside the graph from q in O(N).
+
+docs/nonlocality.md: besides the distortions within r_c, the exact electronic force of a site depends
+on the voltage V and on the metallic region connected to an electrode (which reservoirs it touches and
+how long it is: ~1e-3 force per column at ly = 28, unbounded over 140 columns). Per lattice column x:
+
+    m_i   = (-1)^(x+y) (Q_i - mean_nn Q) / 2            local CDW order (physics.local_order; = q0 in a
+                                                          perfect CDW)
+    M_x   = mean_y |m_i|                                  column order (mirror- and y-translation-invariant)
+    c_x   = sigmoid((q0/2 - M_x) / (0.05 q0))             soft metallicity (the SPEC ξ criterion M < q0/2)
+    P_x   = Π_{x' <= x} c_x'   = exp(cumsum log c)        column x lies in the metal connected to the left
+    R_x   = Π_{x' >= x} c_x'                              … to the right electrode
+    L_L   = Σ_x P_x,  L_R = Σ_x R_x                       lengths (columns) of those metallic runs
+    T     = P_{lx-1}                                      the left metal reaches the right electrode
+
+The features of a site of column x ("voltage+metal", 8 per site, in this order):
+``V, L_L, P_x, P_x L_L, T, L_R, R_x, R_x L_R``; "voltage" is ``V`` alone. Every one is a function of
+column averages, hence invariant under the mirror y → -y and y-translations; each costs O(N) (a mean over
+y, a cumulative sum over x). Smooth in q (sigmoids), so BD forces stay continuous. A metallic domain not
+connected to an electrode is seen only through the local descriptor (docs/ml_model.md).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+#: Global-feature sets: name → feature names (per site, in order).
+GLOBAL_FEATURES: dict[str, tuple[str, ...]] = {
+    "": (),
+    "voltage": ("V",),
+    "voltage+metal": ("V", "L_left", "P_x", "P_x*L_left", "touch", "L_right", "R_x", "R_x*L_right"),
+}
+#: Width of the soft metallicity step, in units of q0 (c = 0.9997 at M = 0.1 q0, 5e-5 at M = q0).
+SOFT_WIDTH = 0.05
+#: log c is clamped here so that a fully ordered column gives exp(-30), never log(0) = -inf.
+LOG_FLOOR = -30.0
+
+
+def n_global(kind: str) -> int:
+    """Number of global features per site of a set (0 for '')."""
+    if kind not in GLOBAL_FEATURES:
+        known = ", ".join(repr(k) for k in GLOBAL_FEATURES)
+        raise ValueError(f"unknown global features {kind!r} (known: {known})")
+    return len(GLOBAL_FEATURES[kind])
+
+
+def needs_voltage(kind: str) -> bool:
+    """Whether a model with these global features takes the voltage as an input."""
+    return "V" in GLOBAL_FEATURES.get(kind, ())
+
+
+def _neighbour_sum(q: torch.Tensor) -> torch.Tensor:
+    """Σ_nn Q (open in x, periodic in y; no y-bonds when ly = 1), (B, lx, ly)."""
+    p = nn.functional.pad(q, (0, 0, 1, 1))
+    lx, ly = q.shape[-2], q.shape[-1]
+    y = torch.arange(ly, device=q.device)
+    up, down = torch.remainder(y + 1, ly), torch.remainder(y - 1, ly)
+    has_bonds = (up != y).to(q.dtype)
+    return p[:, :lx] + p[:, 2:] + (q[:, :, up] + q[:, :, down]) * has_bonds
+
+
+class GlobalFeatures(nn.Module):
+    """q (B, lx, ly), voltage (B,) → per-column features (B, lx, n_g) (module docstring).
+
+    ``q0`` is the bulk CDW amplitude of the model's physical parameters (it does not depend on V).
+    """
+
+    def __init__(self, kind: str, q0: float) -> None:
+        super().__init__()
+        self.kind, self.n = kind, n_global(kind)
+        self.register_buffer("q0", torch.tensor(float(q0)), persistent=False)
+
+    def column_order(self, q: torch.Tensor) -> torch.Tensor:
+        """M_x = mean_y |m|, (B, lx)."""
+        lx, ly = q.shape[-2], q.shape[-1]
+        x = torch.arange(lx, device=q.device).unsqueeze(1)
+        y = torch.arange(ly, device=q.device).unsqueeze(0)
+        sign = 1.0 - 2.0 * torch.remainder(x + y, 2).to(q.dtype)
+        count = _neighbour_sum(torch.ones_like(q[:1]))
+        m = sign * (q - _neighbour_sum(q) / count) * 0.5
+        return m.abs().mean(dim=-1)
+
+    def forward(self, q: torch.Tensor, voltage: torch.Tensor) -> torch.Tensor:
+        b, lx = q.shape[0], q.shape[1]
+        v = voltage.to(q.dtype).reshape(-1, 1, 1).expand(b, lx, 1)
+        if self.kind == "voltage":
+            return v
+        z = (0.5 * self.q0 - self.column_order(q)) / (SOFT_WIDTH * self.q0)
+        logc = nn.functional.logsigmoid(z).clamp_min(LOG_FLOOR)  # (B, lx)
+        p = torch.exp(torch.cumsum(logc, dim=1))
+        r = torch.flip(torch.exp(torch.cumsum(torch.flip(logc, [1]), dim=1)), [1])
+        ll = p.sum(dim=1, keepdim=True).expand(b, lx)
+        lr = r.sum(dim=1, keepdim=True).expand(b, lx)
+        touch = p[:, -1:].expand(b, lx)
+        feats = [ll, p, p * ll, touch, lr, r, r * lr]
+        return torch.cat([v, torch.stack(feats, dim=-1)], dim=-1)
