@@ -346,7 +346,10 @@ def run_sweep(opts: SweepOptions, echo: Echo = print) -> SweepReport:
         parallel_guess = opts.workers or default_workers()
         if opts.scheduler is None:  # refuse before any start-up cost
             check_costs(points, routes, remaining, parallel_guess, opts, echo)
-        with dask_client(opts.scheduler, n_workers=opts.workers, echo=echo) as client:
+        # exact NEGF in the workers needs processes (GIL); ONNX Runtime and --server calls release it
+        processes = any(r.kind == "negf" and any(remaining[p.name])
+                        for p, r in zip(points, routes, strict=True))
+        with dask_client(opts.scheduler, n_workers=opts.workers, echo=echo, processes=processes) as client:
             parallel = worker_threads(client)
             if opts.scheduler is not None:
                 check_costs(points, routes, remaining, parallel, opts, echo)

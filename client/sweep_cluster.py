@@ -4,8 +4,10 @@
         ...
     with dask_client("tcp://10.0.0.5:8786", echo=print) as client:    # an existing cluster
 
-The embedded cluster has one single-threaded worker *process* per core (the exact NEGF holds the GIL
-in scipy's LAPACK wrappers, so threads would not run in parallel), nothing to start by hand; it is
+The embedded cluster has one single-threaded worker *process* per core when exact NEGF runs in the
+workers (it holds the GIL in scipy's LAPACK wrappers, so threads would not run in parallel), and one
+worker with a thread per core when only ONNX Runtime (which releases the GIL) or a --server computes
+(no process start-up, one model session shared by the threads). Nothing to start by hand; it is
 closed when the block ends. Tasks report progress through a :class:`distributed.Queue` and are asked
 to stop (checkpoint and return) through a :class:`distributed.Event` (:class:`TaskChannel`).
 """
@@ -66,9 +68,10 @@ def _sigint_ignored() -> Iterator[None]:
 
 @contextmanager
 def dask_client(scheduler: str | None = None, *, n_workers: int | None = None, echo: Echo = print,
-                timeout: float = CONNECT_TIMEOUT_S) -> Iterator[Any]:
+                timeout: float = CONNECT_TIMEOUT_S, processes: bool = True) -> Iterator[Any]:
     """A :class:`distributed.Client` on ``scheduler`` ("tcp://HOST:PORT"), or on an embedded
-    LocalCluster of ``n_workers`` single-threaded worker processes (default: one per core).
+    LocalCluster of ``n_workers`` single-threaded worker processes (default: one per core); with
+    ``processes=False``, one in-process worker with ``n_workers`` threads.
 
     An unreachable or malformed scheduler address is a ValueError with a one-line message.
     """
@@ -87,12 +90,18 @@ def dask_client(scheduler: str | None = None, *, n_workers: int | None = None, e
         n = default_workers() if n_workers is None else int(n_workers)
         if n < 1:
             raise ValueError(f"--workers must be >= 1, got {n}")
-        with _sigint_ignored():
-            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+        if processes:
+            with _sigint_ignored():
+                cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                       dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR,
+                                       scheduler_port=0)
+            where = f"embedded Dask LocalCluster ({n} worker process{'es' if n > 1 else ''}, 1 thread each)"
+        else:
+            cluster = LocalCluster(n_workers=1, threads_per_worker=n, processes=False,
                                    dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR,
                                    scheduler_port=0)
+            where = f"embedded Dask LocalCluster (1 in-process worker, {n} thread{'s' if n > 1 else ''})"
         client = Client(cluster, set_as_default=False)
-        where = f"embedded Dask LocalCluster ({n} worker process{'es' if n > 1 else ''}, 1 thread each)"
     try:
         workers = client.nthreads()
         link = client.dashboard_link

@@ -1,0 +1,109 @@
+"""Batching benefit of ``neqforce sweep``: an ensemble of R replicas as one sweep vs R separate
+``neqforce simulate`` runs, both end to end from the command line, on the same machine in one run.
+
+    python bench/sweep.py                       # 16 replicas, 30×28, 600 steps, bundled model
+    python bench/sweep.py --replicas 16 --steps 600 --chunk 16
+
+The separate runs are what a shell loop does: ``neqforce simulate --seed s`` (embedded server, one gRPC
+round trip per step; --no-plots, so the loop is not charged for figures). The sweep is
+``neqforce sweep --seeds R`` (embedded Dask LocalCluster, replicas of a task advanced with one batched
+force call per step, summary and figures included). Both wall times include process start-up.
+Prints replica-steps per second side by side, the ratio (target: >= 5x), and checks that every sweep
+replica is bit-for-bit the ``simulate`` run with its seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from neqforce.trajectory import read_trajectory
+
+
+def _exe() -> str:
+    beside = Path(sys.executable).with_name("neqforce")
+    return str(beside) if beside.exists() else "neqforce"
+
+
+def _run(cmd: list[str]) -> float:
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise SystemExit(f"error: {' '.join(cmd)} failed:\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
+    return wall
+
+
+def same_run(a: Path, b: Path) -> bool:
+    """Bit-for-bit the same run (ξ series, frames, checkpoint)."""
+    ta, tb = read_trajectory(a), read_trajectory(b)
+    fa, fb = ta.frames(), tb.frames()
+    return (ta.series_xi == tb.series_xi and ta.series_step == tb.series_step
+            and all(np.array_equal(fa[k], fb[k], equal_nan=True) for k in ("step", "q", "force", "density"))
+            and np.array_equal(ta.checkpoint_q, tb.checkpoint_q))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--replicas", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--lx", type=int, default=30)
+    ap.add_argument("--ly", type=int, default=28)
+    ap.add_argument("--chunk", type=int, default=None, help="sweep --chunk (default: the sweep's own)")
+    ap.add_argument("--workers", type=int, default=None, help="sweep --workers (default: cores)")
+    ap.add_argument("--out", type=Path, default=None, help="work folder (default: a temporary one)")
+    args = ap.parse_args(argv)
+    work = args.out or Path(tempfile.mkdtemp(prefix="neqforce-bench-sweep-"))
+    work.mkdir(parents=True, exist_ok=True)
+    lattice = ["--lx", str(args.lx), "--ly", str(args.ly)]
+    exe = _exe()
+    print(f"{args.replicas} replicas, {args.lx}×{args.ly}, {args.steps} steps, bundled model; "
+          f"{os.cpu_count()} cores; work folder {work}", flush=True)
+
+    sim_wall = 0.0
+    for seed in range(args.replicas):
+        out = work / "simulate" / f"seed{seed}"
+        sim_wall += _run([exe, "simulate", *lattice, "--steps", str(args.steps), "--seed", str(seed), "--out",
+                          str(out), "--no-plots", "--no-progress", "--overwrite"])
+        print(f"  simulate --seed {seed}: {sim_wall:.1f} s so far", flush=True)
+
+    sweep_out = work / "sweep"
+    cmd = [exe, "sweep", *lattice, "--seeds", str(args.replicas), "--steps", str(args.steps), "--out",
+           str(sweep_out), "--no-progress"]
+    if args.chunk:
+        cmd += ["--chunk", str(args.chunk)]
+    if args.workers:
+        cmd += ["--workers", str(args.workers)]
+    if sweep_out.exists():
+        import shutil
+
+        shutil.rmtree(sweep_out)
+    sweep_wall = _run(cmd)
+
+    runs = sorted((sweep_out / "runs").glob("*/seed*/trajectory.h5"))
+    batch = max(read_trajectory(f).extra["segments"][-1]["replicas_in_batch"] for f in runs)
+    backend = {read_trajectory(f).backend for f in runs}
+    replica_steps = args.replicas * (args.steps + 1)
+    rate_sim, rate_sweep = replica_steps / sim_wall, replica_steps / sweep_wall
+    print()
+    print(f"{'':34s}{'wall [s]':>10s}{'replica-steps':>15s}{'replica-steps/s':>17s}")
+    print(f"{f'{args.replicas} × neqforce simulate':34s}{sim_wall:10.1f}{replica_steps:15d}{rate_sim:17.0f}")
+    print(f"{f'neqforce sweep --seeds {args.replicas}':34s}{sweep_wall:10.1f}{replica_steps:15d}"
+          f"{rate_sweep:17.0f}")
+    print(f"ratio sweep / separate simulate runs: {rate_sweep / rate_sim:.2f}x (target >= 5x); sweep backend "
+          f"{','.join(sorted(backend))}, up to {batch} replicas per batched force call")
+    same = sum(same_run(work / "simulate" / f"seed{s}" / "trajectory.h5",
+                        next(f for f in runs if f.parent.name == f"seed{s}")) for s in range(args.replicas))
+    print(f"bit-for-bit: {same}/{args.replicas} sweep replicas identical to `neqforce simulate --seed s`")
+    return 0 if same == args.replicas else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
