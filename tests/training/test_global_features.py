@@ -1,0 +1,140 @@
+"""Voltage-range model parts: global features (V, metallic runs) against a loop reference, their symmetry,
+the voltage input through torch / folded / ONNX, the committee spread output, the threshold calibration."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+ort = pytest.importorskip("onnxruntime")
+
+from neqforce.physics import HolsteinParams, bulk_cdw_amplitude, local_order  # noqa: E402
+from neqforce.training import descriptors as D  # noqa: E402
+from neqforce.training.calibration import spread_threshold  # noqa: E402
+from neqforce.training.export import export_onnx, onnx_feeds  # noqa: E402
+from neqforce.training.global_features import SOFT_WIDTH, GlobalFeatures  # noqa: E402
+from neqforce.training.model import EnsembleForceModel, ModelConfig, build_model  # noqa: E402
+
+Q0 = bulk_cdw_amplitude(HolsteinParams())
+
+
+def metal_left(lx: int, ly: int, w: int, seed: int = 0, right: int = 0) -> np.ndarray:
+    """The nonlocality study's configuration: w metallic columns at the left electrode (Q = -0.35 +
+    noise), ``right`` at the right one, the rest the bulk CDW ±q0."""
+    rng = np.random.default_rng(seed)
+    x, y = np.arange(lx)[:, None], np.arange(ly)[None, :]
+    q = Q0 * (-1.0) ** (x + y) + 0.05 * rng.standard_normal((lx, ly))
+    metal = (x < w) | (x >= lx - right)
+    return np.where(np.broadcast_to(metal, (lx, ly)), -0.35 + 0.05 * rng.standard_normal((lx, ly)), q)
+
+
+def reference_globals(q: np.ndarray, v: float) -> np.ndarray:
+    """Per-column features by explicit loops over columns (float64), as documented in global_features."""
+    lx = q.shape[0]
+    m = np.abs(local_order(q)).mean(axis=1)
+    c = 1.0 / (1.0 + np.exp(-(Q0 / 2 - m) / (SOFT_WIDTH * Q0)))
+    p = np.array([np.prod(c[:x + 1]) for x in range(lx)])
+    r = np.array([np.prod(c[x:]) for x in range(lx)])
+    ll, lr = p.sum(), r.sum()
+    return np.stack([np.full(lx, v), np.full(lx, ll), p, p * ll, np.full(lx, p[-1]), np.full(lx, lr), r,
+                     r * lr], axis=1)
+
+
+def voltage_model(seed: int = 0, hidden=(16, 8), r_cut: int = 4):
+    torch.manual_seed(seed)
+    cfg = ModelConfig(descriptor="paper+elec", hidden=hidden, r_cut=r_cut, global_features="voltage+metal")
+    model = build_model(cfg, HolsteinParams().physical())
+    with torch.no_grad():
+        model.s_mean.uniform_(-0.5, 0.5)
+        model.s_std.uniform_(0.5, 2.0)
+        model.y_std.fill_(0.6)
+        for p in model.net.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return model.eval()
+
+
+@pytest.mark.parametrize(("lx", "ly", "w", "right"),
+                         [(20, 6, 7, 0), (12, 4, 0, 3), (10, 2, 10, 0), (9, 1, 4, 2)])
+def test_global_features_match_the_loop_reference(lx, ly, w, right):
+    q = metal_left(lx, ly, w, seed=lx, right=right)
+    gf = GlobalFeatures("voltage+metal", Q0)
+    got = gf(torch.from_numpy(q[None]).double(), torch.tensor([2.75], dtype=torch.float64))[0].numpy()
+    np.testing.assert_allclose(got, reference_globals(q, 2.75), rtol=1e-5, atol=1e-9)  # q0 is float32
+    if 0 < w < lx and not right:  # a clean metallic run of w columns at the left electrode: L_left = w
+        assert abs(got[0, 1] - w) < 0.01 * w and got[0, 4] < 1e-3
+
+
+def test_left_run_length_grows_with_the_metal_and_touchdown_is_seen():
+    gf = GlobalFeatures("voltage+metal", Q0)
+    lengths = [float(gf(torch.from_numpy(metal_left(40, 6, w)[None]), torch.tensor([3.0]))[0, 0, 1])
+               for w in (5, 15, 30)]
+    assert lengths == pytest.approx([5, 15, 30], rel=0.01)
+    whole = gf(torch.from_numpy(metal_left(40, 6, 40)[None]), torch.tensor([3.0]))[0]
+    assert float(whole[0, 4]) > 0.95  # the left metal reaches the right electrode
+
+
+def test_global_features_are_mirror_and_y_translation_invariant():
+    gf = GlobalFeatures("voltage+metal", Q0)
+    q = metal_left(16, 8, 6, seed=3)
+    ref = gf(torch.from_numpy(q[None]), torch.tensor([3.0]))
+    for other in (D.mirror_about(q, 2), np.roll(q, 3, axis=1)):
+        got = gf(torch.from_numpy(np.ascontiguousarray(other)[None]), torch.tensor([3.0]))
+        torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_voltage_model_onnx_matches_torch_and_the_voltage_changes_the_answer(tmp_path, cdw_like):
+    model = voltage_model()
+    path, err = export_onnx(model, tmp_path / "v.onnx", {"neqforce.params": json.dumps({"voltage": 3.0})})
+    assert err <= 1e-5
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [(i.name, len(i.shape)) for i in sess.get_inputs()] == [("q", 3), ("voltage", 1)]
+    assert [o.name for o in sess.get_outputs()] == ["force", "density"]
+    q = np.concatenate([cdw_like((2, 14, 6), seed=1), metal_left(14, 6, 8)[None]]).astype(np.float32)
+    v = np.array([2.0, 3.0, 4.0], np.float32)
+    f, n = sess.run(["force", "density"], {"q": q, "voltage": v})
+    with torch.no_grad():
+        tf, tn = model(torch.from_numpy(q), torch.from_numpy(v))
+    np.testing.assert_allclose(f, tf.numpy(), atol=1e-5)
+    np.testing.assert_allclose(n, tn.numpy(), atol=1e-5)
+    f2 = sess.run(["force"], onnx_feeds(sess, q, 2.5))[0]
+    assert np.abs(f2 - f).max() > 1e-3  # the voltage is an input that matters
+    with pytest.raises(ValueError, match="voltage"):
+        onnx_feeds(sess, q, None)
+    # mirror and y-translation equivariance of the whole graph, global inputs included
+    fm = sess.run(["force"], {"q": D.mirror_about(q[2], 1)[None].copy(), "voltage": v[2:]})[0][0]
+    np.testing.assert_allclose(fm, D.mirror_about(f[2], 1), atol=1e-5)
+
+
+def test_committee_force_std_is_the_std_of_its_members(tmp_path, cdw_like):
+    members = [voltage_model(seed=s) for s in (0, 1, 2)]
+    meta = {"neqforce.params": json.dumps({"voltage": 3.0})}
+    path, err = export_onnx(EnsembleForceModel(members), tmp_path / "c.onnx", meta)
+    assert err <= 1e-5
+    member_paths = [export_onnx(m, tmp_path / f"m{i}.onnx", meta)[0] for i, m in enumerate(members)]
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [o.name for o in sess.get_outputs()] == ["force", "density", "force_std"]
+    q = cdw_like((2, 12, 6), seed=5).astype(np.float32)
+    v = np.array([2.5, 3.5], np.float32)
+    force, _, std = sess.run(None, {"q": q, "voltage": v})
+    outs = np.stack([ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(
+        ["force"], {"q": q, "voltage": v})[0] for p in member_paths])
+    np.testing.assert_allclose(force, outs.mean(0), atol=1e-5)
+    np.testing.assert_allclose(std, outs.std(0), atol=1e-5)  # ddof 0, force units
+    assert std.min() >= 0 and std.max() > 1e-3
+
+
+def test_spread_threshold_is_where_the_error_exceeds_the_target():
+    rng = np.random.default_rng(0)
+    spread = rng.uniform(0, 1, 20000)
+    error = np.abs(rng.normal(0, 0.1 * spread))  # RMSE in a bin ~ 0.1 * its spread
+    rec = spread_threshold(spread, error, target_rmse=0.05, bins=20)
+    assert rec["threshold_rule"].startswith("lower spread edge")
+    assert 0.4 < rec["spread_threshold"] < 0.6  # 0.1 * s > 0.05 from s = 0.5 on
+    assert rec["spearman_sites"] > 0.5
+    loose = spread_threshold(spread, error, target_rmse=10.0)
+    assert loose["spread_threshold"] == pytest.approx(spread.max()) and "no bin" in loose["threshold_rule"]
+    with pytest.raises(ValueError):
+        spread_threshold(np.ones(3), np.ones(4))
