@@ -81,6 +81,9 @@ def preset_spec(name: str) -> DatasetSpec:
     * ``heldout``: the frozen blind test set of the voltage-range model: 30×28, one seed (1000, never
       used for training, validation or model choice) at each V in {2.25, 2.75, 3.0, 3.5, 4.0},
       400 steps each (2 005 NEGF steps).
+    * ``vrange``: first training data of the voltage-range model: 30×28, seed 0 at each V in
+      {2.0, 2.5, 3.0, 3.5, 4.0}, 400 steps each (2 005 NEGF steps; seeds ≥ 1000 are reserved for
+      ``heldout``). Active learning (docs/ml_model.md) adds labelled frames where the committee disagrees.
     * ``tiny``: 8×6, two seeds, 20 steps (seconds; for tests).
     """
     if name == "bundled":
@@ -90,10 +93,13 @@ def preset_spec(name: str) -> DatasetSpec:
     if name == "heldout":
         runs = tuple(RunSpec(v, 1000, 400) for v in (2.25, 2.75, 3.0, 3.5, 4.0))
         return DatasetSpec(params=HolsteinParams(), runs=runs, preset=name)
+    if name == "vrange":
+        runs = tuple(RunSpec(v, 0, 400) for v in (2.0, 2.5, 3.0, 3.5, 4.0))
+        return DatasetSpec(params=HolsteinParams(), runs=runs, preset=name)
     if name == "tiny":
         runs = (RunSpec(DEFAULT_V, 0, 20), RunSpec(DEFAULT_V, 1, 20))
         return DatasetSpec(params=HolsteinParams(lx=8, ly=6), runs=runs, preset=name)
-    raise ValueError(f"unknown dataset preset {name!r} (known: bundled, heldout, tiny)")
+    raise ValueError(f"unknown dataset preset {name!r} (known: bundled, heldout, vrange, tiny)")
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
