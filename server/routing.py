@@ -9,6 +9,10 @@ fixed parameters match but a ranged one lies outside is answered, and its reason
 ``OUTSIDE_DOMAIN`` (an extrapolation the model was not validated for, see docs/nonlocality.md).
 A model may also declare ``metallic_columns_max``: an ONNX answer on a configuration with more metallic
 columns gets ``OUTSIDE_DOMAIN`` appended to its reason (:func:`flag_configuration`, after the compute).
+Every answer outside the validated domain is also ``flagged`` (response field). A committee model with a
+calibrated spread threshold (``neqforce.committee``): an answer whose largest per-site spread exceeds it
+goes to exact NEGF under AUTO when NEGF accepts the lattice, else it is flagged ``HIGH_SPREAD``
+(:func:`spread_check`, after the compute).
 """
 
 from __future__ import annotations
@@ -63,6 +67,8 @@ class Route:
     backend: int
     model: OnnxModel | None
     reason: str
+    #: The answer is not validated (outside the model's domain, or committee spread above threshold).
+    flagged: bool = False
 
     @property
     def model_name(self) -> str:
@@ -121,7 +127,7 @@ def route(params: HolsteinParams, requested: int, model_name: str, models: Mappi
         if matching is not None:  # physics matches; lattice size or another ranged parameter outside
             reason = f"{OUTSIDE_DOMAIN}: ONNX requested; model '{matching.name}' answers outside its " \
                      f"validated domain ({_outside(matching, values)}): an extrapolation, not validated"
-            return Route(pb.BACKEND_ONNX, matching, reason)
+            return Route(pb.BACKEND_ONNX, matching, reason, flagged=True)
     if candidates:
         closest = min(candidates, key=lambda m: (len(m.covers(physical, rtol)), len(m.outside(values))))
         why = f"no loaded model covers the parameters (closest '{closest.name}': " \
@@ -179,4 +185,25 @@ def flag_configuration(chosen: Route, q: np.ndarray, params: HolsteinParams) -> 
         return chosen
     return dataclasses.replace(chosen, reason=f"{chosen.reason}; {OUTSIDE_DOMAIN}: {worst} metallic columns, "
                                f"validated up to {model.metallic_columns_max} (touchdown at the right "
-                               "electrode, not in the training data; docs/nonlocality.md)")
+                               "electrode, not in the training data; docs/nonlocality.md)", flagged=True)
+
+
+#: Word in the reason of an ONNX answer whose committee spread exceeds the model's calibrated threshold.
+HIGH_SPREAD = "HIGH_SPREAD"
+
+
+def spread_check(chosen: Route, requested: int, std_max: float, negf_refusal: str | None) -> Route:
+    """After an ONNX answer with committee spread ``std_max`` (largest per-site std, force units):
+    ``chosen`` itself when the model has no calibrated threshold or the spread is within it; over it, an
+    exact-NEGF route when the request was AUTO and NEGF accepts it (``negf_refusal`` None), otherwise
+    ``chosen`` flagged, its reason saying why (``negf_refusal``: why NEGF refuses the request)."""
+    model = chosen.model
+    if model is None or model.spread_threshold is None or not std_max > model.spread_threshold:
+        return chosen
+    why = (f"committee spread {std_max:.3g} above the calibrated threshold {model.spread_threshold:.3g} "
+           f"of model '{model.name}' (force units)")
+    if requested == pb.BACKEND_AUTO and negf_refusal is None:
+        return Route(pb.BACKEND_NEGF, None, f"{why}; exact NEGF")
+    instead = "ONNX requested" if requested == pb.BACKEND_ONNX else f"no NEGF fallback: {negf_refusal}"
+    return dataclasses.replace(chosen, reason=f"{chosen.reason}; {HIGH_SPREAD}: {why}: not validated "
+                               f"({instead})", flagged=True)

@@ -24,7 +24,7 @@ from .config import ServerConfig
 from .errors import RequestError, exhausted, invalid
 from .logs import log_event
 from .metrics import Metrics
-from .routing import BACKEND_NAMES, Route, flag_configuration, resolve_parameters, route
+from .routing import BACKEND_NAMES, Route, flag_configuration, resolve_parameters, route, spread_check
 from .tensors import count_non_finite, decode_q, encode
 from .text import MAX_MESSAGE, clip
 
@@ -183,26 +183,55 @@ class ForceServicer(pb_grpc.ForceServiceServicer):
             raise invalid("q is missing")
         q, shape = decode_q(request.q, self.cfg.max_sites, self.cfg.max_abs_q)
         params, chosen, physical = self._resolve(request, q.shape[1], q.shape[2])
+        if chosen.backend == pb.BACKEND_NEGF and (refusal := self._negf_work_refusal(q)):
+            raise exhausted(refusal)
+        force, density, std, compute_s = self._run_backend(chosen, q, params, physical, request, context)
+        std_max = 0.0 if std is None and chosen.model is None else -1.0 if std is None else float(std.max())
+        if chosen.model is not None:  # flags: a configuration beyond the model's metallic length; spread
+            chosen = flag_configuration(chosen, q, params)
+            over_cap = params.lx * params.ly > self.cfg.negf_max_sites
+            refusal = (f"lattice {params.lx}x{params.ly} is over negf_max_sites = {self.cfg.negf_max_sites}"
+                       if over_cap else self._negf_work_refusal(q))
+            checked = spread_check(chosen, request.backend, std_max, refusal)
+            if checked.backend == pb.BACKEND_NEGF:  # committee spread over threshold: exact NEGF instead
+                force, density, std, more_s = self._run_backend(checked, q, params, physical, request,
+                                                                context)
+                compute_s, std_max = compute_s + more_s, 0.0
+            chosen = checked
+        response = self._response(request, chosen, physical, shape, force, density, compute_s)
+        response.force_std_max, response.flagged = std_max, chosen.flagged
+        if std is not None and request.want_force_std:
+            response.force_std.CopyFrom(encode(std, shape))
+        return response, BACKEND_NAMES[chosen.backend], int(q.size)
+
+    def _negf_work_refusal(self, q: np.ndarray) -> str | None:
+        """Why the NEGF work cap refuses q (batch x N^3 over negf_max_work), or None."""
+        batch, lx, ly = q.shape
+        work = batch * float(lx * ly) ** 3
+        if work <= self.cfg.negf_max_work:
+            return None
+        return (f"NEGF work of this request is batch {batch} x ({lx}x{ly} sites)^3 = {work:.3g}, over this "
+                f"server's negf_max_work = {self.cfg.negf_max_work:.3g} (NEGF costs O(N^3) per lattice): "
+                "send fewer or smaller lattices per request")
+
+    def _run_backend(self, chosen: Route, q: np.ndarray, params: HolsteinParams, physical: dict[str, float],
+                     request: pb.ComputeForcesRequest, context: grpc.ServicerContext
+                     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, float]:
+        """(force, density or None, committee spread or None, compute seconds) from the routed backend,
+        through its admission; the model is fed the request's parameters (its global inputs, e.g. V)."""
         negf = chosen.backend == pb.BACKEND_NEGF
-        if negf:
-            batch, lx, ly = q.shape
-            work = batch * float(lx * ly) ** 3
-            if work > self.cfg.negf_max_work:
-                raise exhausted(f"NEGF work of this request is batch {batch} x ({lx}x{ly} sites)^3 = "
-                                f"{work:.3g}, over this server's negf_max_work = "
-                                f"{self.cfg.negf_max_work:.3g} (NEGF costs O(N^3) per lattice): send fewer "
-                                "or smaller lattices per request")
         admission = self.negf_admission if negf else self.onnx_admission
         if _expired(context):
             raise _deadline_error(context, "before the computation started")
         if not admission.acquire(context.time_remaining, context.is_active):
             raise _deadline_error(context, "while waiting in the queue")
         t0 = time.perf_counter()
+        std = None
         if negf:
             force, density = self._run_negf(q, params, context)
         else:
             try:
-                force, density = chosen.model.run(q, request.want_density)
+                force, density, std = chosen.model.evaluate(q, request.want_density, physical)
             finally:
                 admission.release()
         compute_s = time.perf_counter() - t0
@@ -210,16 +239,14 @@ class ForceServicer(pb_grpc.ForceServiceServicer):
             raise _deadline_error(context, f"after {compute_s:.3f} s of computation")
         if not request.want_density:
             density = None
-        self._check_finite(chosen, force, density)
-        if not negf:  # a validated lattice, but a configuration beyond the model's metallic length
-            chosen = flag_configuration(chosen, q, params)
-        response = self._response(request, chosen, physical, shape, force, density, compute_s)
-        return response, BACKEND_NAMES[chosen.backend], int(q.size)
+        self._check_finite(chosen, force, density, std)
+        return force, density, std, compute_s
 
     @staticmethod
-    def _check_finite(chosen: Route, force: np.ndarray, density: np.ndarray | None) -> None:
+    def _check_finite(chosen: Route, force: np.ndarray, density: np.ndarray | None,
+                      std: np.ndarray | None = None) -> None:
         """INTERNAL (never OK) when a backend returns NaN/Inf for a validated, finite input."""
-        for name, array in (("force", force), ("density", density)):
+        for name, array in (("force", force), ("density", density), ("force_std", std)):
             bad = 0 if array is None else count_non_finite(array)
             if bad:
                 backend = f"{BACKEND_NAMES[chosen.backend]} ({chosen.model_name})"

@@ -1,4 +1,8 @@
-"""ONNX Runtime backend: a loaded SPEC §9 surrogate model (input ``q``, outputs ``force`` and ``density``)."""
+"""ONNX Runtime backend: a loaded SPEC §9 surrogate model (input ``q``, outputs ``force`` and ``density``).
+
+Optional parts of the contract (docs/physics.md): input ``voltage`` float32 [batch] (fed from the
+request's voltage), output ``force_std`` (committee spread, same shape as force) with its calibrated
+threshold in metadata ``neqforce.committee``."""
 
 from __future__ import annotations
 
@@ -26,6 +30,25 @@ PARAMS_KEY = "neqforce.params"
 DOMAIN_KEY = "neqforce.domain"
 #: Names a domain may range over: the physical parameters and the lattice size.
 DOMAIN_NAMES = (*PHYSICAL_FIELDS, "lx", "ly")
+#: Optional global inputs beside ``q`` (float32 [batch]) and the request parameter feeding each.
+GLOBAL_INPUTS = {"voltage": "voltage"}
+#: Metadata key of a committee: JSON ``{"members": M, "spread_threshold": float | null, ...}``.
+COMMITTEE_KEY = "neqforce.committee"
+
+
+def parse_spread_threshold(text: str | None, path: Path) -> float | None:
+    """``spread_threshold`` of metadata ``neqforce.committee`` (force units), None when absent or null."""
+    if not text:
+        return None
+    try:
+        value = json.loads(text).get("spread_threshold")
+    except (json.JSONDecodeError, AttributeError) as exc:
+        raise ValueError(f"{path}: metadata '{COMMITTEE_KEY}' must be a JSON object: {exc}") from None
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
+        raise ValueError(f"{path}: metadata '{COMMITTEE_KEY}': spread_threshold must be a number >= 0")
+    return float(value)
 
 
 def default_providers() -> list[str]:
@@ -136,6 +159,12 @@ class OnnxModel:
     domain: dict[str, tuple[float, float]] = field(default_factory=dict)
     #: Most metallic columns validated (``neqforce.domain`` ``metallic_columns_max``); None = not declared.
     metallic_columns_max: int | None = None
+    #: Global inputs the graph declares (names of GLOBAL_INPUTS, e.g. ["voltage"]).
+    global_inputs: list[str] = field(default_factory=list)
+    #: Whether the graph outputs the committee spread ``force_std``.
+    committee: bool = False
+    #: Calibrated committee spread threshold (force units, ``neqforce.committee``); None = none.
+    spread_threshold: float | None = None
 
     @classmethod
     def load(cls, path: str | Path, name: str, providers: Sequence[str] | None = None,
@@ -154,6 +183,12 @@ class OnnxModel:
         if "q" not in inputs or len(inputs["q"].shape) != 3 or inputs["q"].type != "tensor(float)":
             raise ValueError(f"{path}: needs input 'q' float32 [batch, lx, ly] (SPEC §9), "
                              f"has {[(i.name, i.type, i.shape) for i in inputs.values()]}")
+        extra = [i for name, i in inputs.items() if name != "q"]
+        bad = [(i.name, i.type, i.shape) for i in extra
+               if i.name not in GLOBAL_INPUTS or len(i.shape) != 1 or i.type != "tensor(float)"]
+        if bad:
+            raise ValueError(f"{path}: unknown or malformed inputs {bad}: beside 'q' a model may take only "
+                             f"{sorted(GLOBAL_INPUTS)}, each float32 [batch] (docs/physics.md)")
         if not {"force", "density"} <= set(outputs):
             raise ValueError(f"{path}: needs outputs 'force' and 'density' (SPEC §9), has {sorted(outputs)}")
         metadata = dict(session.get_modelmeta().custom_metadata_map)
@@ -163,7 +198,9 @@ class OnnxModel:
         model = cls(name=name, path=path, sha256=sha256,
                     params=parse_model_params(metadata.get(PARAMS_KEY), path), metadata=metadata,
                     session=session, domain=domain,
-                    metallic_columns_max=parse_metallic_max(domain_text, path))
+                    metallic_columns_max=parse_metallic_max(domain_text, path),
+                    global_inputs=sorted(i.name for i in extra), committee="force_std" in outputs,
+                    spread_threshold=parse_spread_threshold(metadata.get(COMMITTEE_KEY), path))
         # warm-up (the first run allocates) on the reference lattice; sha256 and output vs the references
         check_integrity(path, model.sha256, metadata, lambda q: model.run(q, want_density=True),
                         model.providers[0])
@@ -180,14 +217,30 @@ class OnnxModel:
         """Execution providers the session actually uses, in priority order."""
         return list(self.session.get_providers())
 
-    def run(self, q: np.ndarray, want_density: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        """(force, density or None), float32 (batch, lx, ly), for q (batch, lx, ly) (any float dtype)."""
+    def feeds(self, q: np.ndarray, params: dict[str, float] | None = None) -> dict[str, np.ndarray]:
+        """Graph inputs: ``q`` float32 and each declared global input from ``params`` (default: the
+        model's own ``neqforce.params`` value), broadcast over the batch."""
         q32 = q if q.dtype == np.float32 else q.astype(np.float32)
-        if want_density:
-            force, density = self.session.run(["force", "density"], {"q": q32})
-            return force, density
-        (force,) = self.session.run(["force"], {"q": q32})
-        return force, None
+        feeds = {"q": q32}
+        for name in self.global_inputs:
+            value = (params or self.params).get(GLOBAL_INPUTS[name], self.params[GLOBAL_INPUTS[name]])
+            feeds[name] = np.full(q32.shape[0], value, dtype=np.float32)
+        return feeds
+
+    def run(self, q: np.ndarray, want_density: bool,
+            params: dict[str, float] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """(force, density or None), float32 (batch, lx, ly), for q (batch, lx, ly) (any float dtype);
+        global inputs (voltage) from ``params`` (default: the model's parameters)."""
+        force, density, _ = self.evaluate(q, want_density, params)
+        return force, density
+
+    def evaluate(self, q: np.ndarray, want_density: bool, params: dict[str, float] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(force, density or None, force_std or None): :meth:`run` plus the committee spread, always
+        computed when the graph outputs it (the server reports its maximum on every answer)."""
+        names = ["force"] + (["density"] if want_density else []) + (["force_std"] if self.committee else [])
+        out = dict(zip(names, self.session.run(names, self.feeds(q, params)), strict=True))
+        return out["force"], out.get("density"), out.get("force_std")
 
     def covers(self, params: dict[str, float], rtol: float) -> list[str]:
         """Names of the fixed parameters (not ranged in ``domain``) outside
