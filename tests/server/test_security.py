@@ -55,12 +55,25 @@ def two_keys(tmp_path_factory) -> tuple[Path, Path, Path]:
     return d / "cert.pem", d / "key.pem", d / "other.pem"
 
 
-def _serve(*args: str, env: dict | None = None):
-    from typer.testing import CliRunner
+class _Result:
+    def __init__(self, done: subprocess.CompletedProcess) -> None:
+        self.exit_code, self.stderr, self.output = done.returncode, done.stderr, done.stdout + done.stderr
 
-    from neqforce.cli import app
 
-    return CliRunner().invoke(app, ["serve", "--port", "0", "--no-default-model", *args], env=env)
+def _serve(*args: str, env: dict | None = None) -> _Result:
+    """``neqforce serve`` that must refuse to start: a subprocess, so a server that starts anyway fails the
+    test (timeout) instead of hanging it."""
+    import os
+    import sys
+
+    full_env = {k: v for k, v in os.environ.items() if k != "NEQFORCE_TOKEN"}
+    full_env.update(env or {})
+    command = [sys.executable, "-c", "from neqforce.cli import app; app()", "serve", "--port", "0",
+               "--no-default-model", *args]
+    try:
+        return _Result(subprocess.run(command, capture_output=True, text=True, env=full_env, timeout=60))
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"serve {args} started instead of refusing")
 
 
 @pytest.mark.parametrize("token", ["", "   ", "\t\n"])
