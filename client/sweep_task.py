@@ -110,12 +110,13 @@ class OnnxBatchForces:
 
     backend = "onnx"
 
-    def __init__(self, path: str, threads: int = 1) -> None:
+    def __init__(self, path: str, threads: int = 1, params: HolsteinParams | None = None) -> None:
         self._model = _onnx_model(str(path), int(threads))
         self.model = self._model.name
+        self._physical = params.physical() if params is not None else None  # feeds a model's voltage input
 
     def __call__(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        force, density = self._model.run(q, want_density=True)
+        force, density = self._model.run(q, want_density=True, params=self._physical)
         return np.asarray(force, dtype=np.float64), np.asarray(density, dtype=np.float64)
 
 
@@ -160,7 +161,7 @@ class ServerBatchForces:
 def make_forces(spec: ForceSpec, params: HolsteinParams) -> Any:
     """The batched force source of ``spec`` for ``params``."""
     if spec.kind == "onnx":
-        return OnnxBatchForces(str(spec.model), spec.threads)
+        return OnnxBatchForces(str(spec.model), spec.threads, params)
     if spec.kind == "negf":
         return NegfBatchForces(params)
     if spec.kind == "server":

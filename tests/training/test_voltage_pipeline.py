@@ -239,3 +239,15 @@ def test_q_only_bundled_model_keeps_its_contract():
             assert r.flagged and r.reason.startswith("OUTSIDE_DOMAIN")
     finally:
         srv.stop(grace=0.0)
+
+
+def test_sweep_in_worker_forces_feed_the_voltage(committee):
+    """`neqforce sweep`'s in-worker ONNX forces answer at the sweep point's voltage, not the model's own."""
+    from neqforce.client.sweep_task import OnnxBatchForces
+
+    q = _metal_left(8, 6, 3, seed=4)[None]
+    sess = ort.InferenceSession(str(committee["path"]), providers=["CPUExecutionProvider"])
+    for v in (2.5, 3.5):
+        force, _ = OnnxBatchForces(str(committee["path"]), params=HolsteinParams(lx=8, ly=6, voltage=v))(q)
+        expected = sess.run(["force"], {"q": q.astype(np.float32), "voltage": np.array([v], np.float32)})[0]
+        np.testing.assert_allclose(force, expected, atol=1e-6)
