@@ -184,8 +184,9 @@ def flag_configuration(chosen: Route, q: np.ndarray, params: HolsteinParams) -> 
     if worst <= limit:
         return chosen
     return dataclasses.replace(chosen, reason=f"{chosen.reason}; {OUTSIDE_DOMAIN}: {worst} metallic columns, "
-                               f"validated up to {model.metallic_columns_max} (touchdown at the right "
-                               "electrode, not in the training data; docs/nonlocality.md)", flagged=True)
+                               f"validated up to {model.metallic_columns_max} (a longer metallic domain or "
+                               "touchdown at the right electrode: not in the training data; "
+                               "docs/nonlocality.md)", flagged=True)
 
 
 #: Word in the reason of an ONNX answer whose committee spread exceeds the model's calibrated threshold.
