@@ -8,9 +8,9 @@ lattice shape (:func:`frame_groups`), each frame carries its voltage.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -24,12 +24,18 @@ REGIONS = ("bulk", "near_left", "near_right")
 
 
 def traj_id(t: Trajectory) -> str:
-    """Stable name of a trajectory: its file stem (e.g. ``V3.000_s4``), else voltage and seed; with
-    several lattice shapes in one set, qualified by the lattice (``60x28/V3.000_s0``, :func:`qualify_ids`)."""
+    """Stable name of a trajectory: its file stem (e.g. ``V3.000_s4``; for the ``trajectory.h5`` of a
+    ``neqforce sweep`` run, its point and seed folders: ``lx=60,voltage=2.5/seed0``), else voltage and seed;
+    with several lattice shapes in one set, qualified by the lattice (``60x28/…``, :func:`qualify_ids`)."""
     if t.extra.get("id"):
         return str(t.extra["id"])
     f = t.extra.get("file")
-    return os.path.splitext(os.path.basename(f))[0] if f else f"V{t.params.voltage:.3f}_s{t.seed}"
+    if not f:
+        return f"V{t.params.voltage:.3f}_s{t.seed}"
+    parts = Path(f).with_suffix("").parts
+    if parts[-1] == "trajectory" and len(parts) >= 3:  # `neqforce sweep`/`simulate` layout: POINT/seedN/
+        return f"{parts[-3]}/{parts[-2]}"
+    return parts[-1]
 
 
 def select_voltage(trajs: Sequence[Trajectory], voltage: float | None,
