@@ -29,6 +29,8 @@ from neqforce.physics import HolsteinParams
 from neqforce.v1 import force_service_pb2 as pb
 from neqforce.v1 import force_service_pb2_grpc as pb_grpc
 
+from .interrupt import active, interruptible
+
 BACKENDS = {"auto": pb.BACKEND_AUTO, "onnx": pb.BACKEND_ONNX, "negf": pb.BACKEND_NEGF}
 _BACKEND_NAMES = {v: k for k, v in BACKENDS.items()}
 _DTYPES = {pb.DATA_TYPE_FP32: np.dtype("<f4"), pb.DATA_TYPE_FP64: np.dtype("<f8")}
@@ -165,7 +167,12 @@ class ForceClient:
         while True:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                return method(request, timeout=remaining, metadata=self.metadata)
+                if active() is None:
+                    return method(request, timeout=remaining, metadata=self.metadata)
+                # a CLI job: Ctrl-C cancels the call from another thread instead of raising inside gRPC
+                future = method.future(request, timeout=remaining, metadata=self.metadata)
+                with interruptible(future.cancel):
+                    return future.result()
             except grpc.RpcError as err:
                 pause = _backoff(attempt)
                 retry = (err.code() == grpc.StatusCode.UNAVAILABLE and attempt < self.retries
@@ -324,6 +331,16 @@ class ForceStream:
         request.CopyFrom(self._template)
         request.q.CopyFrom(encode_q(q, self.client.dtype))
         request.request_id = request_id
+        with interruptible(self.abort):  # Ctrl-C: the call is cancelled, KeyboardInterrupt raised after
+            return self._compute(request)
+
+    def abort(self) -> None:
+        """Cancel the call in flight (thread-safe: for Ctrl-C handling and watchdogs)."""
+        responses = self._responses
+        if responses is not None:
+            responses.cancel()
+
+    def _compute(self, request: pb.ComputeForcesRequest) -> ForceResult:
         attempt = 0
         while True:
             if self._responses is None:
@@ -358,8 +375,9 @@ class ForceStream:
         if self._requests is not None:
             self._requests.put(_END)
             try:
-                for _ in self._responses:  # the server ends the call once it sees the half-close
-                    pass
+                with interruptible(self.abort):
+                    for _ in self._responses:  # the server ends the call once it sees the half-close
+                        pass
             except (grpc.RpcError, ValueError):  # ValueError: interrupted mid-read (Ctrl-C)
                 self._responses.cancel()
         self._requests = self._responses = None

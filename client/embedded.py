@@ -62,14 +62,15 @@ def connect(server: str | None = None, *, token: str | None = None,
     if tls_ca is not None and not Path(tls_ca).is_file():
         raise ValueError(f"TLS CA file not found: {tls_ca}")
     running = None
-    if server is None:
-        from neqforce.server.app import start_server
-
-        running = start_server(embedded_config(model))
-        address = running.address
-    else:
-        address = server
     try:
+        if server is None:
+            from neqforce.server.app import start_server
+
+            with _protected():  # Ctrl-C while the server starts: raised once it runs (and is stopped)
+                running = start_server(embedded_config(model))
+            address = running.address
+        else:
+            address = server
         client = ForceClient(address, token=token if running is None else None,
                              tls_ca=str(tls_ca) if tls_ca is not None and running is None else None,
                              timeout=timeout, retries=retries)
@@ -81,6 +82,16 @@ def connect(server: str | None = None, *, token: str | None = None,
         if running is not None:
             interrupted = (guard := active()) is not None and guard.interrupted
             _bounded(lambda: running.stop(grace=0.0 if interrupted else 1.0), "stopping the embedded server")
+
+
+@contextmanager
+def _protected() -> Iterator[None]:
+    guard = active()
+    if guard is None:
+        yield
+        return
+    with guard.protected():
+        yield
 
 
 #: Seconds a teardown step (closing the channel, stopping the embedded server) may take after Ctrl-C.
@@ -95,6 +106,6 @@ def _bounded(fn: Callable[[], Any], what: str) -> None:
     if guard is None:
         fn()
         return
-    with guard.critical(), guard.deadline(TEARDOWN_S, f"{what} took over {TEARDOWN_S:g} s after Ctrl-C; "
+    with guard.protected(), guard.deadline(TEARDOWN_S, f"{what} took over {TEARDOWN_S:g} s after Ctrl-C; "
                                                        f"exiting (the run file holds every step done)"):
         fn()

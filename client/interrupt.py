@@ -23,7 +23,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -55,8 +55,10 @@ class Interrupts:
         self.second_message = second_message
         self.count = 0  # SIGINTs received
         self.interrupted_at = 0.0  # time.monotonic() of the first
-        self._depth = 0
+        self._depth = 0  # enclosing sections of any kind
+        self._data = 0  # enclosing critical() (data) sections
         self._pending = False
+        self._cancel: Callable[[], Any] | None = None
         self._previous: Any = None
         self._installed = False
 
@@ -94,33 +96,74 @@ class Interrupts:
         self.count += 1
         if self.count == 1:
             self.interrupted_at = time.monotonic()
-        if self._depth:
-            self._pending = True  # raised (or, for a second Ctrl-C, exited) when the section ends
-        elif self.count > 1:
-            _hard_exit(self.second_message)
-        else:
+        if self.count > 1 and not self._data:
+            _hard_exit(self.second_message)  # nothing half-written: leave now
+        if not self._depth:
             raise KeyboardInterrupt
+        self._pending = True  # raised when the section ends (a second Ctrl-C: exit after a data write)
+        if self._cancel is not None and self.count == 1:
+            # never from this handler: it runs in the main thread, maybe inside the library's locks
+            threading.Thread(target=self._cancel, daemon=True, name="neqforce-cancel").start()
 
     def check(self) -> None:
-        """Raise KeyboardInterrupt if a Ctrl-C was received (a safe point: outside critical sections)."""
-        if self.count and not self._depth:
+        """A safe point (between steps): raise KeyboardInterrupt if a Ctrl-C was received, even if its
+        exception was swallowed somewhere or is still deferred by an enclosing :meth:`protected`."""
+        if self.count:
+            self._pending = False
+            raise KeyboardInterrupt
+
+    def _leave(self, replace: bool) -> None:
+        """End of a section: a deferred Ctrl-C is raised once no section encloses it (or at once, when
+        ``replace``: the section's own result is void)."""
+        if self._pending and self.count > 1 and not self._data:
+            _hard_exit(self.second_message)
+        if self._pending and (replace or not self._depth):
             self._pending = False
             raise KeyboardInterrupt
 
     @contextmanager
     def critical(self) -> Iterator[None]:
-        """A section a Ctrl-C must not cut in half; a Ctrl-C received inside is raised at its end
-        (unless the section is already left by another exception)."""
+        """A data write a Ctrl-C must not cut in half (recording a step, a checkpoint): a Ctrl-C
+        received inside is raised at its end, a second one exits right after it."""
+        self._depth += 1
+        self._data += 1
+        try:
+            yield
+        finally:
+            self._data -= 1
+            self._depth -= 1
+        self._leave(replace=False)
+
+    @contextmanager
+    def protected(self) -> Iterator[None]:
+        """Code where an asynchronous KeyboardInterrupt could leave a lock held (progress bars, HDF5,
+        gRPC teardown): Ctrl-C is raised when the section ends or at the next :meth:`check`; a second
+        Ctrl-C exits at once."""
         self._depth += 1
         try:
             yield
         finally:
             self._depth -= 1
-            if not self._depth and self._pending and self.count > 1:
-                _hard_exit(self.second_message)
-        if not self._depth and self._pending:
-            self._pending = False
-            raise KeyboardInterrupt
+            self._leave(replace=not self._depth)
+
+    @contextmanager
+    def interruptible(self, cancel: Callable[[], Any]) -> Iterator[None]:
+        """A blocking call into a library that takes locks (gRPC): Ctrl-C must not raise inside it.
+
+        An exception raised by the signal handler between a lock's acquire and its release leaves the
+        lock held for ever: the next gRPC operation on the call (cancel, Channel.close) then waits
+        for ever — the Ctrl-C hang of ``neqforce simulate``. Here a Ctrl-C instead runs ``cancel``
+        (e.g. cancel the RPC) in a helper thread, the call returns or fails soon after, and
+        KeyboardInterrupt is raised when the section ends, in place of whatever it raised.
+        """
+        self._depth += 1
+        outer, self._cancel = self._cancel, cancel
+        try:
+            yield
+        finally:
+            self._cancel = outer
+            self._depth -= 1
+            self._leave(replace=True)
 
     @contextmanager
     def deadline(self, seconds: float, message: str) -> Iterator[None]:
@@ -165,6 +208,17 @@ def _bound_interpreter_exit(seconds: float) -> None:
             register(arm)
         except RuntimeError:  # already shutting down
             arm()
+
+
+@contextmanager
+def interruptible(cancel: Callable[[], Any]) -> Iterator[None]:
+    """:meth:`Interrupts.interruptible` of the installed handler; nothing when none is installed."""
+    current = active()
+    if current is None:
+        yield
+        return
+    with current.interruptible(cancel):
+        yield
 
 
 @contextmanager

@@ -265,29 +265,32 @@ class Simulation:
                                    temperature=traj.params.temperature, seed=traj.seed, start_step=start)
         with guarded() as guard:
             try:
-                for state in states:
-                    if state.step <= last:
-                        continue
-                    xi = domain_wall_position(state.q, traj.params, traj.q0_bulk)
-                    with guard.critical():  # a Ctrl-C here waits until the step is fully recorded
-                        self.writer.record(state.step, state.q, state.force, state.density, xi)
-                    if bar is not None:
-                        bar.set_postfix_str(f"xi={xi:.2f}", refresh=False)
-                        bar.update(1 if state.step > 0 else 0)  # step 0 is the initial state
-                    if callback is not None:
-                        callback(state, xi)
-                    guard.check()  # a Ctrl-C whose exception was swallowed somewhere stops here
-                    since = time.monotonic() - t_ckpt
-                    # a due checkpoint is skipped while writing it would cost over 10 % of the run time;
-                    # time-based ones always happen
-                    if state.step < end and ((state.step % checkpoint_every == 0 and since >= 9 * cost)
-                                             or since >= checkpoint_seconds):
-                        t0 = time.monotonic()
+                # Ctrl-C never raises asynchronously in here (it could leave a lock of tqdm, HDF5 or gRPC
+                # held): it is raised between steps, and a force call in flight is cancelled
+                with guard.protected():
+                    for state in states:
+                        if state.step <= last:
+                            continue
+                        xi = domain_wall_position(state.q, traj.params, traj.q0_bulk)
                         with guard.critical():
-                            checkpoint()
-                        t_ckpt = time.monotonic()
-                        cost = t_ckpt - t0
-                guard.check()
+                            self.writer.record(state.step, state.q, state.force, state.density, xi)
+                        if bar is not None:
+                            bar.set_postfix_str(f"xi={xi:.2f}", refresh=False)
+                            bar.update(1 if state.step > 0 else 0)  # step 0 is the initial state
+                        if callback is not None:
+                            callback(state, xi)
+                        since = time.monotonic() - t_ckpt
+                        # a due checkpoint is skipped while writing it would cost over 10 % of the run
+                        # time; time-based ones always happen
+                        if state.step < end and ((state.step % checkpoint_every == 0 and since >= 9 * cost)
+                                                 or since >= checkpoint_seconds):
+                            t0 = time.monotonic()
+                            with guard.critical():
+                                checkpoint()
+                            t_ckpt = time.monotonic()
+                            cost = t_ckpt - t0
+                        guard.check()  # the step is recorded: stop here if Ctrl-C was pressed
+                    guard.check()
             except BaseException:
                 try:
                     with guard.critical():

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -209,34 +207,29 @@ def test_init_from_file(tmp_path, server):
 
 def test_ctrl_c_in_a_real_process_then_resume(tmp_path):
     """Ctrl-C in a terminal (SIGINT to the process group) of a real `neqforce simulate` on an embedded
-    NEGF server: exit 130, no traceback, a valid file; --resume then equals an uninterrupted run."""
+    NEGF server: exit 130, no traceback, the step in the message, a valid file; --resume then equals an
+    uninterrupted run. The run is far too long to end by itself (no race with its last step)."""
+    from .ctrl_c import interrupt_when, start_simulate
+
     out = tmp_path / "run"
-    args = ["simulate", *SMALL, "--steps", "300", "--seed", "4", "--backend", "negf", "--out", str(out),
-            "--no-progress", "--no-plots", "--checkpoint-every", "5"]
-    cmd = [sys.executable, "-c", "from neqforce.cli import app; app(prog_name='neqforce')"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([*cmd, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
+    sim = start_simulate([*SMALL, "--steps", "100000", "--seed", "4", "--backend", "negf", "--out", str(out),
+                           "--no-progress", "--no-plots", "--checkpoint-every", "5"])
     path = out / "trajectory.h5"
-    reached = -1
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None and reached < 10:
-        time.sleep(0.05)
-        if path.exists():
-            reached = read_trajectory(path).checkpoint_step
-    assert reached >= 10 and proc.poll() is None, "the run ended (or stalled) before it could be interrupted"
-    os.killpg(proc.pid, signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr
-    assert "Traceback" not in stderr and "neqforce simulate --out" in stderr, stderr
+    result = interrupt_when(sim, lambda: path.exists() and read_trajectory(path).checkpoint_step >= 10)
+    assert result.returncode == 130, result.stderr
+    assert "Traceback" not in result.stderr and "neqforce simulate --out" in result.stderr, result.stderr
     partial = read_trajectory(path)
-    assert not partial.complete and 10 <= partial.checkpoint_step < 300
+    assert f"interrupted at step {partial.checkpoint_step} of 100000" in result.stderr, result.stderr
+    assert not partial.complete and partial.checkpoint_step >= 10
     assert partial.series_step == list(range(partial.checkpoint_step + 1))
-    resumed = subprocess.run([*cmd, "simulate", "--out", str(out), "--resume", "--backend", "negf",
-                              "--no-progress", "--no-plots"], capture_output=True, text=True, env=env,
-                             timeout=600)
+    n = partial.checkpoint_step + 12
+    cmd = [sys.executable, "-c", "from neqforce.cli import app; app(prog_name='neqforce')"]
+    resumed = subprocess.run([*cmd, "simulate", "--out", str(out), "--resume", "--steps", str(n), "--backend",
+                              "negf", "--no-progress", "--no-plots"], capture_output=True, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
-    ref = reference_run(tmp_path, NEGFForces(P), 300, seed=4)
+    assert "BD 12 steps" in resumed.stdout, resumed.stdout  # the per-step figure counts only these
+    ref = reference_run(tmp_path, NEGFForces(P), n, seed=4)
     assert_same_run(read_trajectory(path), ref, atol=1e-9)
 
 
