@@ -472,6 +472,10 @@ def compute_forces_file(input_path: str | os.PathLike[str], out: str | os.PathLi
     with connect(server, token=token, tls_ca=tls_ca, model=model, timeout=timeout) as conn:
         r = conn.client.compute_forces(conf.q, p, backend=backend, want_density=True)
     force = np.asarray(r.force, dtype=np.float64)
+    bad = int(np.count_nonzero(~np.isfinite(force)))
+    if bad:
+        raise RuntimeError(f"the server returned non-finite forces at {bad} of {force.size} sites (backend "
+                           f"{r.backend}, model {r.model or '-'}); nothing was written to {out}")
     write_forces(out, conf.q, force, r.density, p, backend=str(r.backend), model=str(r.model),
                  extra={"source": conf.source, "server": "embedded" if server is None else server,
                         "reason": str(getattr(r, "reason", ""))})

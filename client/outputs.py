@@ -1,6 +1,6 @@
 """Files the client reads and writes: run output names, ξ(t) CSV, configurations in, forces out.
 
-Arrays are (lx, ly) with x the transport direction (SPEC §1). Every file is written to a temporary
+Arrays are (lx, ly) with x the transport direction (docs/physics.md). Every file is written to a temporary
 name in the target folder and renamed, so a reader never sees half a file.
 """
 
@@ -97,6 +97,38 @@ def _as_configuration(arr: np.ndarray, source: str) -> np.ndarray:
     return arr
 
 
+#: Largest configuration read from a file (sites); far above any lattice a server accepts.
+MAX_CONFIGURATION_SITES = 1 << 24
+
+
+def _check_npy_header(path: Path) -> None:
+    """Check a .npy header before reading the data: a 2-D real array whose data the file really holds
+    (a header claiming (100000, 100000) must not make NumPy allocate 80 GB)."""
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+            else:  # 3.0 only adds UTF-8 field names of structured arrays: never a configuration
+                raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
+            offset = fh.tell()
+    except (ValueError, OSError, SyntaxError, TypeError) as exc:
+        raise ValueError(f"{path} is not a readable .npy array: {' '.join(str(exc).split())}") from None
+    if len(shape) != 2:
+        raise ValueError(f"{path}: expected a 2-D array Q[x, y] of shape (lx, ly), got shape {shape}")
+    if dtype.hasobject or not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+        raise ValueError(f"{path}: expected a real numeric array, got dtype {dtype}")
+    n = int(np.prod(shape, dtype=np.int64))
+    if n > MAX_CONFIGURATION_SITES:
+        raise ValueError(f"{path}: shape {shape} has {n} sites (at most {MAX_CONFIGURATION_SITES} are read)")
+    need, have = n * dtype.itemsize, path.stat().st_size - offset
+    if have < need:
+        raise ValueError(f"{path}: the header says shape {shape} ({need} bytes of {dtype}) but the file "
+                         f"holds {have} bytes (truncated or damaged)")
+
+
 def load_configuration(path: str | os.PathLike[str], frame: int | None = None) -> Configuration:
     """Q from a .npy array (lx, ly), a trajectory .h5 or a forces .h5 written by ``neqforce forces``.
 
@@ -110,9 +142,10 @@ def load_configuration(path: str | os.PathLike[str], frame: int | None = None) -
     if suffix == ".npy":
         if frame is not None:
             raise ValueError("--frame applies to .h5 trajectories, not to .npy files")
+        _check_npy_header(path)
         try:
             arr = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as exc:
+        except (ValueError, OSError, MemoryError) as exc:
             raise ValueError(f"{path} is not a readable .npy array: {exc}") from None
         return Configuration(_as_configuration(arr, str(path)), None, str(path))
     if suffix not in H5_SUFFIXES:
