@@ -20,7 +20,7 @@ from neqforce.trajectory import read_trajectory
 
 from .conftest import SWEEP_ARGS, assert_same_sweep, neqforce, neqforce_exe, run_files, wait_for_progress
 
-STEPS = "120"
+STEPS = "80"
 
 
 @pytest.fixture(scope="module")
