@@ -136,22 +136,27 @@ def write_summary_csv(path: str | os.PathLike[str], points: Sequence[PointSummar
     return atomic_write_bytes(path, buf.getvalue().encode())
 
 
-def x_axis(points: Sequence[PointSummary]) -> str | None:
-    """The swept field on the x axis of the figures: voltage when swept, else the first swept field."""
+def x_axis(points: Sequence[PointSummary]) -> str:
+    """The field on the x axis of the figures: voltage when swept (or nothing is), else the first swept."""
     swept = list(points[0].swept) if points else []
-    if not swept:
-        return None
-    return "voltage" if "voltage" in swept else swept[0]
+    return "voltage" if "voltage" in swept or not swept else swept[0]
 
 
-def _families(points: Sequence[PointSummary], x: str | None) -> dict[tuple, list[PointSummary]]:
+def x_value(point: PointSummary, x: str) -> float:
+    """The point's value of the x-axis field (swept, or its base parameter)."""
+    if x in point.swept:
+        return float(point.swept[x])
+    return float(getattr(point.runs[0].traj.params, x)) if point.runs else math.nan
+
+
+def _families(points: Sequence[PointSummary], x: str) -> dict[tuple, list[PointSummary]]:
     """Points grouped by the swept fields other than ``x`` (one curve each), sorted along x."""
     groups: dict[tuple, list[PointSummary]] = {}
     for p in points:
         key = tuple((k, v) for k, v in p.swept.items() if k != x)
         groups.setdefault(key, []).append(p)
     for key in groups:
-        groups[key].sort(key=lambda p: p.swept.get(x, 0.0) if x else 0.0)
+        groups[key].sort(key=lambda p: x_value(p, x))
     return groups
 
 
@@ -174,10 +179,8 @@ def thresholds(points: Sequence[PointSummary]) -> list[dict[str, Any]]:
     """The threshold estimate of each family of points along the x axis."""
     x = x_axis(points)
     out = []
-    if x is None:
-        return out
     for key, fam in _families(points, x).items():
-        value, text = threshold([p.swept[x] for p in fam], [p.switched for p in fam])
+        value, text = threshold([x_value(p, x) for p in fam], [p.switched for p in fam])
         out.append({"family": dict(key), "parameter": x, "value": value, "text": text})
     return out
 
@@ -194,7 +197,7 @@ def plot_phase_diagram(path: str | os.PathLike[str], points: Sequence[PointSumma
     fig, (a1, a2) = plt.subplots(2, 1, figsize=(6.4, 6.0), sharex=True, dpi=130)
     for i, (key, fam) in enumerate(_families(points, x).items()):
         color = f"C{i % 10}"
-        xs = [p.swept[x] if x else 0.0 for p in fam]
+        xs = [x_value(p, x) for p in fam]
         label = ", ".join(f"{k} = {v:g}" for k, v in key) or None
         a1.errorbar(xs, [p.mean["wall_speed"] for p in fam], yerr=[p.sem["wall_speed"] for p in fam],
                     fmt="o-", color=color, capsize=3, label=label)
@@ -202,16 +205,15 @@ def plot_phase_diagram(path: str | os.PathLike[str], points: Sequence[PointSumma
                 else None)
         a2.plot(xs, [p.switched for p in fam], "o-", color=color, label="switched (ξ reached 0.5)" if i == 0
                 else None)
-        if x:
-            value, text = threshold(xs, [p.switched for p in fam])
-            if math.isfinite(value):
-                for ax in (a1, a2):
-                    ax.axvline(value, color=color, ls=":", lw=1.2)
-                a2.annotate(f"threshold ≈ {text}", (value, 0.5), textcoords="offset points", xytext=(5, -14),
-                            color=color, fontsize=8)
-            else:
-                a2.text(0.02, 0.9 - 0.08 * i, f"threshold {text}", transform=a2.transAxes, color=color,
-                        fontsize=8)
+        value, text = threshold(xs, [p.switched for p in fam])
+        if math.isfinite(value):
+            for ax in (a1, a2):
+                ax.axvline(value, color=color, ls=":", lw=1.2)
+            a2.annotate(f"threshold ≈ {text}", (value, 0.5), textcoords="offset points", xytext=(5, -14),
+                        color=color, fontsize=8)
+        else:
+            a2.text(0.02, 0.9 - 0.08 * i, f"threshold {text}", transform=a2.transAxes, color=color,
+                    fontsize=8)
     window = points[0].runs[0].metrics.window if points and points[0].runs else SPEED_WINDOW
     a1.set_ylabel(f"wall speed [columns / (1/γ)]\n(fit over {window[0]:g} ≤ ξ ≤ {window[1]:g}; ± s.e.)")
     a1.grid(alpha=0.3)
@@ -222,7 +224,7 @@ def plot_phase_diagram(path: str | os.PathLike[str], points: Sequence[PointSumma
     a2.axhline(0.5, color="0.6", lw=0.8)
     a2.legend(fontsize=8, loc="lower right")
     a2.grid(alpha=0.3)
-    a2.set_xlabel(x or "point")
+    a2.set_xlabel(x)
     p0 = points[0].runs[0].traj.params if points and points[0].runs else None
     n = max((len(p.runs) for p in points), default=0)
     if p0 is not None:
@@ -255,7 +257,7 @@ def plot_xi_families(path: str | os.PathLike[str], points: Sequence[PointSummary
         mean = xi.mean(axis=0)
         std = xi.std(axis=0, ddof=1) if len(xi) > 1 else np.zeros_like(mean)
         color = cmap(i / max(1, len(shown) - 1))
-        label = ", ".join(f"{k} = {v:g}" for k, v in p.swept.items()) or p.point
+        label = ", ".join(f"{k} = {v:g}" for k, v in p.swept.items()) or f"{x} = {x_value(p, x):g}"
         ax.fill_between(t, mean - std, mean + std, color=color, alpha=0.2, lw=0)
         ax.plot(t, mean, color=color, lw=1.6, label=f"{label} ({len(xi)} seeds)")
     ax.set_xlabel(r"time $t$ [$1/\gamma$]")
@@ -263,7 +265,7 @@ def plot_xi_families(path: str | os.PathLike[str], points: Sequence[PointSummary
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", ncol=1 if len(shown) < 8 else 2)
-    ax.set_title(f"ξ(t) families{f' across {x}' if x else ''}", fontsize=9)
+    ax.set_title(f"ξ(t) families across {x}", fontsize=9)
     fig.tight_layout()
     path = Path(path)
     _save(fig, path)

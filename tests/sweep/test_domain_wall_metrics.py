@@ -69,3 +69,14 @@ def test_time_to_xi_counts_columns():
     xi = np.array([0, 1, 2, 3, 3]) / 3 * (25 / 30)  # rounding-prone fractions of lx = 30
     assert time_to_xi(t, xi * 30 / 30, 25 / 30, 30) == 3.0
     assert math.isnan(time_to_xi(t, xi, 0.9, 30))
+
+
+def test_threshold_crossing_of_the_switched_fraction():
+    from neqforce.client.sweep_summary import mean_sem, threshold
+
+    assert threshold([2.0, 2.5, 3.0], [0.0, 0.25, 1.0]) == (pytest.approx(2.5 + 0.25 / 0.75 * 0.5),
+                                                            "2.67")
+    assert threshold([2.0, 2.5], [0.5, 1.0])[1] == "at or below 2"
+    assert threshold([2.0, 2.5], [0.0, 0.375])[1] == "above 2.5"
+    mean, sem, n = mean_sem([1.0, 2.0, float("nan"), 3.0])
+    assert (mean, n) == (2.0, 3) and sem == pytest.approx(1 / math.sqrt(3))
