@@ -71,11 +71,14 @@ class _WorkerProcess:
         self.busy = False  # a job is inside the worker process
         self.job: Future | None = None  # the future of the job being computed
         self._stop_reason: str | None = None
+        self._closed = False  # stopped for good (server shutdown): never started again
         self._lock = threading.Lock()
 
     def start(self) -> subprocess.Popen:
-        """The running worker process, started if there is none."""
+        """The running worker process, started if there is none; NegfAbandoned after ``stop``."""
         with self._lock:
+            if self._closed:
+                raise NegfAbandoned("NEGF solve stopped: the server is shutting down")
             if self.proc is None or self.proc.poll() is not None:
                 self.proc = subprocess.Popen(
                     [sys.executable, "-m", "neqforce.server.backends.negf_worker"], stdin=subprocess.PIPE,
@@ -119,7 +122,7 @@ class _WorkerProcess:
     def stop(self, reason: str = "the server is shutting down") -> None:
         with self._lock:
             proc, self.proc = self.proc, None
-            self._stop_reason = reason
+            self._stop_reason, self._closed = reason, True
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait()
@@ -180,7 +183,10 @@ class NegfBackend:
             except BaseException as exc:  # noqa: BLE001 - handed to the waiting request
                 future.set_exception(exc)
                 if isinstance(exc, NegfAbandoned) and not self._closed:
-                    self._procs[index].start()  # a fresh process, ready for the next job
+                    try:
+                        self._procs[index].start()  # a fresh process, ready for the next job
+                    except NegfAbandoned:  # shut down meanwhile
+                        pass
             else:
                 future.set_result(result)
 
