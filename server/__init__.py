@@ -2,8 +2,9 @@
 
 Entry points: :func:`neqforce.server.app.start_server` (library), ``neqforce serve`` (CLI,
 :mod:`neqforce.server.cli`). Modules: ``config`` (ServerConfig), ``service`` (the servicer), ``routing``
-(AUTO | ONNX | NEGF), ``tensors`` (raw-bytes tensors), ``admission`` (concurrency and queue), ``auth``
-(token, TLS), ``metrics`` (Prometheus), ``logs`` (JSON lines), ``backends/`` (onnx, negf).
+(AUTO | ONNX | NEGF), ``tensors`` (raw-bytes tensors, |q| range), ``admission`` (slots and queue, one per
+backend), ``auth`` (token, TLS), ``metrics`` (Prometheus), ``logs`` (JSON lines), ``text`` (bounded echo of
+client strings), ``threads`` (daemon handler pool), ``backends/`` (onnx, negf, integrity of model files).
 """
 
 import logging
