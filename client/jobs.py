@@ -213,28 +213,35 @@ def _relaxed_cdw(params: HolsteinParams, echo: Echo, progress: bool) -> np.ndarr
     return q
 
 
+def _misfit(model: dict[str, Any], params: HolsteinParams, rtol: float) -> list[str]:
+    """Why ``model`` (an entry of GetServerInfo) does not cover ``params``: [] when it does. Fixed
+    parameters must match within rtol·max(1, |value|), ranged ones (the domain) lie inside it."""
+    physical = params.physical()
+    values = {**physical, "lx": float(params.lx), "ly": float(params.ly)}
+    fixed, domain = model.get("params") or {}, model.get("domain") or {}
+    out = [f"{k} = {physical[k]:g} (model: {v:g})" for k, v in fixed.items()
+           if k in physical and k not in domain and abs(physical[k] - v) > rtol * max(1.0, abs(v))]
+    out += [f"{k} = {values[k]:g} (model: {lo:g}..{hi:g})" for k, (lo, hi) in domain.items()
+            if k in values and not lo <= values[k] <= hi]
+    return out
+
+
 def _predicted_route(info: dict[str, Any], params: HolsteinParams, backend: str) -> str:
     """Which backend the server is expected to use for ``params``, and why (from GetServerInfo)."""
     if backend == "negf":
         return "exact NEGF (requested with --backend negf)"
     rtol = float((info.get("routing") or {}).get("rtol", 1e-6))
-    physical = params.physical()
     models = info.get("models") or []
     for m in models:
-        covered = m.get("params") or {}
-        misfit = [k for k, v in covered.items()
-                  if k in physical and abs(physical[k] - v) > rtol * max(1.0, abs(v))]
-        if not misfit:
+        if not _misfit(m, params, rtol):
             return f"ONNX model {m.get('name', '?')} (it covers these parameters)"
-    if backend == "onnx":
-        return "ONNX requested, but no model covers these parameters (the server will refuse)"
     if not models:
-        return "exact NEGF (the server has no ML model)"
-    m = models[0]
-    covered = m.get("params") or {}
-    misfit = ", ".join(f"{k} = {physical[k]:g} (model: {covered[k]:g})" for k in covered
-                       if k in physical and abs(physical[k] - covered[k]) > rtol * max(1.0, abs(covered[k])))
-    return f"exact NEGF (no model covers {misfit})"
+        return "exact NEGF (the server has no ML model)" if backend == "auto" else \
+            "ONNX requested, but the server has no model (it will refuse)"
+    why = ", ".join(_misfit(models[0], params, rtol))
+    if backend == "onnx":
+        return f"ONNX requested, but no model covers {why}"
+    return f"exact NEGF (no model covers {why})"
 
 
 def run_simulation(opts: SimulateOptions, echo: Echo = print) -> SimulationReport:
