@@ -8,7 +8,8 @@ Both graphs are exported by ``neqforce export``'s code path with random weights 
 on the weights): two members, paper+elec 32→64→1 SiLU at r_c = 10 and 8 (the bundled ensemble). "q-only":
 inputs q, outputs force (what the server fetches today). "voltage committee": the same members with the
 ``voltage+metal`` global inputs, fed q and voltage, fetching force and force_std (what the server fetches
-from a committee on every request). Prints ms per evaluation at 30×28, sites/s at big×big, and the ratio.
+from a committee on every request). Calls of the two graphs are interleaved, so both see the same load of a
+shared machine; prints min and median ms per evaluation at 30×28, sites/s at big×big, and the ratio.
 """
 
 from __future__ import annotations
@@ -45,19 +46,19 @@ def members(global_features: str) -> EnsembleForceModel:
     return EnsembleForceModel(ms)
 
 
-def timed(fn, min_time: float = 1.0, repeats: int = 5) -> float:
-    """Median seconds per call over ``repeats`` rounds of at least ``min_time`` seconds each."""
-    fn()
-    rounds = []
-    for _ in range(repeats):
-        n, t0 = 0, time.perf_counter()
-        while True:
+def interleaved(fns: dict, min_time: float) -> dict[str, tuple[float, float]]:
+    """(min, median) seconds per call of each function, calls interleaved (A, B, A, B, …) for at least
+    ``min_time`` seconds in all: on a shared machine both see the same load."""
+    for fn in fns.values():
+        fn()
+    times: dict = {k: [] for k in fns}
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < min_time or min(len(v) for v in times.values()) < 3:
+        for k, fn in fns.items():
+            t = time.perf_counter()
             fn()
-            n += 1
-            if time.perf_counter() - t0 >= min_time:
-                break
-        rounds.append((time.perf_counter() - t0) / n)
-    return statistics.median(rounds)
+            times[k].append(time.perf_counter() - t)
+    return {k: (min(v), statistics.median(v)) for k, v in times.items()}
 
 
 def main() -> None:
@@ -75,19 +76,20 @@ def main() -> None:
         s_volt = ort.InferenceSession(str(volt), so, providers=["CPUExecutionProvider"])
         print(f"# voltage_model_cost: {platform.machine()}, threads = {args.threads}, "
               f"onnxruntime {ort.__version__}")
-        print(f"{'lattice':>11} {'q-only':>14} {'voltage committee':>20} {'ratio':>7}")
-        for lx, ly in ((30, 28), (args.big, args.big)):
+        print(f"{'lattice':>11} {'q-only (min / median)':>26} {'voltage committee':>26} {'ratio (min)':>12}")
+        for lx, ly, budget in ((30, 28, 20.0), (args.big, args.big, 60.0)):
             q = configuration(lx, ly)
             feeds = {"q": q, "voltage": np.array([3.0], np.float32)}
-            reps = 5 if lx * ly <= 10_000 else 3
-            t_p = timed(lambda x=q: s_plain.run(["force"], {"q": x}), repeats=reps)
-            t_v = timed(lambda f=feeds: s_volt.run(["force", "force_std"], f), repeats=reps)
+            t = interleaved({"p": lambda x=q: s_plain.run(["force"], {"q": x}),
+                             "v": lambda f=feeds: s_volt.run(["force", "force_std"], f)}, budget)
+            (p_min, p_med), (v_min, v_med) = t["p"], t["v"]
             if lx * ly <= 10_000:
-                print(f"{lx:>5}x{ly:<5} {1e3 * t_p:11.3f} ms {1e3 * t_v:17.3f} ms {t_v / t_p:7.3f}")
+                print(f"{lx:>5}x{ly:<5} {1e3 * p_min:9.3f} / {1e3 * p_med:7.3f} ms {1e3 * v_min:12.3f} / "
+                      f"{1e3 * v_med:7.3f} ms {v_min / p_min:12.3f}")
             else:
                 n = lx * ly
-                print(f"{lx:>5}x{ly:<5} {n / t_p:9.3g} sites/s {n / t_v:14.3g} sites/s {t_v / t_p:7.3f}")
-
+                print(f"{lx:>5}x{ly:<5} {n / p_min:8.3g} / {n / p_med:8.3g} sites/s {n / v_min:8.3g} / "
+                      f"{n / v_med:8.3g} sites/s {v_min / p_min:8.3f}")
 
 if __name__ == "__main__":
     main()
