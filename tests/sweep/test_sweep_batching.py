@@ -119,3 +119,29 @@ def test_onnx_sweep_run_equals_simulate_on_a_server(tmp_path):
         server.stop(grace=1.0)
     assert r.returncode == 0, r.stderr
     assert_same_run(run, sim / "trajectory.h5")
+
+
+def test_checkpoint_waits_for_a_reader_holding_the_file(tmp_path):
+    """A reader holding a run file open (h5py's default HDF5 file lock, e.g. someone inspecting it while
+    the sweep runs) does not fail the task's in-place checkpoints (the writer takes no lock)."""
+    import subprocess
+    import sys
+
+    from neqforce.client.simulate import Simulation
+
+    path = tmp_path / "run.h5"
+    kw = dict(key="lock", point="base", params=P, seeds=(1,), paths=(str(path),), save_every=2,
+              checkpoint_every=2, forces=ForceSpec(kind="onnx", model=str(bundled_model_path())))
+    run_chunk(ChunkSpec(n_steps=4, **kw))
+    sim = Simulation.open(path, n_steps=30)
+    sim.writer.checkpoint(complete=False)
+    OnnxBatchForces(str(bundled_model_path()))  # loaded (cached) before the reader holds the file
+    reader = subprocess.Popen([sys.executable, "-c", "import sys, time, h5py\n"
+                               "f = h5py.File(sys.argv[1], 'r'); print('open', flush=True); time.sleep(3)",
+                               str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout.readline().strip() == "open"
+        result = run_chunk(ChunkSpec(n_steps=30, **kw))
+    finally:
+        reader.wait(timeout=30)
+    assert result.runs[0].complete and read_trajectory(path).checkpoint_step == 30
