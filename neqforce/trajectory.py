@@ -193,7 +193,7 @@ def _resume_q(traj: Trajectory) -> np.ndarray:
 def write_trajectory(path: str | os.PathLike[str], traj: Trajectory) -> None:
     """Write ``traj`` to ``path`` whole, atomically (temporary file in the same folder, then rename)."""
     lx, ly = traj.params.shape
-    with atomic_path(path) as tmp, h5py.File(tmp, "w", libver="latest") as f:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         _attrs(f.attrs, traj)
         steps = np.asarray(traj.series_step, dtype=np.int64)
         series = {"step": steps, "time": step_times(steps, traj.dt),
@@ -217,7 +217,7 @@ def _append(path: Path, traj: Trajectory, on_disk: tuple[int, int, int]) -> tupl
     """Append the rows recorded since ``on_disk`` and move the marker; returns the new marker."""
     n_series, n_frames, slot = on_disk
     new_series, new_frames = len(traj.series_step), len(traj.frame_step)
-    with h5py.File(path, "r+", libver="latest") as f:
+    with h5py.File(path, "r+", locking=False) as f:
         if n_series != new_series:
             steps = np.asarray(traj.series_step[n_series:], dtype=np.int64)
             rows = {"step": steps, "time": step_times(steps, traj.dt),
@@ -259,7 +259,7 @@ def _read(path: Path) -> tuple[Trajectory, tuple[int, int, int] | None]:
     if not path.exists():
         raise TrajectoryError(f"trajectory file not found: {path}")
     try:
-        f = h5py.File(path, "r")
+        f = h5py.File(path, "r", locking=False)  # a reader must never block the run's next checkpoint
     except OSError as exc:
         raise TrajectoryError(f"{path} is not a readable HDF5 file: {exc}") from None
     try:
