@@ -192,17 +192,29 @@ class _Replica:
 
 def _open_or_create(path: Path, params: HolsteinParams, seed: int, spec: ChunkSpec,
                     q0: Callable[[], np.ndarray]) -> Any:
+    """Reopen the run at its checkpoint, or create it. A file too damaged to read (a writer killed in
+    the middle of a checkpoint) is kept aside as ``trajectory.h5.damaged-<time>`` and the run starts
+    over: it is deterministic, so the result is the same run."""
+    from neqforce.trajectory import TrajectoryError
+
     from .simulate import Simulation
 
+    extra = {"init": "cdw", **spec.extra}
     if path.exists():
-        sim = Simulation.open(path)
-        traj = sim.trajectory
-        if traj.params != params or traj.seed != seed or traj.dt != spec.dt:
-            raise ValueError(f"{path} holds another run (parameters, seed or dt differ); remove it or use "
-                             f"another --out")
-        return sim
+        try:
+            sim = Simulation.open(path)
+        except TrajectoryError as exc:
+            aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+            path.rename(aside)
+            extra["restarted"] = f"previous file unreadable ({exc}); kept as {aside.name}"
+        else:
+            traj = sim.trajectory
+            if traj.params != params or traj.seed != seed or traj.dt != spec.dt:
+                raise ValueError(f"{path} holds another run (parameters, seed or dt differ); remove it or "
+                                 f"use another --out")
+            return sim
     return Simulation.create(path, params, q0(), n_steps=spec.n_steps, dt=spec.dt, seed=seed,
-                             save_every=spec.save_every, extra={"init": "cdw", **spec.extra})
+                             save_every=spec.save_every, extra=extra)
 
 
 def advance_batch(replicas: Sequence[_Replica], force_fn: BatchForceFn, *,

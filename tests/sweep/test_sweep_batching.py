@@ -145,3 +145,19 @@ def test_checkpoint_waits_for_a_reader_holding_the_file(tmp_path):
     finally:
         reader.wait(timeout=30)
     assert result.runs[0].complete and read_trajectory(path).checkpoint_step == 30
+
+
+def test_an_unreadable_run_file_is_kept_aside_and_the_run_redone(tmp_path):
+    """A file a killed writer left unreadable: the retried task keeps it aside and recomputes the run,
+    which is deterministic: the same run as an undisturbed one."""
+    kw = dict(point="base", params=P, seeds=(4,), n_steps=20, save_every=2,
+              forces=ForceSpec(kind="onnx", model=str(bundled_model_path())))
+    run_chunk(ChunkSpec(key="ref", paths=(str(tmp_path / "ref.h5"),), **kw))
+    damaged = tmp_path / "run" / "trajectory.h5"
+    damaged.parent.mkdir()
+    damaged.write_bytes((tmp_path / "ref.h5").read_bytes()[:3000])  # truncated mid-write
+    result = run_chunk(ChunkSpec(key="retry", paths=(str(damaged),), **kw))
+    assert result.runs[0].complete
+    assert_same_run(tmp_path / "ref.h5", damaged)
+    assert len(list(damaged.parent.glob("trajectory.h5.damaged-*"))) == 1
+    assert "unreadable" in read_trajectory(damaged).extra["restarted"]
