@@ -63,8 +63,8 @@ def model_metadata(ck: dict) -> dict[str, str]:
     from .model import ModelConfig
 
     cfg = ModelConfig.from_dict(ck["config"])
-    training = {k: ck.get(k) for k in ("train_ids", "test_ids", "lattice", "options", "epochs_run",
-                                        "torch_version")}
+    training = {k: ck.get(k) for k in ("train_ids", "test_ids", "lattice", "lattices", "voltages",
+                                        "metallic_columns_max", "options", "epochs_run", "torch_version")}
     members = [ModelConfig.from_dict(c) for c in ck.get("ensemble", [ck["config"]])]
     macs = {"macs_per_site": sum(m.macs_per_site() for m in members),
             "graph_macs_per_site": sum(m.graph_macs_per_site() for m in members)}

@@ -67,7 +67,7 @@ class ModelConfig:
         n_off, n_a = off.n_paper, n_features(self.descriptor, self.r_cut)[1]
         h = self.hidden[0]
         rows = 2 * h + 1 + (h if n_a and not self.anti_rank else 0) + (self.anti_rank if n_a else 0)
-        macs = rows * n_off + (self.anti_rank * h if n_a else 0) + n_global(self.global_features) * h
+        macs = rows * n_off + (self.anti_rank * h if n_a else 0)  # global inputs: per column, not per site
         widths = [*self.hidden, 1]
         for a, b in zip(widths[:-1], widths[1:], strict=True):
             macs += a * b
