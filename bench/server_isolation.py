@@ -5,7 +5,8 @@
 
 Starts ``neqforce serve`` (a separate process on 127.0.0.1, default limits, bundled model) and measures:
 
-1. ONNX p50/p99 at 30x28 (AUTO, covered by the bundled model) with the server otherwise idle;
+1. ONNX p50/p99 at 30x28 (AUTO, covered by the bundled model) with the server otherwise idle (half the
+   calls before the NEGF load, half after it, so a drift of the machine's load hits both phases);
 2. the same while ``--negf-clients`` clients keep the NEGF backend busy (exact NEGF on 30x28 at V = 2.5,
    which no model covers: AUTO routes it to NEGF), with health checked during the load;
 3. cancellation: an NEGF call on a 40x40 lattice (seconds of work) is cancelled once it computes; the
@@ -136,7 +137,7 @@ def main() -> None:
         with ForceClient(address, retries=0, timeout=120) as c:
             c.compute_forces(2.4 * staggered_sign(8, 6), negf_params.replace(lx=8, ly=6), backend="negf")
             info = c.server_info()
-        idle = onnx_latencies(address, params, args.requests, rng)
+        idle_before = onnx_latencies(address, params, args.requests // 2, rng)
 
         load = NegfLoad(address, negf_params, args.negf_clients)
         deadline = time.monotonic() + 120
@@ -153,6 +154,8 @@ def main() -> None:
         load.stop()
         while gauge(metrics_port, "neqforce_in_flight", "negf") > 0:
             time.sleep(0.05)
+        idle_after = onnx_latencies(address, params, args.requests - args.requests // 2, rng)
+        idle = np.concatenate([idle_before, idle_after])
 
         frees, nexts = [], []
         with grpc.insecure_channel(address) as ch, ForceClient(address, retries=0, timeout=120) as c:
