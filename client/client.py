@@ -224,7 +224,10 @@ class ForceClient:
                 "auth_required": info.auth_required, "backends": backends, "models": models,
                 "limits": {"max_sites": lim.max_sites, "negf_max_sites": lim.negf_max_sites,
                            "max_concurrency": lim.max_concurrency, "max_queue": lim.max_queue,
-                           "max_message_bytes": lim.max_message_bytes},
+                           "max_message_bytes": lim.max_message_bytes,
+                           "negf_concurrency": lim.negf_concurrency, "negf_max_queue": lim.negf_max_queue,
+                           "negf_max_work": lim.negf_max_work, "max_abs_q": lim.max_abs_q,
+                           "stream_idle_timeout_s": lim.stream_idle_timeout_s},
                 "routing": {"rtol": info.routing.rtol}, "default_parameters": dict(info.default_parameters),
                 "execution_providers": sorted({p for b in backends for p in b["execution_providers"]})}
 

@@ -341,7 +341,8 @@ class ForceServicer(pb_grpc.ForceServiceServicer):
         limits = pb.Limits(max_sites=cfg.max_sites, negf_max_sites=cfg.negf_max_sites,
                            max_concurrency=cfg.max_concurrency, max_queue=cfg.max_queue,
                            max_message_bytes=cfg.max_message_bytes, negf_max_work=cfg.negf_max_work,
-                           stream_idle_timeout_s=cfg.stream_idle_timeout_s, max_abs_q=cfg.max_abs_q)
+                           stream_idle_timeout_s=cfg.stream_idle_timeout_s, max_abs_q=cfg.max_abs_q,
+                           negf_concurrency=cfg.negf_concurrency, negf_max_queue=cfg.negf_max_queue)
         defaults = HolsteinParams().physical()
         return pb.GetServerInfoResponse(name="neqforce", version=__version__, api="neqforce.v1",
                                         backends=backends, models=models, limits=limits,

@@ -153,7 +153,7 @@ class ParameterRange(_message.Message):
     def __init__(self, name: _Optional[str] = ..., min: _Optional[float] = ..., max: _Optional[float] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_sites", "negf_max_sites", "max_concurrency", "max_queue", "negf_max_work", "stream_idle_timeout_s", "max_abs_q", "max_message_bytes")
+    __slots__ = ("max_sites", "negf_max_sites", "max_concurrency", "max_queue", "negf_max_work", "stream_idle_timeout_s", "max_abs_q", "max_message_bytes", "negf_concurrency", "negf_max_queue")
     MAX_SITES_FIELD_NUMBER: _ClassVar[int]
     NEGF_MAX_SITES_FIELD_NUMBER: _ClassVar[int]
     MAX_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
@@ -162,6 +162,8 @@ class Limits(_message.Message):
     STREAM_IDLE_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     MAX_ABS_Q_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    NEGF_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    NEGF_MAX_QUEUE_FIELD_NUMBER: _ClassVar[int]
     max_sites: int
     negf_max_sites: int
     max_concurrency: int
@@ -170,7 +172,9 @@ class Limits(_message.Message):
     stream_idle_timeout_s: float
     max_abs_q: float
     max_message_bytes: int
-    def __init__(self, max_sites: _Optional[int] = ..., negf_max_sites: _Optional[int] = ..., max_concurrency: _Optional[int] = ..., max_queue: _Optional[int] = ..., negf_max_work: _Optional[float] = ..., stream_idle_timeout_s: _Optional[float] = ..., max_abs_q: _Optional[float] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
+    negf_concurrency: int
+    negf_max_queue: int
+    def __init__(self, max_sites: _Optional[int] = ..., negf_max_sites: _Optional[int] = ..., max_concurrency: _Optional[int] = ..., max_queue: _Optional[int] = ..., negf_max_work: _Optional[float] = ..., stream_idle_timeout_s: _Optional[float] = ..., max_abs_q: _Optional[float] = ..., max_message_bytes: _Optional[int] = ..., negf_concurrency: _Optional[int] = ..., negf_max_queue: _Optional[int] = ...) -> None: ...
 
 class RoutingPolicy(_message.Message):
     __slots__ = ("rtol",)

@@ -166,6 +166,10 @@ def test_server_info(client, params) -> None:
     assert "CPUExecutionProvider" in names["stencil_v3"]["execution_providers"]
     assert info["limits"]["max_sites"] == 20_000 and info["limits"]["negf_max_sites"] == 600
     assert info["limits"]["max_message_bytes"] >= 20_000 * 16
+    lim = info["limits"]
+    # NEGF has its own slots and queue, reported beside the ONNX ones; the work cap, |Q| range, idle timeout
+    assert lim["negf_concurrency"] >= 1 and lim["negf_max_queue"] >= 0
+    assert lim["negf_max_work"] == 600.0 ** 3 and lim["max_abs_q"] > 0 and lim["stream_idle_timeout_s"] >= 0
     assert info["routing"]["rtol"] == 1e-6
     assert {b["backend"]: b["available"] for b in info["backends"]} == {"onnx": True, "negf": True}
     assert info["default_parameters"] == params.physical()
