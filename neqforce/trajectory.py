@@ -119,24 +119,37 @@ class Trajectory:
         return step_times(self.series_step, self.dt), np.asarray(self.series_xi, dtype=np.float64)
 
 
+@dataclass
+class _Layout:
+    """Where a ``/2`` file keeps its rows (byte offsets of contiguous datasets), their capacity, and
+    what its commit marker says is valid."""
+
+    offsets: dict[str, int]
+    series_capacity: int
+    frame_capacity: int
+    n_series: int
+    n_frames: int
+    slot: int
+
+
 class TrajectoryWriter:
-    """Collects BD states and checkpoints them to ``path`` (append-only after the first write)."""
+    """Collects BD states and checkpoints them to ``path`` (in place, behind a commit marker)."""
 
     def __init__(self, path: str | os.PathLike[str], trajectory: Trajectory,
-                 on_disk: tuple[int, int, int] | None = None) -> None:
-        """``on_disk``: (series rows, frame rows, slot) of the marker of the ``/2`` file at ``path``
-        that holds ``trajectory`` so far; None: the next checkpoint writes the whole file."""
+                 layout: _Layout | None = None) -> None:
+        """``layout``: that of the ``/2`` file at ``path`` holding ``trajectory`` so far; None: the next
+        checkpoint writes the whole file."""
         self.path = Path(path)
         self.traj = trajectory
-        self._on_disk = on_disk
+        self._layout = layout
         self._started = time.monotonic()
         self._wall_before = float(trajectory.extra.get("wall_time_s", 0.0))
 
     @classmethod
     def resume(cls, path: str | os.PathLike[str]) -> TrajectoryWriter:
         """Reopen an interrupted run; continue from ``writer.traj.checkpoint_step``."""
-        traj, on_disk = _read(Path(path))
-        return cls(path, traj, on_disk)
+        traj, layout = _read(Path(path))
+        return cls(path, traj, layout)
 
     def record(self, step: int, q: np.ndarray, force: np.ndarray, density: np.ndarray | None,
                xi: float) -> None:
@@ -156,20 +169,69 @@ class TrajectoryWriter:
     def checkpoint(self, complete: bool = False) -> None:
         """Make everything recorded so far durable; mark complete at the end of the run.
 
-        Appends the new rows in place (O(new rows)); the first checkpoint of a writer without an
-        up-to-date ``/2`` file on disk writes the whole file atomically instead.
+        Writes the new rows, the resume state and the run's state into preallocated space, then the
+        marker (O(new rows)); when the space is full (or there is no ``/2`` file yet) the whole file is
+        rewritten atomically with twice the room, so the cost per checkpoint stays O(1) on average.
         """
-        self.traj.complete = complete
-        self.traj.extra["wall_time_s"] = self._wall_before + time.monotonic() - self._started
-        if self._on_disk is None or not self.path.exists():
-            write_trajectory(self.path, self.traj)
-            self._on_disk = (len(self.traj.series_step), len(self.traj.frame_step), 0)
+        t = self.traj
+        t.complete = complete
+        t.extra["wall_time_s"] = self._wall_before + time.monotonic() - self._started
+        lay = self._layout
+        if (lay is None or not self.path.exists() or len(t.series_step) > lay.series_capacity
+                or len(t.frame_step) > lay.frame_capacity or len(_state_json(t)) > STATE_CAPACITY):
+            self._layout = write_trajectory(self.path, t)
         else:
-            self._on_disk = _append(self.path, self.traj, self._on_disk)
+            self._layout = _write_in_place(self.path, t, lay)
 
 
-def _attrs(a: Any, traj: Trajectory, mutable_only: bool = False) -> None:
-    if not mutable_only:
+#: Bytes reserved for the run's changing state (n_steps, backend, model, complete, extra) as JSON.
+STATE_CAPACITY = 1 << 16
+_SERIES = ("step", "time", "xi")
+_FRAMES = ("step", "time", "q", "force", "density")
+
+
+def _state_json(traj: Trajectory) -> bytes:
+    """What changes during a run (the attrs of the same names are those of the last whole write)."""
+    return json.dumps({"n_steps": traj.n_steps, "backend": traj.backend, "model": traj.model,
+                       "complete": bool(traj.complete), "extra": traj.extra}, sort_keys=True).encode()
+
+
+def _capacity(rows: int, minimum: int) -> int:
+    """Room for ``rows`` rows and as many again (a power of two): rewrites get rarer as a run grows."""
+    return max(minimum, 1 << max(0, 2 * rows - 1).bit_length())
+
+
+def _resume_q(traj: Trajectory) -> np.ndarray:
+    return (np.asarray(traj.checkpoint_q, dtype=np.float64) if traj.checkpoint_q is not None
+            else np.full(traj.params.shape, np.nan))
+
+
+def _series_rows(traj: Trajectory, start: int) -> dict[str, np.ndarray]:
+    steps = np.asarray(traj.series_step[start:], dtype=np.int64)
+    return {"step": steps, "time": step_times(steps, traj.dt),
+            "xi": np.asarray(traj.series_xi[start:], dtype=np.float64)}
+
+
+def _frame_rows(traj: Trajectory, start: int) -> dict[str, np.ndarray]:
+    steps = np.asarray(traj.frame_step[start:], dtype=np.int64)
+    shape = (0, *traj.params.shape)
+
+    def stack(xs: list[np.ndarray]) -> np.ndarray:
+        return np.stack(xs) if xs else np.zeros(shape)
+
+    return {"step": steps, "time": step_times(steps, traj.dt), "q": stack(traj.frame_q[start:]),
+            "force": stack(traj.frame_force[start:]), "density": stack(traj.frame_density[start:])}
+
+
+def write_trajectory(path: str | os.PathLike[str], traj: Trajectory) -> _Layout:
+    """Write ``traj`` to ``path`` whole, atomically (temporary file in the same folder, then rename),
+    with room for as many rows again; returns where the rows live."""
+    lx, ly = traj.params.shape
+    n_series, n_frames = len(traj.series_step), len(traj.frame_step)
+    cap_s, cap_f = _capacity(n_series, 1024), _capacity(n_frames, 16)
+    state = _state_json(traj)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        a = f.attrs
         a["format"] = FORMAT
         a["params"] = traj.params.to_json()
         a["seed"] = traj.seed
@@ -178,71 +240,67 @@ def _attrs(a: Any, traj: Trajectory, mutable_only: bool = False) -> None:
         a["q0_bulk"] = traj.q0_bulk
         a["versions"] = json.dumps(traj.versions, sort_keys=True)
         a["created"] = traj.created
-    a["n_steps"] = traj.n_steps
-    a["backend"] = traj.backend
-    a["model"] = traj.model
-    a["complete"] = bool(traj.complete)
-    a["extra"] = json.dumps(traj.extra, sort_keys=True)
-
-
-def _resume_q(traj: Trajectory) -> np.ndarray:
-    return (np.asarray(traj.checkpoint_q, dtype=np.float64) if traj.checkpoint_q is not None
-            else np.full(traj.params.shape, np.nan))
-
-
-def write_trajectory(path: str | os.PathLike[str], traj: Trajectory) -> None:
-    """Write ``traj`` to ``path`` whole, atomically (temporary file in the same folder, then rename)."""
-    lx, ly = traj.params.shape
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        _attrs(f.attrs, traj)
-        steps = np.asarray(traj.series_step, dtype=np.int64)
-        series = {"step": steps, "time": step_times(steps, traj.dt),
-                  "xi": np.asarray(traj.series_xi, dtype=np.float64)}
-        for name, value in series.items():
-            f.create_dataset(f"series/{name}", data=value, maxshape=(None,), chunks=(SERIES_CHUNK,))
-        for name, value in traj.frames().items():
-            if value.ndim == 1:
-                f.create_dataset(f"frames/{name}", data=value, maxshape=(None,), chunks=(256,))
-            else:
-                f.create_dataset(f"frames/{name}", data=value, maxshape=(None, lx, ly), chunks=(1, lx, ly),
-                                 compression="gzip")
+        for key, value in json.loads(state).items():  # as of this write; checkpoint/state is current
+            a[key] = json.dumps(value, sort_keys=True) if key == "extra" else value
+        groups = (("series", _series_rows(traj, 0), cap_s), ("frames", _frame_rows(traj, 0), cap_f))
+        for group, rows, cap in groups:
+            for name, value in rows.items():
+                full = np.zeros((cap, *value.shape[1:]), dtype=value.dtype)  # allocated now: contiguous
+                full[:len(value)] = value
+                f.create_dataset(f"{group}/{name}", data=full)
         slots = np.full((2, lx, ly), np.nan)
         slots[0] = _resume_q(traj)
         f["checkpoint/slots"] = slots
-        f["checkpoint/commit"] = np.array([traj.checkpoint_step, len(steps), len(traj.frame_step), 0],
+        states = np.zeros((2, STATE_CAPACITY), dtype=np.uint8)
+        states[0, :len(state)] = np.frombuffer(state, dtype=np.uint8)
+        f["checkpoint/state"] = states
+        f["checkpoint/commit"] = np.array([traj.checkpoint_step, n_series, n_frames, 0, len(state)],
                                           dtype=np.int64)
+        offsets = _offsets(f)
+    return _Layout(offsets, cap_s, cap_f, n_series, n_frames, 0)
 
 
-def _append(path: Path, traj: Trajectory, on_disk: tuple[int, int, int]) -> tuple[int, int, int]:
-    """Append the rows recorded since ``on_disk`` and move the marker; returns the new marker."""
-    n_series, n_frames, slot = on_disk
-    new_series, new_frames = len(traj.series_step), len(traj.frame_step)
-    with h5py.File(path, "r+", locking=False) as f:
-        if n_series != new_series:
-            steps = np.asarray(traj.series_step[n_series:], dtype=np.int64)
-            rows = {"step": steps, "time": step_times(steps, traj.dt),
-                    "xi": np.asarray(traj.series_xi[n_series:], dtype=np.float64)}
-            for name, value in rows.items():
-                ds = f[f"series/{name}"]
-                ds.resize((new_series,))
-                ds[n_series:] = value
-        if n_frames != new_frames:
-            steps = np.asarray(traj.frame_step[n_frames:], dtype=np.int64)
-            rows = {"step": steps, "time": step_times(steps, traj.dt),
-                    "q": np.stack(traj.frame_q[n_frames:]), "force": np.stack(traj.frame_force[n_frames:]),
-                    "density": np.stack(traj.frame_density[n_frames:])}
-            for name, value in rows.items():
-                ds = f[f"frames/{name}"]
-                ds.resize(new_frames, axis=0)
-                ds[n_frames:] = value
-        slot = 1 - slot
-        f["checkpoint/slots"][slot] = _resume_q(traj)
-        _attrs(f.attrs, traj, mutable_only=True)
-        f.flush()
-        f["checkpoint/commit"][...] = np.array([traj.checkpoint_step, new_series, new_frames, slot],
-                                               dtype=np.int64)
-        f.flush()
-    return new_series, new_frames, slot
+def _offsets(f: h5py.File) -> dict[str, int]:
+    """Byte offsets in the file of the contiguous datasets a checkpoint writes in place."""
+    names = ([f"series/{n}" for n in _SERIES] + [f"frames/{n}" for n in _FRAMES]
+             + ["checkpoint/slots", "checkpoint/state", "checkpoint/commit"])
+    offsets = {}
+    for name in names:
+        offset = f[name].id.get_offset()
+        if offset is None:
+            raise TrajectoryError(f"{f.filename}: {name} has no contiguous storage (damaged file)")
+        offsets[name] = int(offset)
+    return offsets
+
+
+def _write_in_place(path: Path, traj: Trajectory, lay: _Layout) -> _Layout:
+    """Checkpoint by writing bytes into space the file already has: the HDF5 structure is never touched,
+    so a process killed here leaves the previous checkpoint intact. Order: rows past the marker, the
+    resume state and run state into the slot the marker does not name, fdatasync, then the marker."""
+    n_series, n_frames = len(traj.series_step), len(traj.frame_step)
+    slot = 1 - lay.slot
+    lx, ly = traj.params.shape
+    state = _state_json(traj)
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        def put(name: str, row: int, values: np.ndarray) -> None:
+            data = np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<"))
+            row_bytes = data.itemsize * int(np.prod(data.shape[1:], dtype=np.int64))
+            os.pwrite(fd, data.tobytes(), lay.offsets[name] + row * row_bytes)
+
+        for name, value in _series_rows(traj, lay.n_series).items():
+            put(f"series/{name}", lay.n_series, value)
+        if n_frames > lay.n_frames:
+            for name, value in _frame_rows(traj, lay.n_frames).items():
+                put(f"frames/{name}", lay.n_frames, value)
+        put("checkpoint/slots", slot, _resume_q(traj).reshape(1, lx, ly))
+        os.pwrite(fd, state, lay.offsets["checkpoint/state"] + slot * STATE_CAPACITY)
+        os.fdatasync(fd)
+        commit = np.array([traj.checkpoint_step, n_series, n_frames, slot, len(state)], dtype="<i8")
+        os.pwrite(fd, commit.tobytes(), lay.offsets["checkpoint/commit"])
+    finally:
+        os.close(fd)
+    return _Layout(lay.offsets, lay.series_capacity, lay.frame_capacity, n_series, n_frames, slot)
 
 
 def read_trajectory(path: str | os.PathLike[str]) -> Trajectory:
@@ -255,7 +313,7 @@ def read_trajectory(path: str | os.PathLike[str]) -> Trajectory:
     return _read(Path(path))[0]
 
 
-def _read(path: Path) -> tuple[Trajectory, tuple[int, int, int] | None]:
+def _read(path: Path) -> tuple[Trajectory, _Layout | None]:
     if not path.exists():
         raise TrajectoryError(f"trajectory file not found: {path}")
     try:
@@ -271,7 +329,7 @@ def _read(path: Path) -> tuple[Trajectory, tuple[int, int, int] | None]:
         raise TrajectoryError(f"{path}: damaged or incomplete trajectory file ({exc})") from None
 
 
-def _read_open(path: Path, f: h5py.File) -> tuple[Trajectory, tuple[int, int, int] | None]:
+def _read_open(path: Path, f: h5py.File) -> tuple[Trajectory, _Layout | None]:
     a = f.attrs
     fmt = a.get("format")
     if isinstance(fmt, bytes):
@@ -279,23 +337,32 @@ def _read_open(path: Path, f: h5py.File) -> tuple[Trajectory, tuple[int, int, in
     if fmt not in FORMATS:
         raise TrajectoryError(f"{path} is not a neqforce trajectory (format {fmt!r})")
     params = HolsteinParams.from_json(a["params"])
-    traj = Trajectory(
-        params=params, seed=int(a["seed"]), dt=float(a["dt"]), save_every=int(a["save_every"]),
-        n_steps=int(a["n_steps"]), backend=str(a["backend"]), model=str(a["model"]),
-        q0_bulk=float(a["q0_bulk"]), extra=json.loads(a["extra"]), versions=json.loads(a["versions"]),
-        created=str(a["created"]), complete=bool(a["complete"]))
+    mutable = {"n_steps": int(a["n_steps"]), "backend": str(a["backend"]), "model": str(a["model"]),
+               "complete": bool(a["complete"]), "extra": json.loads(a["extra"])}
+    layout = None
     if fmt == FORMAT:
         commit = np.asarray(f["checkpoint/commit"][()], dtype=np.int64)
-        if commit.shape != (4,):
-            raise TrajectoryError(f"{path}: checkpoint/commit must hold 4 integers, has shape {commit.shape}")
-        step, n_series, n_frames, slot = (int(x) for x in commit)
+        if commit.shape != (5,):
+            raise TrajectoryError(f"{path}: checkpoint/commit must hold 5 integers, has shape {commit.shape}")
+        step, n_series, n_frames, slot, n_state = (int(x) for x in commit)
         if slot not in (0, 1):
             raise TrajectoryError(f"{path}: checkpoint/commit names slot {slot} (must be 0 or 1)")
-        on_disk: tuple[int, int, int] | None = (n_series, n_frames, slot)
+        if not 0 < n_state <= STATE_CAPACITY:
+            raise TrajectoryError(f"{path}: checkpoint/commit gives a run state of {n_state} bytes")
+        try:
+            mutable = json.loads(bytes(f["checkpoint/state"][slot, :n_state]))
+        except ValueError:
+            raise TrajectoryError(f"{path}: the run state (checkpoint/state) is not valid JSON") from None
         q = f["checkpoint/slots"][slot]
+        layout = _Layout(_offsets(f), len(f["series/step"]), len(f["frames/step"]), n_series, n_frames, slot)
     else:
-        step, q, on_disk = int(f["checkpoint/step"][()]), f["checkpoint/q"][()], None
+        step, q = int(f["checkpoint/step"][()]), f["checkpoint/q"][()]
         n_series, n_frames = len(f["series/step"]), len(f["frames/step"])
+    traj = Trajectory(
+        params=params, seed=int(a["seed"]), dt=float(a["dt"]), save_every=int(a["save_every"]),
+        n_steps=int(mutable["n_steps"]), backend=str(mutable["backend"]), model=str(mutable["model"]),
+        q0_bulk=float(a["q0_bulk"]), extra=dict(mutable["extra"]), versions=json.loads(a["versions"]),
+        created=str(a["created"]), complete=bool(mutable["complete"]))
     for name in ("series/step", "series/xi"):
         if len(f[name]) < n_series:
             raise TrajectoryError(f"{path}: {name} has {len(f[name])} rows, the checkpoint says {n_series} "
@@ -304,6 +371,8 @@ def _read_open(path: Path, f: h5py.File) -> tuple[Trajectory, tuple[int, int, in
         if len(f[name]) < n_frames:
             raise TrajectoryError(f"{path}: {name} has {len(f[name])} frames, the checkpoint says {n_frames} "
                                   f"(truncated file)")
+    if n_series < 0 or n_frames < 0:
+        raise TrajectoryError(f"{path}: negative row counts in checkpoint/commit")
     traj.series_step = f["series/step"][:n_series].astype(np.int64).tolist()
     traj.series_xi = f["series/xi"][:n_series].astype(np.float64).tolist()
     traj.frame_step = f["frames/step"][:n_frames].astype(np.int64).tolist()
@@ -313,7 +382,7 @@ def _read_open(path: Path, f: h5py.File) -> tuple[Trajectory, tuple[int, int, in
     traj.checkpoint_step = step
     traj.checkpoint_q = np.asarray(q, dtype=np.float64)
     check_consistent(traj, str(path))
-    return traj, on_disk
+    return traj, layout
 
 
 def check_consistent(traj: Trajectory, where: str = "trajectory") -> None:
