@@ -1,24 +1,26 @@
-"""HDF5 trajectories of Brownian-dynamics runs: append-only checkpoints, crash-safe, resumable.
+"""HDF5 trajectories of Brownian-dynamics runs: in-place checkpoints, crash-safe, resumable.
 
-One file per run (format ``neqforce.trajectory/2``; ``/1`` files are still read)::
+One file per run (format ``neqforce.trajectory/2``; ``/1`` files are still read, and upgraded on resume)::
 
-    attrs   format, params (JSON of HolsteinParams), seed, dt, save_every, n_steps (planned),
-            backend, model, q0_bulk, versions (JSON), created, complete (bool),
-            extra (JSON; wall_time_s = wall-clock seconds spent on the run, summed over resumes)
+    attrs   format, params (JSON of HolsteinParams), seed, dt, save_every, q0_bulk, versions (JSON),
+            created; n_steps, backend, model, complete, extra as of the last whole write
     series/step, series/time, series/xi           every step reached: ξ(t) (time in 1/gamma)
     frames/step, frames/time, frames/q, frames/force, frames/density   every ``save_every`` steps
                                                    (density is NaN where the backend gave none)
     checkpoint/slots (2, lx, ly)                   two buffers for the resume state Q
-    checkpoint/commit int64 [step, series rows, frame rows, slot]   the "last complete step" marker
+    checkpoint/state (2, 65536) uint8              two buffers for the run's changing state (JSON:
+                                                   n_steps, backend, model, complete, extra)
+    checkpoint/commit int64 [step, series rows, frame rows, slot, state bytes]
+                                                   the "last complete step" marker
 
-Datasets are resizable: a :meth:`TrajectoryWriter.checkpoint` appends only the rows recorded since
-the previous one, writes the resume state into the slot *not* named by the marker, flushes, then
-rewrites the 32-byte marker and flushes again, so its cost does not grow with the run. Readers
-trust only what the marker names (rows past it are leftovers of an interrupted checkpoint and are
-overwritten by the next one). The file is closed between checkpoints, so a process killed between
-them leaves it exactly as of the last marker. The first write of a run (and the first checkpoint of
-a resumed ``/1`` file) writes the whole file to a temporary name and renames it
-(:mod:`neqforce.atomic`).
+The series and frame datasets are contiguous and preallocated with room for as many rows again as
+they hold. A :meth:`TrajectoryWriter.checkpoint` writes the rows recorded since the previous one, the
+resume state and the run state into the slot the marker does *not* name (plain ``pwrite`` at the
+datasets' offsets: the HDF5 structure is never modified), ``fdatasync``, then the 40-byte marker —
+so its cost does not grow with the run, and a process killed at any moment leaves the previous
+checkpoint intact. Readers trust only what the marker names (``extra.wall_time_s``: wall-clock
+seconds spent on the run, summed over resumes). When the room is full, the whole file is rewritten
+to a temporary name with twice the room and renamed (:mod:`neqforce.atomic`); so is the first write.
 
 ``/1`` layout: the same attrs, fixed-size datasets and ``checkpoint/step``, ``checkpoint/q``.
 """
