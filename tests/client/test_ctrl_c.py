@@ -45,6 +45,7 @@ def test_ctrl_c_at_random_moments(tmp_path, linear_model, backend):
             assert lines[0] == "interrupted before the first step; nothing was saved", where
             assert not (out / "trajectory.h5").exists(), where
             continue
+        assert "writing ξ(t) and figures" in done.stdout, where  # says what the last seconds are for
         traj = read_trajectory(out / "trajectory.h5")  # valid and consistent (checked on read)
         assert traj.checkpoint_step == int(match.group(1)), where
         assert not traj.complete

@@ -119,3 +119,10 @@ def test_xi_csv_times_are_rounded(tmp_path, linear_model):
     assert rows[4].split(",")[1] == "0.3", rows[4]  # not 0.30000000000000004
     np.testing.assert_allclose(read_trajectory(tmp_path / "r" / "trajectory.h5").xi_series()[0],
                                0.1 * np.arange(6), rtol=0, atol=1e-12)
+
+
+def test_progress_total_is_the_number_of_steps(tmp_path, linear_model):
+    result = invoke("simulate", "--lx", 8, "--ly", 6, "--steps", 7, "--model", linear_model, "--out",
+                    tmp_path / "r", "--no-plots")
+    assert result.exit_code == 0, result.output
+    assert "7/7" in result.stderr and "8/8" not in result.stderr, result.stderr
