@@ -72,7 +72,7 @@ class ForceResult:
         backend: "onnx" or "negf", the backend that ran.
         model: the model that ran ("negf-exact" for NEGF).
         reason: why the server chose that backend.
-        parameters: physical parameters the server used (SPEC names).
+        parameters: physical parameters the server used (names of docs/physics.md).
         compute_seconds: server-side compute time.
         request_id: the request's tag.
     """
@@ -88,7 +88,8 @@ class ForceResult:
 
 
 def parameter_map(params: HolsteinParams | Mapping[str, float]) -> dict[str, float]:
-    """SPEC-named parameters for the wire: all fields of a HolsteinParams (lx, ly included), or a mapping."""
+    """Parameters for the wire, named as in docs/physics.md: all fields of a HolsteinParams (lx, ly
+    included), or a mapping."""
     if isinstance(params, HolsteinParams):
         return {k: float(v) for k, v in params.to_dict().items()}
     return {str(k): float(v) for k, v in params.items()}
@@ -196,7 +197,7 @@ class ForceClient:
         """Forces (and densities) of q (lx, ly) or (batch, lx, ly) with the given parameters.
 
         ``backend``: "auto" (a covering model, else exact NEGF), "onnx" or "negf". ``params`` is a
-        HolsteinParams (its lx, ly must match q) or a mapping of SPEC names.
+        HolsteinParams (its lx, ly must match q) or a mapping of the names of docs/physics.md.
         """
         request = self.request(q, params, backend, want_density, model, request_id)
         return to_result(self._call(self._stub.ComputeForces, request, timeout))

@@ -32,7 +32,7 @@ from .simulate import Simulation, StreamForces, initial_cdw, relaxed_lattice
 
 Echo = Callable[[str], None]
 
-#: Backends a request may name (SPEC: the server routes "auto" to a covering model, else NEGF).
+#: Backends a request may name (the server routes "auto" to a covering model, else exact NEGF).
 BACKENDS = ("auto", "onnx", "negf")
 #: Steps of a new run when none are given (the wall crosses a 30-column device in ~500 steps).
 DEFAULT_STEPS = 600
@@ -47,7 +47,7 @@ def _check_backend(backend: str) -> str:
 
 def resolve_params(overrides: dict[str, Any], base: HolsteinParams | None = None,
                    shape: tuple[int, int] | None = None) -> HolsteinParams:
-    """``base`` (default: SPEC defaults) with the explicitly given fields replaced.
+    """``base`` (default: the defaults of docs/physics.md) with the explicitly given fields replaced.
 
     ``shape`` is the lattice size imposed by a configuration file; an explicit lx/ly that
     contradicts it is an error.
@@ -467,7 +467,7 @@ def compute_forces_file(input_path: str | os.PathLike[str], out: str | os.PathLi
                         timeout: float = 300.0) -> ForcesReport:
     """Forces (and densities) of the configuration in ``input_path`` (.npy or .h5), saved to ``out``.
 
-    Parameters: those stored in an .h5 input, else the SPEC defaults; the lattice size is the
+    Parameters: those stored in an .h5 input, else the defaults of docs/physics.md; the lattice size is the
     array's; ``params`` overrides fields explicitly.
     """
     _check_backend(backend)

@@ -70,7 +70,7 @@ def plot_density_snapshots(traj: Trajectory, path: str | os.PathLike[str], n_pan
 
     n_i on a fixed [0, 1] scale, diverging about half filling (the CDW is a checkerboard about 1/2;
     the metal next to the gate is uniform and depleted at V > 0). Lattices wider than
-    ``MAX_SITE_RESOLVED`` show the density analogue of the order parameter m_i (SPEC §5),
+    ``MAX_SITE_RESOLVED`` show the density analogue of the order parameter m_i (docs/physics.md),
     (-1)^(x+y) (n_i - mean of n over the nn) / 2: uniform (±δ/2) in a CDW domain, ~0 in the metal.
     When the backend returned no density, the staggered CDW order m_i of Q.
     """
