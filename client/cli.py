@@ -217,13 +217,20 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Forces F_i (and densities n_i) of one configuration, from a server; lattice size from the array;
         physics: stored in an .h5 input, else the defaults (in parentheses), overridden by the options."""
+        from .interrupt import Interrupts
         from .jobs import compute_forces_file
 
-        rep = _guarded(compute_forces_file, input_path, out, frame=frame,
-                       params=_physics_options(None, None, voltage, temperature, t, g, k, kappa, gamma_lead,
-                                               gamma_bath),
-                       backend=backend, server=server, token=token, tls_ca=str(tls_ca) if tls_ca else None,
-                       model=str(model) if model else None, timeout=timeout)
+        with Interrupts():
+            try:
+                rep = _guarded(compute_forces_file, input_path, out, frame=frame,
+                               params=_physics_options(None, None, voltage, temperature, t, g, k, kappa,
+                                                       gamma_lead, gamma_bath),
+                               backend=backend, server=server, token=token,
+                               tls_ca=str(tls_ca) if tls_ca else None, model=str(model) if model else None,
+                               timeout=timeout)
+            except KeyboardInterrupt:
+                typer.echo(f"\ninterrupted; nothing was written to {out}", err=True)
+                raise typer.Exit(EXIT_INTERRUPTED) from None
         p = rep.params
         typer.echo(f"{p.lx}×{p.ly}, V = {p.voltage:g}: backend {rep.backend} ({rep.model or '-'}), "
                    f"max|F| = {rep.max_abs_force:.4g} → {rep.out}")

@@ -49,3 +49,41 @@ def test_ctrl_c_at_random_moments(tmp_path, linear_model, backend):
         traj = read_trajectory(out / "trajectory.h5")  # valid and consistent (checked on read)
         assert traj.checkpoint_step == int(match.group(1)), where
         assert not traj.complete
+
+
+def test_a_swallowed_ctrl_c_still_stops_the_run(tmp_path):
+    """Ctrl-C arriving inside code that catches KeyboardInterrupt (as some libraries do) was lost: the
+    run went on to the end and exited 0. Now the interrupt is remembered and the run stops after the
+    step in progress, with that step saved."""
+    import os
+    import signal
+
+    import numpy as np
+
+    from neqforce.client.simulate import Simulation
+    from neqforce.physics import HolsteinParams, staggered_sign
+
+    class Swallowing:
+        """A force source that receives the Ctrl-C during its 6th call and swallows KeyboardInterrupt."""
+
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def __call__(self, q):
+            if self.calls == 5:
+                try:
+                    os.kill(os.getpid(), signal.SIGINT)
+                    time.sleep(0.2)  # the handler runs here
+                except KeyboardInterrupt:
+                    pass
+            self.calls += 1
+            return -0.3 * q, None
+
+    p = HolsteinParams(lx=6, ly=4)
+    sim = Simulation.create(tmp_path / "run.h5", p, 0.4 * staggered_sign(6, 4), n_steps=50)
+    with pytest.raises(KeyboardInterrupt):
+        sim.run(Swallowing())
+    traj = read_trajectory(tmp_path / "run.h5")
+    assert traj.checkpoint_step == 5 and not traj.complete
+    assert traj.series_step == list(range(6))
+    assert np.all(np.isfinite(traj.checkpoint_q))
