@@ -158,7 +158,7 @@ def register(app: typer.Typer) -> None:
             resume=resume, overwrite=overwrite, plots=plots, progress=progress)
         again = (f"second Ctrl-C: stopping now; the trajectory file holds every step up to the last "
                  f"checkpoint. Continue with: {resume_command(opts)}")
-        with Interrupts(second_message=again):
+        with Interrupts(second_message=again, bound_exit=True):
             try:
                 report = _guarded(run_simulation, opts, echo=typer.echo)
             except KeyboardInterrupt as exc:
@@ -220,7 +220,7 @@ def register(app: typer.Typer) -> None:
         from .interrupt import Interrupts
         from .jobs import compute_forces_file
 
-        with Interrupts():
+        with Interrupts(bound_exit=True):
             try:
                 rep = _guarded(compute_forces_file, input_path, out, frame=frame,
                                params=_physics_options(None, None, voltage, temperature, t, g, k, kappa,

@@ -51,8 +51,11 @@ def _hard_exit(message: str) -> None:
 class Interrupts:
     """SIGINT handling for one job (use as a context manager in the main thread)."""
 
-    def __init__(self, second_message: str = "second Ctrl-C: stopping now") -> None:
+    def __init__(self, second_message: str = "second Ctrl-C: stopping now", bound_exit: bool = False) -> None:
+        """``bound_exit``: after a Ctrl-C, give the interpreter :data:`EXIT_SECONDS` to shut down, then
+        exit with 130 (for a command line program; never for a library caller such as a test runner)."""
         self.second_message = second_message
+        self.bound_exit = bound_exit
         self.count = 0  # SIGINTs received
         self.interrupted_at = 0.0  # time.monotonic() of the first
         self._depth = 0  # enclosing sections of any kind
@@ -83,7 +86,7 @@ class Interrupts:
             signal.signal(signal.SIGINT, self._previous)
             self._installed = False
             _ACTIVE = None
-            if self.count:
+            if self.count and self.bound_exit:
                 _bound_interpreter_exit(EXIT_SECONDS)
 
 
