@@ -39,7 +39,7 @@ from neqforce.client import cli as client_cli  # noqa: E402
 from neqforce.client import sweep_cli  # noqa: E402
 from neqforce.server import cli as server_cli  # noqa: E402
 from neqforce.training import cli as training_cli  # noqa: E402
-from neqforce.training import dataset_cli  # noqa: E402
+from neqforce.training import dataset_cli, learn_cli  # noqa: E402
 
 EXIT_INTERRUPTED = 130
 
@@ -124,7 +124,7 @@ def version() -> None:
     typer.echo(__version__)
 
 
-for _module in (client_cli, sweep_cli, server_cli, dataset_cli, training_cli, healthcheck):
+for _module in (client_cli, sweep_cli, server_cli, dataset_cli, training_cli, learn_cli, healthcheck):
     _module.register(app)
 
 if _STARTING:  # loaded: from here on each command handles Ctrl-C itself (default: KeyboardInterrupt)

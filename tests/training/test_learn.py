@@ -1,0 +1,160 @@
+"""`neqforce learn` end to end on tiny lattices (real NEGF, real Dask LocalCluster, real ONNX Runtime, real
+training): the first committee, one explore–select–label–train–export iteration that labels exactly the
+explored frames above the threshold, and a rerun (after an interruption between labelling and training)
+that resumes without relabelling or retraining a finished member."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from neqforce.cli import app  # noqa: E402
+from neqforce.physics import HolsteinParams, negf_forces  # noqa: E402
+
+#: Initial NEGF-BD data: (lattice, voltage) of 15-step runs, seed 0.
+RUNS = [((8, 6), 2.5), ((8, 6), 3.5), ((10, 6), 3.0)]
+GRID = {"voltage": "2.5,3.5", "lx": "8,10", "ly": "6"}
+SMALL = ["--members", "2", "--epochs", "3", "--hidden", "12,8", "--r-cut", "4", "--batch-size", "256",
+         "--seeds", "1", "--steps", "10", "--save-every", "2", "--workers", "2", "--label-chunk", "4",
+         "--max-per-point", "100", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> list[str]:
+    from threadpoolctl import threadpool_limits
+
+    from neqforce.training.dataset import RunSpec, run_negf_bd
+
+    root = tmp_path_factory.mktemp("ldata")
+    folders: list[str] = []
+    for (lx, ly), v in RUNS:
+        folder = root / f"d{lx}x{ly}"
+        folder.mkdir(exist_ok=True)
+        run = RunSpec(v, 0, 15)
+        with threadpool_limits(1):
+            run_negf_bd(folder / f"{run.name}.h5", HolsteinParams(lx=lx, ly=ly), run, dt=0.1, save_every=1,
+                        checkpoint_every=10)
+        if str(folder) not in folders:
+            folders.append(str(folder))
+    return folders
+
+
+def _learn(data: list[str], out: Path, *extra: str):
+    args = ["learn", *data, "--out", str(out), "--voltage", GRID["voltage"], "--lx", GRID["lx"], "--ly",
+            GRID["ly"], *SMALL, *extra]
+    return CliRunner().invoke(app, args)
+
+
+@pytest.fixture(scope="module")
+def first(data, tmp_path_factory) -> dict:
+    """The first committee (--max-iterations 0), and its exploration: every frame with its spread."""
+    from neqforce.training.learn import LearnOptions, explore, model_path
+
+    out = tmp_path_factory.mktemp("learn")
+    res = _learn(data, out, "--max-iterations", "0")
+    assert res.exit_code == 0, res.output
+    assert model_path(out, 0).is_file()
+    # the same exploration the loop runs (deterministic: ONNX on the CPU, fixed seeds); the loop resumes it
+    opts = LearnOptions(out=out, data=tuple(data), grid=GRID, seeds=1, steps=10, save_every=2, workers=2,
+                        progress=False)
+    cands = explore(opts, model_path(out, 0), out / "it000" / "explore", echo=lambda s: None)
+    spreads = np.array([c.spread for c in cands])
+    threshold = float(np.median(np.unique(spreads)))
+    return {"out": out, "cands": cands, "threshold": threshold}
+
+
+@pytest.fixture(scope="module")
+def one_iteration(data, first) -> dict:
+    out = first["out"]
+    res = _learn(data, out, "--max-iterations", "1", "--threshold", repr(first["threshold"]))
+    assert res.exit_code == 0, res.output
+    return {**first, "output": res.output}
+
+
+def test_one_iteration_labels_only_frames_above_threshold(one_iteration):
+    from neqforce.training.dataset import load_dataset
+    from neqforce.training.learn_frames import frame_digest
+
+    out, thr, cands = one_iteration["out"], one_iteration["threshold"], one_iteration["cands"]
+    above = {}
+    for c in sorted(cands, key=lambda c: -c.spread):  # identical frames (step 0 of every point) once
+        if c.spread > thr:
+            above.setdefault(frame_digest(c.q), (c.run, c.step))
+    assert 0 < len(above) < len(cands)
+    labelled = load_dataset(out / "labelled")
+    got = [(f["run"], f["step"]) for t in labelled for f in t.extra["frames"]]
+    assert sorted(got) == sorted(above.values())
+    for t in labelled:
+        assert t.complete and t.backend == "negf" and t.extra["iteration"] == 0
+        assert t.extra["selected_by"]["model"] and t.extra["threshold"] == pytest.approx(thr)
+        assert all(f["spread"] > thr for f in t.extra["frames"])
+        fr = t.frames()
+        force, density = negf_forces(fr["q"][0], t.params)  # the labels are the exact NEGF forces
+        np.testing.assert_allclose(fr["force"][0], force, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(fr["density"][0], density, rtol=1e-10, atol=1e-12)
+    manifest = json.loads((out / "labelled" / "labelled.json").read_text())
+    assert manifest["frames"] == len(above) and "neqforce" in manifest["versions"]
+
+
+def test_iteration_retrains_reexports_and_logs(one_iteration):
+    from neqforce.server.backends.onnx import OnnxModel
+    from neqforce.training.checkpoint import read_checkpoint
+
+    out = one_iteration["out"]
+    nxt = OnnxModel.load(out / "models" / "it001.onnx", "it001", threads=1)
+    assert nxt.committee and nxt.spread_threshold is not None and nxt.spread_threshold > 0
+    ck = read_checkpoint(out / "it000" / "train" / "m0" / "model.pt")
+    assert any("it000_" in i for i in ck["train_ids"])  # trained on the labelled frames too
+    assert ck["dataset_frames"] > 3 * 16  # the NEGF-BD data (3 x 16 frames) plus the labelled frames
+    lines = (out / "learn.jsonl").read_text().splitlines()
+    assert len(lines) == 1
+    rec = json.loads(lines[0])
+    assert rec["frames_explored"] == len(one_iteration["cands"])
+    selection = json.loads((out / "it000" / "selection.json").read_text())
+    assert rec["frames_labelled"] == len(selection["frames"]) > 0
+    assert rec["negf_core_hours"] > 0 and np.isfinite(rec["validation_mse"])
+    assert set(rec["max_spread"]) == {"lx=8_voltage=2.5", "lx=8_voltage=3.5", "lx=10_voltage=2.5",
+                                      "lx=10_voltage=3.5"}
+    assert "iteration 0: explored" in one_iteration["output"] and "core-h" in one_iteration["output"]
+
+
+def test_rerun_resumes_without_relabelling(data, one_iteration):
+    out = one_iteration["out"]
+    labelled = sorted((out / "labelled").glob("*.h5"))
+    stamps = {p: p.stat().st_mtime_ns for p in labelled}
+    m0 = out / "it000" / "train" / "m0" / "model.pt"
+    m0_stamp = m0.stat().st_mtime_ns
+    # as if interrupted after labelling and the first member, before the second member and the export
+    (out / "models" / "it001.onnx").unlink()
+    for name in ("model.pt", "last.pt"):
+        (out / "it000" / "train" / "m1" / name).unlink()
+    state = json.loads((out / "learn.json").read_text())
+    state["iterations"] = []
+    (out / "learn.json").write_text(json.dumps(state))
+    res = _learn(data, out, "--max-iterations", "1", "--threshold", repr(one_iteration["threshold"]))
+    assert res.exit_code == 0, res.output
+    assert "labelling" not in res.output and "training member 2/2" in res.output
+    assert "training member 1/2" not in res.output
+    assert sorted((out / "labelled").glob("*.h5")) == labelled
+    assert all(p.stat().st_mtime_ns == stamps[p] for p in labelled)
+    assert m0.stat().st_mtime_ns == m0_stamp and (out / "models" / "it001.onnx").is_file()
+    assert len((out / "learn.jsonl").read_text().splitlines()) == 1
+    # and a rerun of a finished loop does nothing but report
+    res = _learn(data, out, "--max-iterations", "1", "--threshold", repr(one_iteration["threshold"]))
+    assert res.exit_code == 0 and "[done before]" in res.output and "exploring" not in res.output
+
+
+def test_bad_options_are_one_line_errors(data, tmp_path):
+    res = _learn(data, tmp_path / "x", "--members", "1")
+    assert res.exit_code != 0 and "error: --members must be >= 2" in res.output
+    assert "Traceback" not in res.output
+    res = _learn(data, tmp_path / "y", "--threshold", "-1")
+    assert res.exit_code != 0 and "error: --threshold" in res.output

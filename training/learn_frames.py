@@ -1,0 +1,152 @@
+"""Active learning, the frames: committee spread of explored frames, selection, exact NEGF labels, and the
+labelled-frames dataset (:mod:`neqforce.training.learn` runs the loop).
+
+The labelled dataset is a folder of :mod:`neqforce.trajectory` files, so ``neqforce train`` (and
+:func:`neqforce.training.dataset.load_dataset`) read it beside NEGF-BD trajectories unchanged::
+
+    labelled/labelled.json                       manifest: files, iteration, point, selecting model, versions
+    labelled/it000_lx=10_voltage=2.5_c0.h5       one file per labelling task (a chunk of frames of one point)
+
+Each file holds one point's frames in the order they were selected (``frames/step`` = 0, 1, …; save_every
+1, complete): Q, the exact NEGF force F(Q) and density n(Q) at the point's parameters; its ``extra``
+records the iteration, the selecting model (name, sha256), the threshold, and per frame the explored run,
+its BD step and the committee spread (force units). Files are written whole and atomically by the client
+from the task results, so an interrupted labelling leaves only complete files, and a rerun labels only the
+chunks that have none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from neqforce.atomic import atomic_write_text
+from neqforce.physics import HolsteinParams, bulk_cdw_amplitude, domain_wall_position
+from neqforce.trajectory import Trajectory, read_trajectory, software_versions, write_trajectory
+
+LABELLED_MANIFEST = "labelled.json"
+LABELLED_FORMAT = "neqforce.labelled/1"
+
+
+@dataclass
+class Candidate:
+    """An explored frame: where it comes from and the committee's largest per-site spread on it."""
+
+    point: str
+    params: HolsteinParams
+    run: str  # trajectory file of the exploration (relative to the learn folder)
+    step: int
+    spread: float  # max_i σ_i (force units)
+    q: np.ndarray  # (lx, ly) float64
+
+    @property
+    def digest(self) -> str:
+        return frame_digest(self.q)
+
+
+def frame_digest(q: np.ndarray) -> str:
+    """Content hash of a configuration (float64 bytes): the same frame is never labelled twice."""
+    return hashlib.sha1(np.ascontiguousarray(q, dtype=np.float64).tobytes()).hexdigest()
+
+
+def frame_spreads(model: Any, q: np.ndarray, params: HolsteinParams, chunk: int = 64) -> np.ndarray:
+    """Largest per-site committee spread max_i σ_i of each frame q (S, lx, ly) at ``params`` (its voltage
+    fed to the graph); ``model``: a committee :class:`~neqforce.server.backends.onnx.OnnxModel`."""
+    if not model.committee:
+        raise ValueError(f"{model.path} has no force_std output: active learning needs a committee "
+                         "(export two or more checkpoints together)")
+    out = np.empty(len(q))
+    for i in range(0, len(q), chunk):
+        _, _, std = model.evaluate(q[i:i + chunk], want_density=False, params=params.physical())
+        out[i:i + chunk] = np.asarray(std, dtype=np.float64).reshape(len(std), -1).max(axis=1)
+    return out
+
+
+def select_frames(cands: list[Candidate], threshold: float, max_per_point: int, top_k: int = 0,
+                  exclude: set[str] | frozenset[str] = frozenset()) -> list[Candidate]:
+    """Frames to label: per point, those whose spread exceeds ``threshold`` (or, with ``top_k`` > 0, the
+    ``top_k`` largest spreads whatever the threshold), largest first, at most ``max_per_point``; frames
+    already labelled (``exclude``: digests) or repeated (the same initial state in every seed) once."""
+    chosen: list[Candidate] = []
+    seen = set(exclude)
+    for point in dict.fromkeys(c.point for c in cands):
+        mine = sorted((c for c in cands if c.point == point), key=lambda c: -c.spread)
+        if not top_k:
+            mine = [c for c in mine if c.spread > threshold]
+        cap = min(max_per_point, top_k) if top_k else max_per_point
+        taken = 0
+        for c in mine:
+            if taken >= cap:
+                break
+            if c.digest in seen:
+                continue
+            seen.add(c.digest)
+            chosen.append(c)
+            taken += 1
+    return chosen
+
+
+def label_task(q: np.ndarray, params: HolsteinParams) -> dict[str, Any]:
+    """Exact NEGF labels of frames q (S, lx, ly) at ``params`` as a Dask task (one BLAS thread): force and
+    density (S, lx, ly) float64, and the CPU seconds the task used (its NEGF cost)."""
+    from threadpoolctl import threadpool_limits
+
+    from neqforce.server.backends.negf import negf_batch
+
+    cpu0, wall0 = time.process_time(), time.monotonic()
+    with threadpool_limits(1):
+        force, density = negf_batch(np.asarray(q, dtype=np.float64), params)
+    return {"force": force, "density": density, "cpu_s": time.process_time() - cpu0,
+            "wall_s": time.monotonic() - wall0}
+
+
+def write_labelled(path: Path, frames: list[Candidate], force: np.ndarray, density: np.ndarray, dt: float,
+                   provenance: dict[str, Any]) -> Path:
+    """One labelled-frames file (module docstring), written whole and atomically."""
+    params = frames[0].params
+    q0 = bulk_cdw_amplitude(params)
+    n = len(frames)
+    traj = Trajectory(params=params, seed=0, dt=dt, save_every=1, n_steps=n - 1, backend="negf",
+                      model="exact-negf", q0_bulk=q0, complete=True,
+                      extra={"kind": LABELLED_FORMAT, **provenance,
+                             "frames": [{"run": c.run, "step": c.step, "spread": round(c.spread, 7)}
+                                        for c in frames]})
+    for i, c in enumerate(frames):
+        traj.series_step.append(i)
+        traj.series_xi.append(domain_wall_position(c.q, params, q0))
+        traj.frame_step.append(i)
+        traj.frame_q.append(np.array(c.q, dtype=np.float64))
+        traj.frame_force.append(np.array(force[i], dtype=np.float64))
+        traj.frame_density.append(np.array(density[i], dtype=np.float64))
+    traj.checkpoint_step, traj.checkpoint_q = n - 1, np.array(frames[-1].q, dtype=np.float64)
+    write_trajectory(path, traj)
+    return path
+
+
+def labelled_digests(folder: Path) -> set[str]:
+    """Digests of every frame of the labelled dataset (what is never labelled again)."""
+    out: set[str] = set()
+    for f in sorted(folder.glob("*.h5")) if folder.is_dir() else []:
+        for q in read_trajectory(f).frames()["q"]:
+            out.add(frame_digest(q))
+    return out
+
+
+def write_labelled_manifest(folder: Path) -> Path:
+    """``labelled.json``: every labelled file with its iteration, point, selecting model, frame count and
+    NEGF CPU seconds, and the software versions (rewritten atomically from the files themselves)."""
+    files = []
+    for f in sorted(folder.glob("*.h5")):
+        t = read_trajectory(f)
+        files.append({"file": f.name, "frames": len(t.frame_step), "params": t.params.to_dict(),
+                      **{k: t.extra.get(k) for k in ("iteration", "point", "selected_by", "threshold",
+                                                       "negf_cpu_s")}})
+    manifest = {"format": LABELLED_FORMAT, "files": files, "frames": sum(f["frames"] for f in files),
+                "versions": software_versions()}
+    return atomic_write_text(folder / LABELLED_MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
