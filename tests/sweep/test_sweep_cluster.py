@@ -20,7 +20,7 @@ from neqforce.trajectory import read_trajectory
 
 from .conftest import SWEEP_ARGS, assert_same_sweep, neqforce, neqforce_exe, run_files, wait_for_progress
 
-STEPS = "80"
+STEPS = "60"
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,7 @@ def test_external_cluster_equals_embedded_and_survives_a_killed_worker(reference
                              "--scheduler", dask_cluster.address], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
-        wait_for_progress(out, 20, proc)
+        wait_for_progress(out, 15, proc)
         dask_cluster.kill_worker(0)
         stdout, stderr = proc.communicate(timeout=400)
     finally:
@@ -115,7 +115,7 @@ def test_sigint_then_rerun_is_bit_for_bit(reference, tmp_path):
     cmd = [neqforce_exe(), "sweep", "--out", str(out), *SWEEP_ARGS, "--steps", STEPS, "--workers", "2"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for_progress(out, 20, proc)
+        wait_for_progress(out, 15, proc)
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=120)
     finally:
