@@ -216,7 +216,8 @@ class ForceClient:
                    "metrics": json.loads(m.metrics_json) if m.metrics_json else {},
                    "dataset_sha256": m.dataset_sha256, "version": m.model_version,
                    "execution_providers": list(m.execution_providers),
-                   "domain": {r.name: [r.min, r.max] for r in m.domain}} for m in info.models]
+                   "domain": {r.name: [r.min, r.max] for r in m.domain},
+                   "force_std_threshold": m.force_std_threshold} for m in info.models]
         backends = [{"backend": _BACKEND_NAMES.get(b.backend, str(b.backend)), "available": b.available,
                      "detail": b.detail, "execution_providers": list(b.execution_providers)}
                     for b in info.backends]

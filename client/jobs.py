@@ -530,6 +530,9 @@ def format_server_info(info: dict[str, Any]) -> str:
         if domain:
             lines.append("    domain      " + ", ".join(f"{k} in [{lo:g}, {hi:g}]"
                                                       for k, (lo, hi) in domain.items()))
+        if m.get("force_std_threshold"):
+            lines.append(f"    spread      committee; threshold {m['force_std_threshold']:.4g} (force units: "
+                         "above it AUTO recomputes with exact NEGF, or flags the answer)")
         metrics = m.get("metrics") or {}
         if metrics:
             shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
