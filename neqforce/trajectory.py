@@ -20,7 +20,8 @@ datasets' offsets: the HDF5 structure is never modified), ``fdatasync``, then th
 so its cost does not grow with the run, and a process killed at any moment leaves the previous
 checkpoint intact. Readers trust only what the marker names (``extra.wall_time_s``: wall-clock
 seconds spent on the run, summed over resumes). When the room is full, the whole file is rewritten
-to a temporary name with twice the room and renamed (:mod:`neqforce.atomic`); so is the first write.
+to a temporary name with twice the room and renamed (:mod:`neqforce.atomic`); so is the first write,
+and the last: a complete run is stored compact (exact sizes, frames gzip-compressed).
 
 ``/1`` layout: the same attrs, fixed-size datasets and ``checkpoint/step``, ``checkpoint/q``.
 """
@@ -179,7 +180,7 @@ class TrajectoryWriter:
         t.complete = complete
         t.extra["wall_time_s"] = self._wall_before + time.monotonic() - self._started
         lay = self._layout
-        if (lay is None or not self.path.exists() or len(t.series_step) > lay.series_capacity
+        if (complete or lay is None or not self.path.exists() or len(t.series_step) > lay.series_capacity
                 or len(t.frame_step) > lay.frame_capacity or len(_state_json(t)) > STATE_CAPACITY):
             self._layout = write_trajectory(self.path, t)
         else:
@@ -225,12 +226,16 @@ def _frame_rows(traj: Trajectory, start: int) -> dict[str, np.ndarray]:
             "force": stack(traj.frame_force[start:]), "density": stack(traj.frame_density[start:])}
 
 
-def write_trajectory(path: str | os.PathLike[str], traj: Trajectory) -> _Layout:
-    """Write ``traj`` to ``path`` whole, atomically (temporary file in the same folder, then rename),
-    with room for as many rows again; returns where the rows live."""
+def write_trajectory(path: str | os.PathLike[str], traj: Trajectory) -> _Layout | None:
+    """Write ``traj`` to ``path`` whole, atomically (temporary file in the same folder, then rename).
+
+    A run in progress gets contiguous datasets with room for as many rows again (returns where they
+    live, for in-place checkpoints); a complete run is written compact (exact sizes, frames
+    gzip-compressed; returns None: extending it rewrites it)."""
     lx, ly = traj.params.shape
     n_series, n_frames = len(traj.series_step), len(traj.frame_step)
-    cap_s, cap_f = _capacity(n_series, 1024), _capacity(n_frames, 16)
+    compact = bool(traj.complete)
+    cap_s, cap_f = (n_series, n_frames) if compact else (_capacity(n_series, 1024), _capacity(n_frames, 16))
     state = _state_json(traj)
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         a = f.attrs
@@ -247,6 +252,10 @@ def write_trajectory(path: str | os.PathLike[str], traj: Trajectory) -> _Layout:
         groups = (("series", _series_rows(traj, 0), cap_s), ("frames", _frame_rows(traj, 0), cap_f))
         for group, rows, cap in groups:
             for name, value in rows.items():
+                if compact:
+                    f.create_dataset(f"{group}/{name}", data=value,
+                                     compression="gzip" if value.ndim == 3 and value.size else None)
+                    continue
                 full = np.zeros((cap, *value.shape[1:]), dtype=value.dtype)  # allocated now: contiguous
                 full[:len(value)] = value
                 f.create_dataset(f"{group}/{name}", data=full)
@@ -258,19 +267,21 @@ def write_trajectory(path: str | os.PathLike[str], traj: Trajectory) -> _Layout:
         f["checkpoint/state"] = states
         f["checkpoint/commit"] = np.array([traj.checkpoint_step, n_series, n_frames, 0, len(state)],
                                           dtype=np.int64)
-        offsets = _offsets(f)
-    return _Layout(offsets, cap_s, cap_f, n_series, n_frames, 0)
+        offsets = None if compact else _offsets(f)
+    return None if offsets is None else _Layout(offsets, cap_s, cap_f, n_series, n_frames, 0)
 
 
-def _offsets(f: h5py.File) -> dict[str, int]:
-    """Byte offsets in the file of the contiguous datasets a checkpoint writes in place."""
+def _offsets(f: h5py.File) -> dict[str, int] | None:
+    """Byte offsets in the file of the contiguous datasets a checkpoint writes in place (None for a
+    compact file: compressed or exact-size datasets, rewritten whole when extended)."""
     names = ([f"series/{n}" for n in _SERIES] + [f"frames/{n}" for n in _FRAMES]
              + ["checkpoint/slots", "checkpoint/state", "checkpoint/commit"])
     offsets = {}
     for name in names:
-        offset = f[name].id.get_offset()
+        ds = f[name]
+        offset = ds.id.get_offset() if ds.chunks is None else None
         if offset is None:
-            raise TrajectoryError(f"{f.filename}: {name} has no contiguous storage (damaged file)")
+            return None
         offsets[name] = int(offset)
     return offsets
 
@@ -356,7 +367,9 @@ def _read_open(path: Path, f: h5py.File) -> tuple[Trajectory, _Layout | None]:
         except ValueError:
             raise TrajectoryError(f"{path}: the run state (checkpoint/state) is not valid JSON") from None
         q = f["checkpoint/slots"][slot]
-        layout = _Layout(_offsets(f), len(f["series/step"]), len(f["frames/step"]), n_series, n_frames, slot)
+        offsets = _offsets(f)
+        if offsets is not None:
+            layout = _Layout(offsets, len(f["series/step"]), len(f["frames/step"]), n_series, n_frames, slot)
     else:
         step, q = int(f["checkpoint/step"][()]), f["checkpoint/q"][()]
         n_series, n_frames = len(f["series/step"]), len(f["frames/step"])

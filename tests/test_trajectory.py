@@ -36,25 +36,30 @@ def run(path, n_steps=40, stop_at=None, checkpoint_every=5, save_every=4):
 
 
 def test_checkpoints_append_in_place(tmp_path):
-    """After the first write, checkpoints extend the same file (same inode) instead of rewriting it."""
+    """After the first write, checkpoints write into the same file (same inode, preallocated room)
+    instead of rewriting it; the end of the run stores it compact."""
     path = tmp_path / "t.h5"
     sim = Simulation.create(path, P, Q0, n_steps=40, seed=3, save_every=4)
     inode = os.stat(path).st_ino
     sim.run(linear, checkpoint_every=5, stop_at=12)
     assert os.stat(path).st_ino == inode
-    sim = Simulation.open(path)
-    sim.run(linear, checkpoint_every=5)
+    Simulation.open(path).run(linear, checkpoint_every=5, stop_at=30)
     assert os.stat(path).st_ino == inode
+    with h5py.File(path) as f:
+        assert f.attrs["format"] == FORMAT
+        assert f["series/xi"].shape[0] >= 1024 and f["frames/q"].chunks is None  # room, contiguous
+        assert list(f["checkpoint/commit"][()][:3]) == [30, 31, 8]
+    Simulation.open(path).run(linear, checkpoint_every=5)
     traj = read_trajectory(path)
     assert traj.complete and traj.series_step == list(range(41))
     assert traj.frame_step == list(range(0, 41, 4))
     with h5py.File(path) as f:
-        assert f.attrs["format"] == FORMAT
-        assert f["series/xi"].shape[0] >= 41 and f["frames/q"].shape[0] >= 11  # preallocated room
+        assert f["series/xi"].shape == (41,) and f["frames/q"].compression == "gzip"  # compact
         assert list(f["checkpoint/commit"][()][:3]) == [40, 41, 11]
     whole = read_trajectory(run(tmp_path / "whole.h5").path)
     np.testing.assert_array_equal(whole.checkpoint_q, traj.checkpoint_q)
     np.testing.assert_array_equal(whole.frames()["q"], traj.frames()["q"])
+    assert whole.series_xi == traj.series_xi
 
 
 def test_rows_past_the_marker_are_ignored_and_overwritten(tmp_path):
