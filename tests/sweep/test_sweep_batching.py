@@ -161,3 +161,25 @@ def test_an_unreadable_run_file_is_kept_aside_and_the_run_redone(tmp_path):
     assert_same_run(tmp_path / "ref.h5", damaged)
     assert len(list(damaged.parent.glob("trajectory.h5.damaged-*"))) == 1
     assert "unreadable" in read_trajectory(damaged).extra["restarted"]
+
+
+def test_sweep_through_a_shared_server_equals_in_worker_forces(tmp_path):
+    """--server: every task sends its batch to one real force server (routes asked of the server with
+    a probe per point); the runs equal those computed with the model inside the workers."""
+    from neqforce.server.app import ServerConfig, start_server
+
+    common = ["sweep", "--lx", "12", "--ly", "10", "--voltage", "3.0", "--seeds", "2", "--steps", "30",
+              "--save-every", "5", "--backend", "onnx", "--no-progress"]
+    server = start_server(ServerConfig(port=0, negf_pool="thread", grace_s=1.0))
+    try:
+        r = neqforce(*common, "--out", str(tmp_path / "remote"), "--server", server.address)
+    finally:
+        server.stop(grace=1.0)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "base parameters: onnx (compact): OUTSIDE_DOMAIN" in r.stdout
+    local = neqforce(*common, "--out", str(tmp_path / "local"))
+    assert local.returncode == 0, local.stdout + local.stderr
+    for seed in (0, 1):
+        remote = tmp_path / "remote" / "runs" / "base" / f"seed{seed}" / "trajectory.h5"
+        assert read_trajectory(remote).extra["segments"][-1]["server"] == server.address
+        assert_same_run(tmp_path / "local" / "runs" / "base" / f"seed{seed}" / "trajectory.h5", remote)
