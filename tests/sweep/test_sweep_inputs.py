@@ -52,6 +52,8 @@ def test_grid_errors(name, spec, message):
     (["--kappa=0.1:0.2:0"], "step of zero"),
     (["--seeds", "0"], "--seeds must be >= 1"),
     (["--backend", "gpu"], "--backend must be one of"),
+    (["--model", "missing.onnx"], "model file not found: missing.onnx"),
+    (["--server", "127.0.0.1:1", "--model", "x.onnx"], "--model selects the model computed in the workers"),
 ])
 def test_cli_bad_input_is_one_line(tmp_path, args, message):
     out = tmp_path / "sweep"
