@@ -51,5 +51,40 @@ def generate(
     typer.echo(f"dataset ready: {out}")
 
 
+@dataset_app.command("pack")
+def pack(
+    src: Path = typer.Argument(..., help="Dataset folder (trajectory .h5 files and dataset.json)."),
+    out: Path = typer.Argument(..., help="Pack folder to write (float32 Q and F, small enough for git)."),
+) -> None:
+    """Pack a dataset's complete runs into a compact folder (see neqforce.training.dataset_pack)."""
+    from neqforce.training.dataset_pack import pack_dataset
+
+    try:
+        manifest = pack_dataset(src, out)
+    except (ValueError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    size = sum(f.stat().st_size for f in out.iterdir()) / 2**20
+    left = manifest["skipped"]
+    skipped = f"; not finished (pack again later): {', '.join(left)}" if left else ""
+    typer.echo(f"packed {len(manifest['runs'])} runs into {out} ({size:.1f} MiB){skipped}")
+
+
+@dataset_app.command("unpack")
+def unpack(
+    src: Path = typer.Argument(..., help="Pack folder written by `neqforce dataset pack`."),
+    out: Path = typer.Argument(..., help="Dataset folder to write trajectory files into."),
+) -> None:
+    """Rebuild trajectory files from a pack (hash-checked), readable by train and evaluate."""
+    from neqforce.training.dataset_pack import unpack_dataset
+
+    try:
+        paths = unpack_dataset(src, out)
+    except (ValueError, OSError, KeyError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"unpacked {len(paths)} runs into {out}")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(dataset_app, name="dataset")

@@ -1,0 +1,125 @@
+"""Compact, committable copies of NEGF-BD datasets: ``neqforce dataset pack`` / ``unpack``.
+
+NEGF labels are the expensive part of the pipeline (~1–2 s per 30×28 frame on one core), so a dataset
+that must outlive the machine it was made on is packed into a folder small enough for git::
+
+    manifest.json          the dataset's own dataset.json, plus per run: the SHA-256 of its float64
+                           (Q, F) frames (``dataset_sha256``) and of the packed float32 arrays
+    V3.000_s4.npz …        one per complete run: q, force float32 (S, lx, ly); step int32 (S,);
+                           series_step int32, series_xi, series_force_std_max float32; meta
+                           (JSON: every attribute of the trajectory — parameters, seed, dt, backend,
+                           versions, extra)
+
+Only Q and F are kept: the density is recomputed on unpacking from the force law
+F = g(n − ½) − kQ − κΣ_nn Q (docs/physics.md), i.e. n = ½ + (F − F_elastic)/g. Rounding Q and F to
+float32 changes forces by ~1e-7 relative, far below any model error reported in this project.
+``unpack`` writes ordinary trajectory files (``neqforce.trajectory/2``), so every tool reads them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from neqforce.atomic import atomic_path
+from neqforce.physics import elastic_force
+from neqforce.physics.params import HolsteinParams
+from neqforce.trajectory import Trajectory, read_trajectory, write_trajectory
+
+PACK_FORMAT = "neqforce.dataset-pack/1"
+MANIFEST = "manifest.json"
+_META_FIELDS = ("seed", "dt", "save_every", "n_steps", "backend", "model", "q0_bulk", "extra", "versions",
+                "created")
+
+
+def _sha(*arrays: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def pack_dataset(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> dict:
+    """Pack every complete run of dataset folder ``src`` into ``dst``; returns the manifest written.
+
+    Incomplete runs are listed under ``skipped`` (pack again when they are finished). Each file is
+    written atomically, the manifest last, so an interrupted pack never looks complete.
+    """
+    src, dst = Path(src), Path(dst)
+    files = sorted(src.glob("*.h5"))
+    if not files:
+        raise ValueError(f"no trajectory files (*.h5) in {src}")
+    dst.mkdir(parents=True, exist_ok=True)
+    source = src / "dataset.json"
+    source_manifest = json.loads(source.read_text()) if source.exists() else {}
+    runs, skipped = [], []
+    for f in files:
+        t = read_trajectory(f)
+        if not t.complete:
+            skipped.append(f.stem)
+            continue
+        fr = t.frames()
+        q32, f32 = fr["q"].astype(np.float32), fr["force"].astype(np.float32)
+        meta = {"params": t.params.to_dict(), **{k: getattr(t, k) for k in _META_FIELDS}}
+        arrays = {"q": q32, "force": f32, "step": fr["step"].astype(np.int32),
+                  "series_step": np.asarray(t.series_step, dtype=np.int32),
+                  "series_xi": np.asarray(t.series_xi, dtype=np.float32),
+                  "series_force_std_max": t.spread_series()[1].astype(np.float32),
+                  "meta": np.array(json.dumps(meta, sort_keys=True, default=float))}
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        with atomic_path(dst / f"{f.stem}.npz") as tmp:
+            Path(tmp).write_bytes(buf.getvalue())
+        runs.append({"name": f.stem, "file": f"{f.stem}.npz", "frames": int(len(q32)),
+                     "sha256_float64": _sha(fr["q"], fr["force"]), "sha256_float32": _sha(q32, f32)})
+    manifest = {"format": PACK_FORMAT, "source": source_manifest, "runs": runs, "skipped": skipped}
+    with atomic_path(dst / MANIFEST) as tmp:
+        Path(tmp).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
+
+
+def unpack_dataset(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> list[Path]:
+    """Rebuild trajectory files in ``dst`` from pack folder ``src`` (existing identical runs are kept).
+
+    Every run's float32 arrays are checked against the manifest's hash first (a damaged or edited pack
+    is refused with the run's name).
+    """
+    src, dst = Path(src), Path(dst)
+    manifest_path = src / MANIFEST
+    if not manifest_path.exists():
+        raise ValueError(f"{src} is not a dataset pack (no {MANIFEST})")
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("format") != PACK_FORMAT:
+        raise ValueError(f"{manifest_path}: format {manifest.get('format')!r}, expected {PACK_FORMAT!r}")
+    dst.mkdir(parents=True, exist_ok=True)
+    if manifest.get("source"):
+        with atomic_path(dst / "dataset.json") as tmp:
+            Path(tmp).write_text(json.dumps(manifest["source"], indent=2, sort_keys=True))
+    out = []
+    for run in manifest["runs"]:
+        with np.load(src / run["file"], allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        if _sha(arrays["q"], arrays["force"]) != run["sha256_float32"]:
+            raise ValueError(f"{src / run['file']}: contents do not match the manifest's hash (damaged pack)")
+        meta = json.loads(str(arrays["meta"]))
+        params = HolsteinParams.from_dict(meta.pop("params"))
+        q = arrays["q"].astype(np.float64)
+        force = arrays["force"].astype(np.float64)
+        density = 0.5 + (force - elastic_force(q, params)) / params.g
+        extra = {**meta.pop("extra"), "packed": "float32 Q and F (neqforce dataset pack); density from F"}
+        traj = Trajectory(params=params, extra=extra, complete=True, **meta,
+                          series_step=[int(s) for s in arrays["series_step"]],
+                          series_xi=[float(x) for x in arrays["series_xi"]],
+                          series_force_std_max=[float(x) for x in arrays["series_force_std_max"]],
+                          frame_step=[int(s) for s in arrays["step"]], frame_q=list(q),
+                          frame_force=list(force), frame_density=list(density),
+                          checkpoint_step=int(arrays["series_step"][-1]), checkpoint_q=q[-1])
+        path = dst / f"{run['name']}.h5"
+        write_trajectory(path, traj)
+        out.append(path)
+    return out
