@@ -75,6 +75,8 @@ class ForceResult:
         parameters: physical parameters the server used (names of docs/physics.md).
         compute_seconds: server-side compute time.
         request_id: the request's tag.
+        force_std_max: largest committee spread of the request (force units; 0 exact NEGF, -1 no committee).
+        flagged: the answer is not validated (outside the model's domain, or spread above its threshold).
     """
 
     force: np.ndarray
@@ -85,6 +87,8 @@ class ForceResult:
     parameters: dict[str, float]
     compute_seconds: float
     request_id: str = ""
+    force_std_max: float = float("nan")
+    flagged: bool = False
 
 
 def parameter_map(params: HolsteinParams | Mapping[str, float]) -> dict[str, float]:
@@ -113,7 +117,8 @@ def to_result(response: pb.ComputeForcesResponse) -> ForceResult:
                        backend=_BACKEND_NAMES.get(response.backend, str(response.backend)),
                        model=response.model,
                        reason=response.reason, parameters=dict(response.parameters),
-                       compute_seconds=response.compute_seconds, request_id=response.request_id)
+                       compute_seconds=response.compute_seconds, request_id=response.request_id,
+                       force_std_max=response.force_std_max, flagged=response.flagged)
 
 
 def _backend(name: str) -> int:

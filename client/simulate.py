@@ -49,6 +49,7 @@ from neqforce.physics import (
 from neqforce.physics.ground_state import RelaxProgress
 from neqforce.trajectory import Trajectory, TrajectoryWriter
 
+from .answers import Answer, answer_of, note_answer
 from .interrupt import guarded
 
 #: Called after every recorded step with the state and its domain-wall position ξ.
@@ -112,6 +113,11 @@ class NEGFForces:
     def __call__(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return negf_forces(q, self.params)
 
+    @property
+    def answer(self) -> Answer:
+        """What answered the last call (recorded per step, :mod:`neqforce.client.answers`)."""
+        return Answer(self.backend, self.model, False, "exact NEGF in this process", 0.0)
+
 
 class StreamForces:
     """Adapts a :class:`neqforce.client.ForceClient` stream (``stream.compute(q) -> ForceResult``)
@@ -128,6 +134,11 @@ class StreamForces:
         self.usage[(str(result.backend), str(result.model))] += 1
         self.last = result
         return np.asarray(result.force, dtype=np.float64), result.density
+
+    @property
+    def answer(self) -> Answer | None:
+        """What answered the last call: backend, model, flagged, reason, force_std_max."""
+        return None if self.last is None else answer_of(self.last)
 
     @property
     def backend(self) -> str:
@@ -272,8 +283,10 @@ class Simulation:
                         if state.step <= last:
                             continue
                         xi = domain_wall_position(state.q, traj.params, traj.q0_bulk)
+                        spread = note_answer(traj.extra, state.step, getattr(force_fn, "answer", None))
                         with guard.critical():
-                            self.writer.record(state.step, state.q, state.force, state.density, xi)
+                            self.writer.record(state.step, state.q, state.force, state.density, xi,
+                                               force_std_max=spread)
                         if bar is not None:
                             bar.set_postfix_str(f"xi={xi:.2f}", refresh=False)
                             bar.update(1 if state.step > 0 else 0)  # step 0 is the initial state

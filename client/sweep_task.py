@@ -19,6 +19,12 @@ Forces come from (``ForceSpec.kind``):
   server's own :class:`~neqforce.server.backends.onnx.OnnxModel`, so the numbers are the server's);
 * ``negf``: exact NEGF in the worker process (the server's ``negf_batch``), one BLAS thread;
 * ``server``: a running force server (``--server``), one streamed request per step for the batch.
+
+Each replica's trajectory records, per step, the largest committee spread of its force and every change
+of backend/model/flag (:mod:`neqforce.client.answers`): in-worker ONNX applies the server's own flag rules
+per lattice (``flag_configuration`` and ``spread_check`` of :mod:`neqforce.server.routing`; a task has no
+exact-NEGF fallback, so a spread above the threshold is flagged); through ``--server`` the answer (its
+spread and flag) is that of the whole batch's request.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from typing import Any
 import numpy as np
 
 from neqforce.physics import HolsteinParams, domain_wall_position, step_noise
+
+from .answers import note_answer
 
 #: A batched force field: q (R, lx, ly) -> (F (R, lx, ly), n (R, lx, ly) or None), float64.
 BatchForceFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
@@ -106,18 +114,60 @@ def _onnx_model(path: str, threads: int) -> Any:
 
 class OnnxBatchForces:
     """In-process ONNX Runtime forces: float64 q is cast to float32 and the float32 outputs back to
-    float64, exactly as the server and the client do on the wire."""
+    float64, exactly as the server and the client do on the wire. ``answers``: per lattice of the last
+    call, what answered (spread, flag and reason by the server's rules)."""
 
     backend = "onnx"
 
-    def __init__(self, path: str, threads: int = 1, params: HolsteinParams | None = None) -> None:
+    def __init__(self, path: str, threads: int = 1, params: HolsteinParams | None = None,
+                 requested: str = "auto") -> None:
         self._model = _onnx_model(str(path), int(threads))
         self.model = self._model.name
+        self._params = params
         self._physical = params.physical() if params is not None else None  # feeds a model's voltage input
+        self._route = _onnx_route(self._model, params, requested)
+        self.answers: list[Any] = []
 
     def __call__(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        force, density = self._model.run(q, want_density=True, params=self._physical)
+        force, density, std = self._model.evaluate(q, want_density=True, params=self._physical)
+        self.answers = self._answers(q, std)
         return np.asarray(force, dtype=np.float64), np.asarray(density, dtype=np.float64)
+
+    def _answers(self, q: np.ndarray, std: np.ndarray | None) -> list[Any]:
+        from neqforce.server.routing import flag_configuration, spread_check
+        from neqforce.v1 import force_service_pb2 as pb
+
+        from .answers import Answer
+
+        spreads = (np.full(len(q), -1.0) if std is None
+                   else np.asarray(std, dtype=np.float64).reshape(len(q), -1).max(axis=1))
+        out = []
+        for i, s in enumerate(spreads):
+            chosen = self._route
+            if chosen is not None and self._params is not None:
+                chosen = flag_configuration(chosen, q[i:i + 1], self._params)
+                chosen = spread_check(chosen, pb.BACKEND_ONNX, float(s), "in-worker ONNX of a sweep task")
+            out.append(Answer("onnx", self.model, bool(chosen is not None and chosen.flagged),
+                              chosen.reason if chosen is not None else "", float(s)))
+        return out
+
+
+def _onnx_route(model: Any, params: HolsteinParams | None, requested: str) -> Any:
+    """The server's route of ``params`` to ``model`` (reason, OUTSIDE_DOMAIN flag); None when it has none."""
+    if params is None:
+        return None
+    from neqforce.server.errors import RequestError
+    from neqforce.server.routing import route
+    from neqforce.v1 import force_service_pb2 as pb
+
+    code = {"auto": pb.BACKEND_AUTO, "onnx": pb.BACKEND_ONNX}.get(requested, pb.BACKEND_ONNX)
+    try:
+        chosen = route(params, code, "", {model.name: model}, rtol=1e-6, negf_max_sites=1 << 62)
+    except RequestError:
+        return None
+    if chosen.model is None:  # AUTO would not use the model; the task runs it as asked (explicit ONNX)
+        chosen = route(params, pb.BACKEND_ONNX, "", {model.name: model}, rtol=1e-6, negf_max_sites=1 << 62)
+    return chosen
 
 
 class NegfBatchForces:
@@ -134,6 +184,9 @@ class NegfBatchForces:
     def __call__(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         from neqforce.server.backends.negf import negf_batch
 
+        from .answers import Answer
+
+        self.answers = [Answer("negf", self.model, False, "exact NEGF in the worker", 0.0)] * len(q)
         return negf_batch(q, self.params)
 
 
@@ -149,8 +202,11 @@ class ServerBatchForces:
         self.backend, self.model = "", ""
 
     def __call__(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        from .answers import answer_of
+
         r = self._stream.compute(q)
         self.backend, self.model = str(r.backend), str(r.model)
+        self.answers = [answer_of(r)] * len(q)
         return np.asarray(r.force, dtype=np.float64), r.density
 
     def close(self) -> None:
@@ -161,7 +217,7 @@ class ServerBatchForces:
 def make_forces(spec: ForceSpec, params: HolsteinParams) -> Any:
     """The batched force source of ``spec`` for ``params``."""
     if spec.kind == "onnx":
-        return OnnxBatchForces(str(spec.model), spec.threads, params)
+        return OnnxBatchForces(str(spec.model), spec.threads, params, requested=spec.backend)
     if spec.kind == "negf":
         return NegfBatchForces(params)
     if spec.kind == "server":
@@ -236,6 +292,7 @@ def advance_batch(replicas: Sequence[_Replica], force_fn: BatchForceFn, *,
         group = [r for r in active if r.step == low]
         force, density = force_fn(np.stack([r.q for r in group]))
         force = np.asarray(force, dtype=np.float64)
+        answers = list(getattr(force_fn, "answers", None) or [])
         for i, r in enumerate(group):
             traj = r.sim.trajectory
             f = force[i]
@@ -243,7 +300,9 @@ def advance_batch(replicas: Sequence[_Replica], force_fn: BatchForceFn, *,
                 raise FloatingPointError(f"non-finite force at step {r.step} of {r.sim.path}")
             if r.step > r.last_recorded:
                 xi = domain_wall_position(r.q, traj.params, traj.q0_bulk)
-                r.sim.writer.record(r.step, r.q.copy(), f, None if density is None else density[i], xi)
+                spread = note_answer(traj.extra, r.step, answers[i] if len(answers) == len(group) else None)
+                r.sim.writer.record(r.step, r.q.copy(), f, None if density is None else density[i], xi,
+                                    force_std_max=spread)
                 recorded += 1
                 r.since_checkpoint += 1
             if r.step < r.end:

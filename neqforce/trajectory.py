@@ -5,6 +5,9 @@ One file per run (format ``neqforce.trajectory/2``; ``/1`` files are still read,
     attrs   format, params (JSON of HolsteinParams), seed, dt, save_every, q0_bulk, versions (JSON),
             created; n_steps, backend, model, complete, extra as of the last whole write
     series/step, series/time, series/xi           every step reached: ξ(t) (time in 1/gamma)
+    series/force_std_max                           every step: the largest committee spread of its force
+                                                   (force units; -1 no committee, 0 exact NEGF, NaN not
+                                                   recorded: files written before it read as NaN)
     frames/step, frames/time, frames/q, frames/force, frames/density   every ``save_every`` steps
                                                    (density is NaN where the backend gave none)
     checkpoint/slots (2, lx, ly)                   two buffers for the resume state Q
@@ -95,6 +98,7 @@ class Trajectory:
     complete: bool = False
     series_step: list[int] = field(default_factory=list)
     series_xi: list[float] = field(default_factory=list)
+    series_force_std_max: list[float] = field(default_factory=list)
     frame_step: list[int] = field(default_factory=list)
     frame_q: list[np.ndarray] = field(default_factory=list)
     frame_force: list[np.ndarray] = field(default_factory=list)
@@ -120,6 +124,10 @@ class Trajectory:
     def xi_series(self) -> tuple[np.ndarray, np.ndarray]:
         """(time (S,), ξ (S,)) for every step reached."""
         return step_times(self.series_step, self.dt), np.asarray(self.series_xi, dtype=np.float64)
+
+    def spread_series(self) -> tuple[np.ndarray, np.ndarray]:
+        """(time (S,), largest committee spread of each step's force (S,); NaN where not recorded)."""
+        return step_times(self.series_step, self.dt), _spreads(self, 0)
 
 
 @dataclass
@@ -155,11 +163,15 @@ class TrajectoryWriter:
         return cls(path, traj, layout)
 
     def record(self, step: int, q: np.ndarray, force: np.ndarray, density: np.ndarray | None,
-               xi: float) -> None:
-        """Record the state at ``step`` (ξ always; a frame when step % save_every == 0)."""
+               xi: float, force_std_max: float = float("nan")) -> None:
+        """Record the state at ``step`` (ξ and the force's committee spread always; a frame when
+        step % save_every == 0)."""
         t = self.traj
+        if len(t.series_force_std_max) != len(t.series_step):  # built without spreads: NaN (not recorded)
+            t.series_force_std_max = _spreads(t, 0).tolist()
         t.series_step.append(int(step))
         t.series_xi.append(float(xi))
+        t.series_force_std_max.append(float(force_std_max))
         if step % t.save_every == 0:
             t.frame_step.append(int(step))
             t.frame_q.append(np.array(q, dtype=np.float64))
@@ -189,7 +201,7 @@ class TrajectoryWriter:
 
 #: Bytes reserved for the run's changing state (n_steps, backend, model, complete, extra) as JSON.
 STATE_CAPACITY = 1 << 16
-_SERIES = ("step", "time", "xi")
+_SERIES = ("step", "time", "xi", "force_std_max")
 _FRAMES = ("step", "time", "q", "force", "density")
 
 
@@ -212,7 +224,16 @@ def _resume_q(traj: Trajectory) -> np.ndarray:
 def _series_rows(traj: Trajectory, start: int) -> dict[str, np.ndarray]:
     steps = np.asarray(traj.series_step[start:], dtype=np.int64)
     return {"step": steps, "time": step_times(steps, traj.dt),
-            "xi": np.asarray(traj.series_xi[start:], dtype=np.float64)}
+            "xi": np.asarray(traj.series_xi[start:], dtype=np.float64),
+            "force_std_max": _spreads(traj, start)}
+
+
+def _spreads(traj: Trajectory, start: int) -> np.ndarray:
+    """series_force_std_max[start:] as long as the series (NaN where a step has none recorded)."""
+    out = np.full(len(traj.series_step) - start, np.nan)
+    have = np.asarray(traj.series_force_std_max[start:len(traj.series_step)], dtype=np.float64)
+    out[:len(have)] = have
+    return out
 
 
 def _frame_rows(traj: Trajectory, start: int) -> dict[str, np.ndarray]:
@@ -278,6 +299,8 @@ def _offsets(f: h5py.File) -> dict[str, int] | None:
              + ["checkpoint/slots", "checkpoint/state", "checkpoint/commit"])
     offsets = {}
     for name in names:
+        if name not in f:  # written before that dataset existed: the next checkpoint rewrites it whole
+            return None
         ds = f[name]
         offset = ds.id.get_offset() if ds.chunks is None else None
         if offset is None:
@@ -390,6 +413,9 @@ def _read_open(path: Path, f: h5py.File) -> tuple[Trajectory, _Layout | None]:
         raise TrajectoryError(f"{path}: negative row counts in checkpoint/commit")
     traj.series_step = f["series/step"][:n_series].astype(np.int64).tolist()
     traj.series_xi = f["series/xi"][:n_series].astype(np.float64).tolist()
+    spread = f.get("series/force_std_max")
+    traj.series_force_std_max = (spread[:n_series].astype(np.float64).tolist() if spread is not None
+                                 and len(spread) >= n_series else [float("nan")] * n_series)
     traj.frame_step = f["frames/step"][:n_frames].astype(np.int64).tolist()
     traj.frame_q = list(f["frames/q"][:n_frames])
     traj.frame_force = list(f["frames/force"][:n_frames])
