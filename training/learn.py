@@ -338,6 +338,7 @@ def iteration(opts: LearnOptions, k: int, data: list[str], echo: Echo) -> dict[s
         raise ValueError(f"{current} has no calibrated spread threshold: pass --threshold")
     echo(f"iteration {k}: exploring with {current.name} (spread threshold {threshold:.4g})")
     cands = explore(opts, current, folder / "explore", echo)
+    walls = {"explore": round(time.monotonic() - wall0, 2)}
     max_spread = _max_spread_per_point(cands)
     sel_path = folder / "selection.json"
     if sel_path.exists():
@@ -355,13 +356,17 @@ def iteration(opts: LearnOptions, k: int, data: list[str], echo: Echo) -> dict[s
                            "negf_core_hours": 0.0,
                            "max_spread": max_spread, "validation_mse": None, "converged": converged}
     if converged or not chosen:
-        rec["converged"] = converged
-        rec["wall_s"] = round(time.monotonic() - wall0, 2)
+        rec["wall_s"] = {**walls, "total": round(time.monotonic() - wall0, 2)}
         return rec
+    t0 = time.monotonic()
     cpu_s = label(opts, k, chosen, model, threshold, echo)
+    walls["label"] = round(time.monotonic() - t0, 2)
+    t0 = time.monotonic()
     trained = train_committee(opts, folder / "train", data + [str(out / "labelled")], model_path(out, k + 1),
                               echo)
+    walls["train_export"] = round(time.monotonic() - t0, 2)
+    walls["total"] = round(time.monotonic() - wall0, 2)
     rec.update(frames_labelled=len(chosen), negf_core_hours=cpu_s / 3600.0, negf_cpu_s=round(cpu_s, 3),
                validation_mse=trained["validation_mse"], next_model=model_path(out, k + 1).name,
-               next_threshold=trained["threshold"], wall_s=round(time.monotonic() - wall0, 2))
+               next_threshold=trained["threshold"], wall_s=walls)
     return rec
