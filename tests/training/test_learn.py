@@ -182,3 +182,50 @@ def test_server_info_shows_the_committee_spread_threshold(one_iteration):
     assert by_name["it001.onnx"]["force_std_threshold"] == pytest.approx(expected, rel=1e-12) and expected > 0
     assert by_name[bundled_model_path().name]["force_std_threshold"] == 0.0
     assert f"threshold {expected:.4g}" in format_server_info(info)
+
+
+def test_ctrl_c_leaves_a_resumable_loop(data, first, tmp_path):
+    """SIGINT to a real `neqforce learn` process while it trains: exit 130 with one line, every file valid;
+    the same command then finishes the iteration without relabelling."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from neqforce.training.dataset import load_dataset
+
+    out = tmp_path / "L"
+    beside = Path(sys.executable).with_name("neqforce")
+    exe = str(beside) if beside.exists() else (shutil.which("neqforce") or "neqforce")
+    model = str(first["out"] / "models" / "it000.onnx")
+    args = [exe, "learn", *data, "--out", str(out), "--voltage", GRID["voltage"], "--lx", GRID["lx"], "--ly",
+            GRID["ly"], *SMALL, "--max-iterations", "1", "--threshold", repr(first["threshold"]), "--model",
+            model, "--epochs", "40"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "training member 1/2" in line:
+                time.sleep(1.0)  # inside the training epochs
+                proc.send_signal(signal.SIGINT)
+                break
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = "".join(lines) + rest
+    assert proc.returncode == 130, text
+    assert "interrupted" in text and "Traceback" not in text
+    labelled = sorted((out / "labelled").glob("*.h5"))
+    assert labelled and len(load_dataset(out / "labelled")) == len(labelled)  # every label file is whole
+    stamps = {p: p.stat().st_mtime_ns for p in labelled}
+    res = _learn(data, out, "--max-iterations", "1", "--threshold", repr(first["threshold"]), "--model",
+                 model, "--epochs", "40")
+    assert res.exit_code == 0, res.output
+    assert "labelling" not in res.output and (out / "models" / "it001.onnx").is_file()
+    assert {p: p.stat().st_mtime_ns for p in sorted((out / "labelled").glob("*.h5"))} == stamps
+    assert len((out / "learn.jsonl").read_text().splitlines()) == 1
