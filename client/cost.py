@@ -29,9 +29,11 @@ class CostRefused(ValueError):
 
 
 def format_duration(seconds: float) -> str:
-    """A duration for people: 12.3 s, 4.5 min, 2.1 h, 3.4 days."""
+    """A duration for people: 35 ms, 12.3 s, 4.5 min, 2.1 h, 3.4 days."""
     if not math.isfinite(seconds):
         return "?"
+    if seconds < 1:
+        return f"{seconds * 1e3:.0f} ms"
     if seconds < 120:
         return f"{seconds:.1f} s"
     if seconds < 2 * 3600:

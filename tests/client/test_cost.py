@@ -37,6 +37,7 @@ def test_bad_time_and_helpers():
     with pytest.raises(ValueError):
         project_cost("negf", float("nan"), 10)
     assert format_duration(30) == "30.0 s" and format_duration(600) == "10.0 min"
+    assert format_duration(0.0123) == "12 ms"
     assert format_duration(3 * 3600) == "3.0 h" and format_duration(float("inf")) == "?"
     value, seconds = timed(sum, [1, 2, 3])
     assert value == 6 and seconds >= 0
