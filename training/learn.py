@@ -118,8 +118,8 @@ def _check(opts: LearnOptions) -> None:
 def _request(opts: LearnOptions) -> dict[str, Any]:
     """What must not change between a run and its resumption (max_iterations may grow; the selection
     options apply to the iterations still to run: a finished one keeps its ``selection.json``)."""
-    keep = ("data", "grid", "model", "members", "seeds", "steps", "save_every", "dt", "spread_target",
-            "train")
+    keep = ("data", "grid", "model", "members", "seeds", "steps", "save_every", "dt", "label_chunk",
+            "spread_target", "train")
     return json.loads(json.dumps({k: v for k, v in asdict(opts).items() if k in keep}, default=str))
 
 
@@ -341,9 +341,9 @@ def iteration(opts: LearnOptions, k: int, data: list[str], echo: Echo) -> dict[s
     walls = {"explore": round(time.monotonic() - wall0, 2)}
     max_spread = _max_spread_per_point(cands)
     sel_path = folder / "selection.json"
-    if sel_path.exists():
-        keys = {(s["run"], s["step"]) for s in json.loads(sel_path.read_text())["frames"]}
-        chosen = [c for c in cands if (c.run, c.step) in keys]
+    if sel_path.exists():  # in the saved order: the labelling chunks (and their files) are the same again
+        by_key = {(c.run, c.step): c for c in cands}
+        chosen = [by_key[s["run"], s["step"]] for s in json.loads(sel_path.read_text())["frames"]]
     else:
         chosen = select_frames(cands, threshold, opts.max_per_point, opts.top_k,
                                exclude=labelled_digests(out / "labelled"))

@@ -18,12 +18,13 @@ from typer.testing import CliRunner  # noqa: E402
 
 from neqforce.cli import app  # noqa: E402
 from neqforce.physics import HolsteinParams, negf_forces  # noqa: E402
+from neqforce.trajectory import read_trajectory  # noqa: E402
 
 #: Initial NEGF-BD data: (lattice, voltage) of 15-step runs, seed 0.
 RUNS = [((8, 6), 2.5), ((8, 6), 3.5), ((10, 6), 3.0)]
 GRID = {"voltage": "2.5,3.5", "lx": "8,10", "ly": "6"}
 SMALL = ["--members", "2", "--epochs", "3", "--hidden", "12,8", "--r-cut", "4", "--batch-size", "256",
-         "--seeds", "1", "--steps", "10", "--save-every", "2", "--workers", "2", "--label-chunk", "4",
+         "--seeds", "1", "--steps", "10", "--save-every", "2", "--workers", "2", "--label-chunk", "2",
          "--max-per-point", "100", "--no-progress"]
 
 
@@ -132,7 +133,7 @@ def test_rerun_resumes_without_relabelling(data, one_iteration):
     stamps = {p: p.stat().st_mtime_ns for p in labelled}
     m0 = out / "it000" / "train" / "m0" / "model.pt"
     m0_stamp = m0.stat().st_mtime_ns
-    # as if interrupted after labelling and the first member, before the second member and the export
+    # as if interrupted after the first member, before the second member and the export
     (out / "models" / "it001.onnx").unlink()
     for name in ("model.pt", "last.pt"):
         (out / "it000" / "train" / "m1" / name).unlink()
@@ -150,6 +151,36 @@ def test_rerun_resumes_without_relabelling(data, one_iteration):
     # and a rerun of a finished loop does nothing but report
     res = _learn(data, out, "--max-iterations", "1", "--threshold", repr(one_iteration["threshold"]))
     assert res.exit_code == 0 and "[done before]" in res.output and "exploring" not in res.output
+
+
+def test_interrupted_labelling_relabels_only_the_missing_chunks_in_the_saved_order(data, one_iteration):
+    """Label files are chunks of the saved selection, in its order (whatever order exploration lists the
+    frames in): a rerun after Ctrl-C during labelling relabels exactly the frames of the missing files."""
+    from neqforce.training.dataset import load_dataset
+
+    out = one_iteration["out"]
+    second = sorted((out / "labelled").glob("*_c1.h5"))
+    assert second, "a point with two labelling chunks (--label-chunk 2)"
+    point = second[0].name[len("it000_"):-len("_c1.h5")]
+    victims = sorted((out / "labelled").glob(f"it000_{point}_c*.h5"))
+    n_missing = sum(len(read_trajectory(v).frame_step) for v in victims)
+    for v in victims:  # as if Ctrl-C came before that point's chunks were labelled
+        v.unlink()
+    sel_path = out / "it000" / "selection.json"
+    sel = json.loads(sel_path.read_text())
+    mine = [f for f in sel["frames"] if f["point"] == point]
+    sel["frames"] = [f for f in sel["frames"] if f["point"] != point] + mine[::-1]  # another valid order
+    sel_path.write_text(json.dumps(sel))
+    state = json.loads((out / "learn.json").read_text())
+    state["iterations"] = []
+    (out / "learn.json").write_text(json.dumps(state))
+    res = _learn(data, out, "--max-iterations", "1", "--threshold", repr(one_iteration["threshold"]))
+    assert res.exit_code == 0, res.output
+    assert f"labelling {n_missing} frame(s) with exact NEGF in {len(victims)} task(s)" in res.output
+    first_chunk = read_trajectory(out / "labelled" / f"it000_{point}_c0.h5").extra["frames"]
+    assert [(f["run"], f["step"]) for f in first_chunk] == [(f["run"], f["step"]) for f in mine[::-1][:2]]
+    got = [(f["run"], f["step"]) for t in load_dataset(out / "labelled") for f in t.extra["frames"]]
+    assert len(got) == len(set(got)) and set(got) == {(f["run"], f["step"]) for f in sel["frames"]}
 
 
 def test_bad_options_are_one_line_errors(data, tmp_path):
