@@ -5,8 +5,9 @@ Per step, ``series/force_std_max`` of the trajectory holds the largest committee
 answered and how — backend, model, ``flagged``, and the kind of reason (``OUTSIDE_DOMAIN``,
 ``HIGH_SPREAD``, an exact-NEGF fallback for a high spread) — is appended to the trajectory's
 ``extra["answers"]``: ``{"step", "backend", "model", "flagged", "reason"}`` with the full reason of the
-first answer of the change (the numbers in a reason, e.g. the spread, change every step and are not
-events). At most :data:`MAX_EVENTS` are kept; further ones are counted in ``extra["answers_dropped"]``.
+first answer of the change, cut at :data:`MAX_REASON` characters (the numbers in a reason, e.g. the
+spread, change every step and are not events). At most :data:`MAX_EVENTS` are kept; further ones are
+counted in ``extra["answers_dropped"]``.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-#: Events kept per run (a run flipping between ML and NEGF every step would otherwise grow its state).
-MAX_EVENTS = 200
+#: Events kept per run, and characters kept of each reason: the run state (trajectory extra) has 64 KiB
+#: (neqforce.trajectory.STATE_CAPACITY), and a run flipping between ML and NEGF would otherwise fill it.
+MAX_EVENTS = 64
+MAX_REASON = 240
 #: Reason words that make an answer an event of its own (docs/server.md, AUTO policy and flags).
 REASON_CODES = ("OUTSIDE_DOMAIN", "HIGH_SPREAD")
 
@@ -47,19 +50,19 @@ def answer_of(result: Any) -> Answer:
 
 
 def note_answer(extra: dict[str, Any], step: int, answer: Answer | None) -> float:
-    """Append ``answer`` to ``extra["answers"]`` when it differs from the last event (module docstring);
-    returns its force_std_max (NaN for None) for ``series/force_std_max``."""
+    """Append ``answer`` to ``extra["answers"]`` when it differs from the previous answer (module
+    docstring); returns its force_std_max (NaN for None) for ``series/force_std_max``."""
     if answer is None:
         return math.nan
     events = extra.setdefault("answers", [])
-    key = (answer.backend, answer.model, answer.flagged, answer.kind)
-    if events:
-        last = events[-1]
-        if (last["backend"], last["model"], last["flagged"], tuple(last.get("kind", ()))) == key:
-            return answer.force_std_max
+    key = [answer.backend, answer.model, answer.flagged, list(answer.kind)]
+    if extra.get("answers_last") == key:
+        return answer.force_std_max
+    extra["answers_last"] = key  # the last change, kept or not
     if len(events) >= MAX_EVENTS:
         extra["answers_dropped"] = int(extra.get("answers_dropped", 0)) + 1
         return answer.force_std_max
     events.append({"step": int(step), "backend": answer.backend, "model": answer.model,
-                   "flagged": answer.flagged, "kind": list(answer.kind), "reason": answer.reason})
+                   "flagged": answer.flagged, "kind": list(answer.kind),
+                   "reason": answer.reason[:MAX_REASON]})
     return answer.force_std_max

@@ -130,3 +130,20 @@ def test_files_without_the_spread_series_still_read_and_resume(models, tmp_path)
     spread = traj.spread_series()[1]
     assert traj.complete and len(spread) == 7
     assert np.all(np.isnan(spread[:4])) and np.all(spread[4:] == 0.0)  # NEGF: 0 once recorded
+
+
+def test_a_run_flipping_backends_keeps_its_state_bounded():
+    """ML/NEGF alternating every step (AUTO with a spread around the threshold) must not outgrow the run
+    state a checkpoint can store (neqforce.trajectory.STATE_CAPACITY)."""
+    from neqforce.client.answers import MAX_EVENTS, Answer, note_answer
+    from neqforce.trajectory import STATE_CAPACITY
+
+    extra: dict = {}
+    why = "committee spread 0.123 above the calibrated threshold 0.1 of model 'm' (force units); " * 6
+    for step in range(1000):
+        negf = step % 2 == 1
+        answer = Answer("negf" if negf else "onnx", "exact-negf" if negf else "m", False,
+                        why + ("exact NEGF" if negf else "HIGH_SPREAD"), 0.0 if negf else 0.12)
+        assert note_answer(extra, step, answer) == answer.force_std_max
+    assert len(extra["answers"]) == MAX_EVENTS and extra["answers_dropped"] == 1000 - MAX_EVENTS
+    assert len(json.dumps(extra)) < STATE_CAPACITY // 2
