@@ -117,12 +117,13 @@ def _check_options(opts: SweepOptions) -> None:
 def _local_models(opts: SweepOptions) -> dict[str, Any]:
     """The model the workers would load (``--model`` or the bundled one), loaded as the server does."""
     from neqforce.models import bundled_model_path
-    from neqforce.server.backends.onnx import OnnxModel, unique_names
+
+    from .sweep_task import onnx_model
 
     path = Path(opts.model) if opts.model else bundled_model_path()
     if not path.is_file():
         return {}
-    model = OnnxModel.load(path, unique_names([path])[0], threads=1)
+    model = onnx_model(str(path), 1)  # the session the tasks of an in-process worker then reuse
     return {model.name: model}
 
 

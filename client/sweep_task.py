@@ -30,6 +30,7 @@ spread and flag) is that of the whole batch's request.
 from __future__ import annotations
 
 import functools
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from neqforce.physics import HolsteinParams, domain_wall_position, step_noise
+from neqforce.physics import HolsteinParams, step_noise
+from neqforce.physics.domain_wall import domain_wall_positions
 
 from .answers import note_answer
 
@@ -104,12 +106,28 @@ class ChunkResult:
 
 
 # ----------------------------------------------------------------------------------------- forces
+#: Sites per ONNX Runtime call: a batch is evaluated in pieces of at most this many sites (at least one
+#: lattice each). The per-site work of the bundled model gathers a ~317-value neighbourhood per site
+#: (~1 MB of float32 for one 30×28 lattice), so one lattice per call stays in a core's L2 cache and a
+#: batch of 16 in one call costs ~20-30 % more per lattice (bench/sweep.py --inference). Every lattice
+#: gets the same floats whatever the pieces (ONNX Runtime computes each lattice of a batch alone; tested).
+SITES_PER_CALL = 1024
+
+_models_lock = threading.Lock()
+
+
 @functools.lru_cache(maxsize=4)
-def _onnx_model(path: str, threads: int) -> Any:
-    """The server's OnnxModel for ``path``, loaded once per worker process."""
+def _onnx_model_cached(path: str, threads: int) -> Any:
     from neqforce.server.backends.onnx import OnnxModel, unique_names
 
     return OnnxModel.load(path, unique_names([path])[0], threads=threads)
+
+
+def onnx_model(path: str, threads: int = 1) -> Any:
+    """The server's OnnxModel for ``path`` with ``threads`` intra-op threads, loaded once per process
+    (shared by the tasks of a worker and by the sweep's own planning in the embedded cluster)."""
+    with _models_lock:
+        return _onnx_model_cached(str(path), int(threads))
 
 
 class OnnxBatchForces:
@@ -120,35 +138,46 @@ class OnnxBatchForces:
     backend = "onnx"
 
     def __init__(self, path: str, threads: int = 1, params: HolsteinParams | None = None,
-                 requested: str = "auto") -> None:
-        self._model = _onnx_model(str(path), int(threads))
+                 requested: str = "auto", sites_per_call: int = SITES_PER_CALL) -> None:
+        self._model = onnx_model(str(path), int(threads))
         self.model = self._model.name
         self._params = params
         self._physical = params.physical() if params is not None else None  # feeds a model's voltage input
         self._route = _onnx_route(self._model, params, requested)
+        self._sites_per_call = int(sites_per_call)
         self.answers: list[Any] = []
 
     def __call__(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        force, density, std = self._model.evaluate(q, want_density=True, params=self._physical)
-        self.answers = self._answers(q, std)
-        return np.asarray(force, dtype=np.float64), np.asarray(density, dtype=np.float64)
+        n = len(q)
+        step = max(1, self._sites_per_call // max(1, q[0].size)) if n else 1
+        force, density = np.empty(q.shape), np.empty(q.shape)
+        spreads = np.full(n, -1.0)
+        for i in range(0, n, step):
+            f, d, std = self._model.evaluate(q[i:i + step], want_density=True, params=self._physical)
+            force[i:i + step], density[i:i + step] = f, d  # float32 -> float64, as on the wire
+            if std is not None:
+                spreads[i:i + step] = np.asarray(std, dtype=np.float64).reshape(len(f), -1).max(axis=1)
+        self.answers = self._answers(q, spreads)
+        return force, density
 
-    def _answers(self, q: np.ndarray, std: np.ndarray | None) -> list[Any]:
+    def _answers(self, q: np.ndarray, spreads: np.ndarray) -> list[Any]:
+        """Per lattice: the route flagged as the server flags it (OUTSIDE_DOMAIN from
+        ``flag_configuration``, asked once for the batch and per lattice only when the batch is flagged;
+        HIGH_SPREAD from ``spread_check``) and its committee spread (-1: no committee)."""
         from neqforce.server.routing import flag_configuration, spread_check
         from neqforce.v1 import force_service_pb2 as pb
 
         from .answers import Answer
 
-        spreads = (np.full(len(q), -1.0) if std is None
-                   else np.asarray(std, dtype=np.float64).reshape(len(q), -1).max(axis=1))
+        route, params = self._route, self._params
+        if route is None or params is None:
+            return [Answer("onnx", self.model, False, "", float(s)) for s in spreads]
+        whole = flag_configuration(route, q, params)  # unflagged: no lattice of the batch is flagged
         out = []
         for i, s in enumerate(spreads):
-            chosen = self._route
-            if chosen is not None and self._params is not None:
-                chosen = flag_configuration(chosen, q[i:i + 1], self._params)
-                chosen = spread_check(chosen, pb.BACKEND_ONNX, float(s), "in-worker ONNX of a sweep task")
-            out.append(Answer("onnx", self.model, bool(chosen is not None and chosen.flagged),
-                              chosen.reason if chosen is not None else "", float(s)))
+            chosen = flag_configuration(route, q[i:i + 1], params) if whole is not route else route
+            chosen = spread_check(chosen, pb.BACKEND_ONNX, float(s), "in-worker ONNX of a sweep task")
+            out.append(Answer("onnx", self.model, bool(chosen.flagged), chosen.reason, float(s)))
         return out
 
 
@@ -273,15 +302,38 @@ def _open_or_create(path: Path, params: HolsteinParams, seed: int, spec: ChunkSp
                              save_every=spec.save_every, extra=extra)
 
 
+@dataclass
+class Cadence:
+    """When the replicas of a task checkpoint, as :meth:`Simulation.run` does for one run: at steps
+    that are multiples of ``every`` unless writing took over 10 % of the time since the previous
+    checkpoint, and at least every ``seconds`` of wall time (where checkpoints fall never changes a run)."""
+
+    every: int
+    seconds: float
+    last: float = field(default_factory=time.monotonic)
+    cost: float = 0.0
+
+    def due(self, step: int) -> bool:
+        since = time.monotonic() - self.last
+        return (step % self.every == 0 and since >= 9 * self.cost) or since >= self.seconds
+
+    def written(self, t0: float) -> None:
+        """A checkpoint begun at ``t0`` (time.monotonic) just ended."""
+        self.last = time.monotonic()
+        self.cost = self.last - t0
+
+
 def advance_batch(replicas: Sequence[_Replica], force_fn: BatchForceFn, *,
                   on_step: Callable[[], None] | None = None,
-                  should_checkpoint: Callable[[_Replica], bool] | None = None,
+                  cadence: Cadence | None = None,
                   should_stop: Callable[[], bool] | None = None) -> int:
     """Advance every replica to its end, one batched force call per step for the replicas at the
     lowest step (all of them, once any resumed from different checkpoints have caught up).
 
     Q(s + 1) = Q(s) + dt F(Q(s)) + sqrt(2 T dt) ξ(seed, s), with the same float operations as
-    :func:`neqforce.physics.brownian_dynamics`. Returns the number of replica-steps recorded.
+    :func:`neqforce.physics.brownian_dynamics`, done on the whole batch at once (element-wise, so every
+    replica gets the floats it would get alone); ξ(seed, s) is drawn per replica. A replica checkpoints
+    when it ends and when ``cadence`` says so. Returns the number of replica-steps recorded.
     """
     recorded = 0
     active = [r for r in replicas if not r.done]
@@ -290,33 +342,75 @@ def advance_batch(replicas: Sequence[_Replica], force_fn: BatchForceFn, *,
             break
         low = min(r.step for r in active)
         group = [r for r in active if r.step == low]
-        force, density = force_fn(np.stack([r.q for r in group]))
+        q = np.stack([r.q for r in group])
+        force, density = force_fn(q)
         force = np.asarray(force, dtype=np.float64)
+        finite = np.isfinite(force).all(axis=(-2, -1))
+        if not finite.all():
+            bad = group[int(np.argmin(finite))]
+            raise FloatingPointError(f"non-finite force at step {bad.step} of {bad.sim.path}")
         answers = list(getattr(force_fn, "answers", None) or [])
-        for i, r in enumerate(group):
-            traj = r.sim.trajectory
-            f = force[i]
-            if not np.all(np.isfinite(f)):
-                raise FloatingPointError(f"non-finite force at step {r.step} of {r.sim.path}")
-            if r.step > r.last_recorded:
-                xi = domain_wall_position(r.q, traj.params, traj.q0_bulk)
-                spread = note_answer(traj.extra, r.step, answers[i] if len(answers) == len(group) else None)
-                r.sim.writer.record(r.step, r.q.copy(), f, None if density is None else density[i], xi,
-                                    force_std_max=spread)
-                recorded += 1
-                r.since_checkpoint += 1
-            if r.step < r.end:
-                q = r.q + traj.dt * f
-                if r.amplitude > 0:
-                    q += r.amplitude * step_noise(traj.seed, r.step, q.shape)
-                r.q = q
-                r.step += 1
-            if r.done or (should_checkpoint is not None and should_checkpoint(r)):
+        recorded += _record(group, q, force, density, answers if len(answers) == len(group) else None)
+        _euler_maruyama(group, q, force)
+        if cadence is not None and cadence.due(low):
+            t0 = time.monotonic()
+            for r in group:
+                if not r.done and r.since_checkpoint:
+                    _checkpoint(r, force_fn)
+            cadence.written(t0)
+        for r in group:
+            if r.done:
                 _checkpoint(r, force_fn)
         if on_step is not None:
             on_step()
         active = [r for r in active if not r.done]
     return recorded
+
+
+def _record(group: Sequence[_Replica], q: np.ndarray, force: np.ndarray, density: np.ndarray | None,
+            answers: Sequence[Any] | None) -> int:
+    """Record the state of every replica of ``group`` not recorded yet (a resumed replica's checkpoint
+    state is recomputed, not recorded twice); ξ of all of them in one call."""
+    todo = [i for i, r in enumerate(group) if r.step > r.last_recorded]
+    if not todo:
+        return 0
+    traj0 = group[todo[0]].sim.trajectory
+    q0_bulk = np.array([group[i].sim.trajectory.q0_bulk for i in todo])
+    xi = domain_wall_positions(q[todo], traj0.params, q0_bulk)
+    for k, i in enumerate(todo):
+        r = group[i]
+        spread = note_answer(r.sim.trajectory.extra, r.step, None if answers is None else answers[i])
+        r.sim.writer.record(r.step, q[i], force[i], None if density is None else density[i], float(xi[k]),
+                            force_std_max=spread)
+        r.since_checkpoint += 1
+    return len(todo)
+
+
+def _euler_maruyama(group: Sequence[_Replica], q: np.ndarray, force: np.ndarray) -> None:
+    """One step for the replicas of ``group`` (all at the same step) that have not reached their end:
+    q + dt·F, then + sqrt(2 T dt)·ξ(seed, step) where the amplitude is positive — per element exactly
+    what :func:`neqforce.physics.brownian_dynamics` computes for one run."""
+    move = [i for i, r in enumerate(group) if r.step < r.end]
+    if not move:
+        return
+    if len(move) < len(group):
+        q, force = q[move], force[move]
+    dt = np.array([group[i].sim.trajectory.dt for i in move])[:, None, None]
+    amplitude = np.array([group[i].amplitude for i in move])
+    nxt = q + dt * force
+    noisy = np.flatnonzero(amplitude > 0)
+    if noisy.size:
+        xi = np.empty((noisy.size, *q.shape[1:]))
+        for k, j in enumerate(noisy):
+            r = group[move[j]]
+            xi[k] = step_noise(r.sim.trajectory.seed, r.step, q.shape[1:])
+        if noisy.size == len(move):
+            nxt += amplitude[:, None, None] * xi
+        else:
+            nxt[noisy] += amplitude[noisy][:, None, None] * xi
+    for k, i in enumerate(move):
+        group[i].q = nxt[k]
+        group[i].step += 1
 
 
 def _checkpoint(r: _Replica, force_fn: Any) -> None:
@@ -361,21 +455,12 @@ def run_chunk(spec: ChunkSpec) -> ChunkResult:
                          "force_source": spec.forces.kind,
                          **({"server": spec.forces.server} if spec.forces.server else {})}
             r.sim.trajectory.extra.setdefault("segments", []).append(r.segment)
-        last_ckpt = {id(r): time.monotonic() for r in todo}
-
-        def due(r: _Replica) -> bool:
-            now = time.monotonic()
-            if (r.since_checkpoint and r.sim.last_step % spec.checkpoint_every == 0) or \
-                    now - last_ckpt[id(r)] >= spec.checkpoint_seconds:
-                last_ckpt[id(r)] = now
-                return True
-            return False
-
         new = 0
         try:
             if todo:
                 new = advance_batch(todo, force_fn, on_step=lambda: reporter.report(replicas),
-                                    should_checkpoint=due, should_stop=reporter.stop_requested)
+                                    cadence=Cadence(spec.checkpoint_every, spec.checkpoint_seconds),
+                                    should_stop=reporter.stop_requested)
         finally:
             for r in todo:  # everything done so far is saved, whatever ended the loop
                 if not r.done and r.since_checkpoint:
@@ -398,7 +483,7 @@ def _now() -> str:
 
 
 class _Reporter:
-    """Progress to the sweep's client ({path: last step}, at most every 0.5 s) and the stop request,
+    """Progress to the sweep's client ({path: last step}, at most once a second) and the stop request,
     through :mod:`neqforce.client.sweep_cluster` (both no-ops outside a Dask worker)."""
 
     def __init__(self, spec: ChunkSpec) -> None:
@@ -410,7 +495,7 @@ class _Reporter:
         from .sweep_cluster import report_progress
 
         now = time.monotonic()
-        if not self._topic or (not force and now - self._last < 0.5):
+        if not self._topic or (not force and now - self._last < 1.0):
             return
         self._last = now
         report_progress(self._topic, {"runs": {str(r.sim.path): r.sim.last_step for r in replicas}})

@@ -78,6 +78,21 @@ def domain_wall_position(q: np.ndarray, params: HolsteinParams, q0_bulk: float |
     return float(np.count_nonzero(metallic_columns(q, q0_bulk)) / params.lx)
 
 
+def domain_wall_positions(q: np.ndarray, params: HolsteinParams,
+                          q0_bulk: float | np.ndarray | None = None) -> np.ndarray:
+    """ξ of every lattice of a batch q (..., lx, ly): shape (...), the same floats as
+    :func:`domain_wall_position` on each lattice alone. ``q0_bulk``: a scalar or one value per lattice
+    (shape (...)); default the bulk value of ``params``."""
+    q = np.asarray(q, dtype=np.float64)
+    if q.shape[-2:] != params.shape:
+        raise ValueError(f"q has shape {q.shape}, expected (..., lx, ly) with (lx, ly) = {params.shape}")
+    if q0_bulk is None:
+        q0_bulk = bulk_cdw_amplitude(params)
+    q0 = np.asarray(q0_bulk, dtype=np.float64)
+    metallic = metallic_columns(q, q0[..., None] if q0.ndim else q0)
+    return np.count_nonzero(metallic, axis=-1) / params.lx
+
+
 #: Default ξ window of the wall-speed fit: from the first step with ξ >= 0.2 to the first with ξ >= 0.8
 #: (the wall has left the left electrode and not yet felt the right one).
 SPEED_WINDOW = (0.2, 0.8)

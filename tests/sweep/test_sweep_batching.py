@@ -18,15 +18,37 @@ P = HolsteinParams(lx=12, ly=10)
 
 
 def test_onnx_batch_equals_single_lattices():
-    """The property the batching relies on, checked on the bundled model at two lattice sizes."""
-    forces = OnnxBatchForces(str(bundled_model_path()))
+    """The property the batching relies on, checked on the bundled model at two lattice sizes: a batch
+    in one ONNX Runtime call, in the task's cache-sized pieces, and each lattice alone give the same
+    floats."""
+    whole = OnnxBatchForces(str(bundled_model_path()), sites_per_call=1 << 30)
+    pieces = OnnxBatchForces(str(bundled_model_path()))
     rng = np.random.default_rng(7)
     for shape in ((12, 10), (30, 28)):
         q = initial_cdw(P.replace(lx=shape[0], ly=shape[1]))[0] + 0.3 * rng.standard_normal((16, *shape))
-        f_batch, n_batch = forces(q)
+        f_batch, n_batch = whole(q)
+        f_pieces, n_pieces = pieces(q)
+        assert np.array_equal(f_pieces, f_batch) and np.array_equal(n_pieces, n_batch)
         for i in range(len(q)):
-            f1, n1 = forces(q[i:i + 1])
+            f1, n1 = whole(q[i:i + 1])
             assert np.array_equal(f1[0], f_batch[i]) and np.array_equal(n1[0], n_batch[i])
+
+
+def test_batched_domain_wall_positions_equal_single():
+    """ξ of a batch in one call is ξ of each lattice alone, bit for bit (walls at every position)."""
+    from neqforce.physics import bulk_cdw_amplitude, domain_wall_position
+    from neqforce.physics.domain_wall import domain_wall_positions
+    from neqforce.physics.lattice import staggered_sign
+
+    p = HolsteinParams()
+    q0 = bulk_cdw_amplitude(p)
+    rng = np.random.default_rng(3)
+    amp = np.where(np.arange(p.lx)[None, :, None] < rng.integers(0, p.lx + 1, (64, 1, 1)), 0.1, 1.0)
+    q = staggered_sign(p.lx, p.ly) * q0 * amp + 0.05 * rng.standard_normal((64, *p.shape))
+    single = [domain_wall_position(x, p, q0) for x in q]
+    assert len(set(single)) > 10
+    assert domain_wall_positions(q, p, np.full(64, q0)).tolist() == single
+    assert domain_wall_positions(q, p).tolist() == single
 
 
 def test_batched_replicas_equal_simulate(tmp_path):
