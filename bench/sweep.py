@@ -10,12 +10,19 @@ round trip per step; --no-plots, so the loop is not charged for figures). The sw
 force call per step, summary and figures included). Both wall times include process start-up.
 Prints replica-steps per second side by side, the ratio (target: >= 5x), and checks that every sweep
 replica is bit-for-bit the ``simulate`` run with its seed.
+
+Both sides also get their CPU seconds (user + system of the processes they ran) and the machine's load
+average before and after: on a machine shared with other jobs, wall-clock throughput depends on how
+many cores were free, CPU seconds per replica-step much less. Last, the model alone (ONNX Runtime in
+this process, one intra-op thread): ms per lattice with one lattice per call, with the whole batch in one
+call, and in the pieces a sweep task uses — the floor of a replica-step's CPU cost.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -32,13 +39,43 @@ def _exe() -> str:
     return str(beside) if beside.exists() else "neqforce"
 
 
-def _run(cmd: list[str]) -> float:
-    t0 = time.perf_counter()
+def _cpu_children() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _run(cmd: list[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the process and everything it waited for)."""
+    t0, c0 = time.perf_counter(), _cpu_children()
     r = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, _cpu_children() - c0
     if r.returncode != 0:
         raise SystemExit(f"error: {' '.join(cmd)} failed:\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
-    return wall
+    return wall, cpu
+
+
+def model_alone(replicas: int, lx: int, ly: int, repeats: int = 20) -> dict[str, float]:
+    """Seconds per lattice of the bundled model alone (one intra-op thread, the best of ``repeats``,
+    interleaved): one lattice per call, the whole batch in one call, the sweep task's pieces."""
+    from neqforce.client.simulate import initial_cdw
+    from neqforce.client.sweep_task import OnnxBatchForces
+    from neqforce.models import bundled_model_path
+    from neqforce.physics import HolsteinParams
+
+    p = HolsteinParams(lx=lx, ly=ly)
+    q = initial_cdw(p)[0] + 0.1 * np.random.default_rng(0).standard_normal((replicas, lx, ly))
+    pieces = OnnxBatchForces(str(bundled_model_path()), threads=1)
+    model = pieces._model
+    ways = {"1 per call": lambda: [model.evaluate(q[i:i + 1], True) for i in range(replicas)],
+            f"{replicas} per call": lambda: model.evaluate(q, True),
+            "task pieces": lambda: pieces(q)}
+    best = dict.fromkeys(ways, float("inf"))
+    for _ in range(repeats):
+        for name, fn in ways.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], (time.perf_counter() - t0) / replicas)
+    return best
 
 
 def same_run(a: Path, b: Path) -> bool:
@@ -67,12 +104,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.replicas} replicas, {args.lx}×{args.ly}, {args.steps} steps, bundled model; "
           f"{os.cpu_count()} cores; work folder {work}", flush=True)
 
-    sim_wall = 0.0
+    load = {"simulate": [os.getloadavg()[0]]}
+    sim_wall = sim_cpu = 0.0
     for seed in range(args.replicas):
         out = work / "simulate" / f"seed{seed}"
-        sim_wall += _run([exe, "simulate", *lattice, "--steps", str(args.steps), "--seed", str(seed), "--out",
+        wall, cpu = _run([exe, "simulate", *lattice, "--steps", str(args.steps), "--seed", str(seed), "--out",
                           str(out), "--no-plots", "--no-progress", "--overwrite"])
+        sim_wall, sim_cpu = sim_wall + wall, sim_cpu + cpu
         print(f"  simulate --seed {seed}: {sim_wall:.1f} s so far", flush=True)
+    load["simulate"].append(os.getloadavg()[0])
 
     sweep_out = work / "sweep"
     cmd = [exe, "sweep", *lattice, "--seeds", str(args.replicas), "--steps", str(args.steps), "--out",
@@ -85,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         import shutil
 
         shutil.rmtree(sweep_out)
-    sweep_wall = _run(cmd)
+    load["sweep"] = [os.getloadavg()[0]]
+    sweep_wall, sweep_cpu = _run(cmd)
+    load["sweep"].append(os.getloadavg()[0])
 
     runs = sorted((sweep_out / "runs").glob("*/seed*/trajectory.h5"))
     batch = max(read_trajectory(f).extra["segments"][-1]["replicas_in_batch"] for f in runs)
@@ -93,12 +135,19 @@ def main(argv: list[str] | None = None) -> int:
     replica_steps = args.replicas * (args.steps + 1)
     rate_sim, rate_sweep = replica_steps / sim_wall, replica_steps / sweep_wall
     print()
-    print(f"{'':34s}{'wall [s]':>10s}{'replica-steps':>15s}{'replica-steps/s':>17s}")
-    print(f"{f'{args.replicas} × neqforce simulate':34s}{sim_wall:10.1f}{replica_steps:15d}{rate_sim:17.0f}")
-    print(f"{f'neqforce sweep --seeds {args.replicas}':34s}{sweep_wall:10.1f}{replica_steps:15d}"
-          f"{rate_sweep:17.0f}")
-    print(f"ratio sweep / separate simulate runs: {rate_sweep / rate_sim:.2f}x (target >= 5x); sweep backend "
-          f"{','.join(sorted(backend))}, up to {batch} replicas per batched force call")
+    print(f"{'':30s}{'wall [s]':>9s}{'CPU [s]':>9s}{'replica-steps':>15s}{'replica-steps/s':>17s}"
+          f"{'CPU ms/replica-step':>21s}{'load avg 1 min':>17s}")
+    for name, wall, cpu, rate, key in (
+            (f"{args.replicas} × neqforce simulate", sim_wall, sim_cpu, rate_sim, "simulate"),
+            (f"neqforce sweep --seeds {args.replicas}", sweep_wall, sweep_cpu, rate_sweep, "sweep")):
+        print(f"{name:30s}{wall:9.1f}{cpu:9.1f}{replica_steps:15d}{rate:17.0f}"
+              f"{cpu / replica_steps * 1e3:21.2f}{'{:.1f} -> {:.1f}'.format(*load[key]):>17s}")
+    print(f"ratio sweep / separate simulate runs: {rate_sweep / rate_sim:.2f}x (target >= 5x); per CPU "
+          f"second {sim_cpu / sweep_cpu:.2f}x; sweep backend {','.join(sorted(backend))}, up to {batch} "
+          f"replicas per batched force call")
+    alone = model_alone(args.replicas, args.lx, args.ly)
+    print("model alone (ONNX Runtime, 1 thread), ms per lattice: "
+          + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in alone.items()))
     same = sum(same_run(work / "simulate" / f"seed{s}" / "trajectory.h5",
                         next(f for f in runs if f.parent.name == f"seed{s}")) for s in range(args.replicas))
     print(f"bit-for-bit: {same}/{args.replicas} sweep replicas identical to `neqforce simulate --seed s`")

@@ -357,21 +357,23 @@ def run_sweep(opts: SweepOptions, echo: Echo = print) -> SweepReport:
             out.mkdir(parents=True, exist_ok=True)
             _remove_stale_temporaries(out)
             manifest.write()
+            returned = False  # every task returned: its runs' states are in the manifest already
             try:
                 new_steps = _execute(client, opts, points, routes, paths, state, remaining, parallel,
                                      manifest, echo)
+                returned = True
             except KeyboardInterrupt as exc:
                 interrupted = True
                 exc.report = _report(out, points, state, n_runs, new_steps, wall0, [], [], True)
                 raise
             finally:
-                manifest.state_from_disk()
+                if not returned:
+                    manifest.state_from_disk()
                 manifest.write()
         _remove_stale_temporaries(out)
     else:
         echo("every run is complete; rewriting the summary")
     written, found = _write_summary(out, points, paths, opts, echo)
-    manifest.state_from_disk()
     manifest.write()
     return _report(out, points, manifest.state, n_runs, new_steps, wall0, written, found, interrupted)
 
