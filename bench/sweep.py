@@ -55,7 +55,7 @@ def _run(cmd: list[str]) -> tuple[float, float]:
 
 
 def model_alone(replicas: int, lx: int, ly: int, repeats: int = 20) -> dict[str, float]:
-    """Seconds per lattice of the bundled model alone (one intra-op thread, the best of ``repeats``,
+    """Seconds per lattice of the bundled model alone (one intra-op thread, median of ``repeats``,
     interleaved): one lattice per call, the whole batch in one call, the sweep task's pieces."""
     from neqforce.client.simulate import initial_cdw
     from neqforce.client.sweep_task import OnnxBatchForces
@@ -69,13 +69,13 @@ def model_alone(replicas: int, lx: int, ly: int, repeats: int = 20) -> dict[str,
     ways = {"1 per call": lambda: [model.evaluate(q[i:i + 1], True) for i in range(replicas)],
             f"{replicas} per call": lambda: model.evaluate(q, True),
             "task pieces": lambda: pieces(q)}
-    best = dict.fromkeys(ways, float("inf"))
+    times: dict[str, list[float]] = {name: [] for name in ways}
     for _ in range(repeats):
         for name, fn in ways.items():
             t0 = time.perf_counter()
             fn()
-            best[name] = min(best[name], (time.perf_counter() - t0) / replicas)
-    return best
+            times[name].append((time.perf_counter() - t0) / replicas)
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def same_run(a: Path, b: Path) -> bool:
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
           f"second {sim_cpu / sweep_cpu:.2f}x; sweep backend {','.join(sorted(backend))}, up to {batch} "
           f"replicas per batched force call")
     alone = model_alone(args.replicas, args.lx, args.ly)
-    print("model alone (ONNX Runtime, 1 thread), ms per lattice: "
+    print("model alone (ONNX Runtime, 1 thread, median), ms per lattice: "
           + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in alone.items()))
     same = sum(same_run(work / "simulate" / f"seed{s}" / "trajectory.h5",
                         next(f for f in runs if f.parent.name == f"seed{s}")) for s in range(args.replicas))
