@@ -108,9 +108,9 @@ class ChunkResult:
 # ----------------------------------------------------------------------------------------- forces
 #: Sites per ONNX Runtime call: a batch is evaluated in pieces of at most this many sites (at least one
 #: lattice each). The per-site work of the bundled model gathers a ~317-value neighbourhood per site
-#: (~1 MB of float32 for one 30×28 lattice), so one lattice per call stays in a core's L2 cache and a
-#: batch of 16 in one call costs ~20-30 % more per lattice (bench/sweep.py --inference). Every lattice
-#: gets the same floats whatever the pieces (ONNX Runtime computes each lattice of a batch alone; tested).
+#: (~1 MB of float32 for one 30×28 lattice), so one lattice per call stays in a core's L2 cache, while
+#: a batch of 16 in one call costs about a third more per lattice (bench/sweep.py prints both). Every
+#: lattice gets the same floats whatever the pieces (ONNX Runtime computes each lattice alone; tested).
 SITES_PER_CALL = 1024
 
 _models_lock = threading.Lock()
