@@ -205,3 +205,32 @@ def test_sweep_through_a_shared_server_equals_in_worker_forces(tmp_path):
         remote = tmp_path / "remote" / "runs" / "base" / f"seed{seed}" / "trajectory.h5"
         assert read_trajectory(remote).extra["segments"][-1]["server"] == server.address
         assert_same_run(tmp_path / "local" / "runs" / "base" / f"seed{seed}" / "trajectory.h5", remote)
+
+
+def test_one_model_session_per_process():
+    """The sweep plans with the session its in-process tasks then compute with (no second load)."""
+    from pathlib import Path
+
+    from neqforce.client.sweep import SweepOptions, _local_models
+    from neqforce.client.sweep_task import onnx_model
+
+    path = str(bundled_model_path())
+    planned = next(iter(_local_models(SweepOptions(out=Path("unused"))).values()))
+    assert planned is onnx_model(path) is OnnxBatchForces(path, params=HolsteinParams())._model
+
+
+def test_checkpoint_cadence_is_simulates():
+    """Due at multiples of `every` unless the last checkpoint cost over 10 % of the time since; always due
+    after `seconds`."""
+    import time
+
+    from neqforce.client.sweep_task import Cadence
+
+    c = Cadence(every=5, seconds=60.0)
+    assert c.due(5) and not c.due(7)
+    c.cost = 1e6  # a checkpoint that took longer than the run so far: the next step-based one is skipped
+    assert not c.due(10)
+    c.last = time.monotonic() - 61.0
+    assert c.due(7)
+    c.written(time.monotonic() - 0.5)
+    assert 0.4 < c.cost < 60.0 and not c.due(7)
