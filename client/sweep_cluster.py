@@ -71,7 +71,9 @@ def dask_client(scheduler: str | None = None, *, n_workers: int | None = None, e
                 timeout: float = CONNECT_TIMEOUT_S, processes: bool = True) -> Iterator[Any]:
     """A :class:`distributed.Client` on ``scheduler`` ("tcp://HOST:PORT"), or on an embedded
     LocalCluster of ``n_workers`` single-threaded worker processes (default: one per core); with
-    ``processes=False``, one in-process worker with ``n_workers`` threads.
+    ``processes=False``, one in-process worker with ``n_workers`` threads. The embedded cluster logs
+    only CRITICAL messages: task errors reach the client through their futures, and the workers'
+    heartbeat errors while a Ctrl-C tears the cluster down are noise, not news.
 
     An unreachable or malformed scheduler address is a ValueError with a one-line message.
     """
@@ -93,12 +95,12 @@ def dask_client(scheduler: str | None = None, *, n_workers: int | None = None, e
         if processes:
             with _sigint_ignored():
                 cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                       dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR,
+                                       dashboard_address="127.0.0.1:0", silence_logs=logging.CRITICAL,
                                        scheduler_port=0)
             where = f"embedded Dask LocalCluster ({n} worker process{'es' if n > 1 else ''}, 1 thread each)"
         else:
             cluster = LocalCluster(n_workers=1, threads_per_worker=n, processes=False,
-                                   dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR,
+                                   dashboard_address="127.0.0.1:0", silence_logs=logging.CRITICAL,
                                    scheduler_port=0)
             where = f"embedded Dask LocalCluster (1 in-process worker, {n} thread{'s' if n > 1 else ''})"
         client = Client(cluster, set_as_default=False)
