@@ -141,6 +141,24 @@ def slow_params() -> HolsteinParams:
     return SLOW
 
 
+def raw_request(q: np.ndarray, dtype: str = "<f8", **kw):
+    """A ComputeForcesRequest built by hand (raw bytes of ``q`` in ``dtype``), for the raw stub."""
+    from neqforce.v1 import force_service_pb2 as pb
+
+    arr = np.ascontiguousarray(q, dtype=dtype)
+    dt = pb.DATA_TYPE_FP64 if arr.dtype.itemsize == 8 else pb.DATA_TYPE_FP32
+    return pb.ComputeForcesRequest(q=pb.Tensor(shape=arr.shape, dtype=dt, raw_contents=arr.tobytes()), **kw)
+
+
+def rpc_status(fn) -> tuple:
+    """(status code, details) of the gRPC error ``fn()`` must raise."""
+    import grpc
+
+    with pytest.raises(grpc.RpcError) as info:
+        fn()
+    return info.value.code(), info.value.details()
+
+
 @pytest.fixture(scope="session")
 def make_q():
     """random_q(shape, seed): float64 displacements of CDW size."""

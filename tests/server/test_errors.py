@@ -13,6 +13,8 @@ from neqforce.client import ForceClient, ForceServerError
 from neqforce.v1 import force_service_pb2 as pb
 from neqforce.v1 import force_service_pb2_grpc as pb_grpc
 
+from .conftest import raw_request, rpc_status
+
 pytestmark = pytest.mark.timeout(600)
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
@@ -22,18 +24,6 @@ def stub(server):
     """The raw generated stub, for requests the client library would never build."""
     with grpc.insecure_channel(server.address) as channel:
         yield pb_grpc.ForceServiceStub(channel)
-
-
-def _request(q: np.ndarray, dtype: str = "<f8", **kw) -> pb.ComputeForcesRequest:
-    arr = np.ascontiguousarray(q, dtype=dtype)
-    dt = pb.DATA_TYPE_FP64 if arr.dtype.itemsize == 8 else pb.DATA_TYPE_FP32
-    return pb.ComputeForcesRequest(q=pb.Tensor(shape=arr.shape, dtype=dt, raw_contents=arr.tobytes()), **kw)
-
-
-def _status(fn) -> tuple[grpc.StatusCode, str]:
-    with pytest.raises(grpc.RpcError) as info:
-        fn()
-    return info.value.code(), info.value.details()
 
 
 def _still_serving(client, params, make_q) -> None:
@@ -63,9 +53,9 @@ def _still_serving(client, params, make_q) -> None:
         "dtype-unspecified", "dtype-unknown", "dtype-mislabelled", "backend-unknown", "parameter-unknown",
         "lx-mismatch", "parameter-out-of-range", "parameter-nan", "q-missing", "model-with-negf"])
 def test_invalid_argument(stub, client, params, make_q, mutate, fragment: str) -> None:
-    request = _request(make_q(params.shape), parameters=params.physical())
+    request = raw_request(make_q(params.shape), parameters=params.physical())
     mutate(request)
-    code, details = _status(lambda: stub.ComputeForces(request, timeout=10))
+    code, details = rpc_status(lambda: stub.ComputeForces(request, timeout=10))
     assert code == INVALID and fragment in details
     _still_serving(client, params, make_q)
 
@@ -75,7 +65,7 @@ def test_invalid_argument(stub, client, params, make_q, mutate, fragment: str) -
 def test_non_finite_q_is_invalid(stub, client, params, make_q, bad: float, dtype: str) -> None:
     q = make_q(params.shape)
     q[3, 2] = bad
-    code, details = _status(lambda: stub.ComputeForces(_request(q, dtype), timeout=10))
+    code, details = rpc_status(lambda: stub.ComputeForces(raw_request(q, dtype), timeout=10))
     assert code == INVALID and "non-finite" in details
     _still_serving(client, params, make_q)
 
@@ -128,7 +118,7 @@ def test_message_larger_than_limit_is_resource_exhausted(server, stub, client, p
     big = server.cfg.max_message_bytes // 8 + 1000
     request = pb.ComputeForcesRequest(q=pb.Tensor(shape=[big, 1], dtype=pb.DATA_TYPE_FP64,
                                                   raw_contents=bytes(8 * big)))
-    code, _ = _status(lambda: stub.ComputeForces(request, timeout=10))
+    code, _ = rpc_status(lambda: stub.ComputeForces(request, timeout=10))
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
     _still_serving(client, params, make_q)
 

@@ -15,20 +15,10 @@ from neqforce.server.text import MAX_MESSAGE, clip, clip_names
 from neqforce.v1 import force_service_pb2 as pb
 from neqforce.v1 import force_service_pb2_grpc as pb_grpc
 
+from .conftest import raw_request, rpc_status
+
 pytestmark = pytest.mark.timeout(600)
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
-
-
-def _request(q: np.ndarray, dtype: str = "<f8", **kw) -> pb.ComputeForcesRequest:
-    arr = np.ascontiguousarray(q, dtype=dtype)
-    dt = pb.DATA_TYPE_FP64 if arr.dtype.itemsize == 8 else pb.DATA_TYPE_FP32
-    return pb.ComputeForcesRequest(q=pb.Tensor(shape=arr.shape, dtype=dt, raw_contents=arr.tobytes()), **kw)
-
-
-def _status(fn) -> tuple[grpc.StatusCode, str]:
-    with pytest.raises(grpc.RpcError) as info:
-        fn()
-    return info.value.code(), info.value.details()
 
 
 @pytest.fixture()
@@ -70,11 +60,11 @@ def test_q_outside_the_physical_range_is_invalid(stub, server, params, make_q, c
                                                  backend) -> None:
     q = make_q(params.shape)
     q[2, 3] = value
-    request = _request(q, dtype, parameters=params.physical(), backend=backend)
-    code, details = _status(lambda: stub.ComputeForces(request, timeout=30))
+    request = raw_request(q, dtype, parameters=params.physical(), backend=backend)
+    code, details = rpc_status(lambda: stub.ComputeForces(request, timeout=30))
     assert code == INVALID and "max_abs_q" in details and "|q| > 100" in details
     assert not any("Traceback" in line for line in captured_logs)
-    ok = stub.ComputeForces(_request(make_q(params.shape), parameters=params.physical(),
+    ok = stub.ComputeForces(raw_request(make_q(params.shape), parameters=params.physical(),
                                      backend=pb.BACKEND_NEGF), timeout=30)
     assert ok.backend == pb.BACKEND_NEGF
 
@@ -116,8 +106,8 @@ def test_non_finite_model_output_is_internal_never_ok(make_server, build_nan_mod
 def test_huge_model_name_gives_the_real_error(stub, params, make_q, captured_logs) -> None:
     name = "m" * 1_000_000
     for backend in (pb.BACKEND_ONNX, pb.BACKEND_AUTO, pb.BACKEND_NEGF):
-        request = _request(make_q(params.shape), parameters=params.physical(), model=name, backend=backend)
-        code, details = _status(lambda r=request: stub.ComputeForces(r, timeout=30))
+        request = raw_request(make_q(params.shape), parameters=params.physical(), model=name, backend=backend)
+        code, details = rpc_status(lambda r=request: stub.ComputeForces(r, timeout=30))
         assert code == grpc.StatusCode.NOT_FOUND, (code, details[:200])
         assert "no loaded model named 'mmm" in details and "999920 characters" in details
         assert "stencil_v3" in details and len(details) < 1000
@@ -126,16 +116,16 @@ def test_huge_model_name_gives_the_real_error(stub, params, make_q, captured_log
 
 def test_many_unknown_parameter_names_are_listed_bounded(stub, params, make_q, captured_logs) -> None:
     parameters = {f"bogus_{i:04d}_" + "x" * 200: 1.0 for i in range(2000)}
-    request = _request(make_q(params.shape), parameters=parameters)
-    code, details = _status(lambda: stub.ComputeForces(request, timeout=30))
+    request = raw_request(make_q(params.shape), parameters=parameters)
+    code, details = rpc_status(lambda: stub.ComputeForces(request, timeout=30))
     assert code == INVALID and "unknown parameter(s)" in details and "(+1992 more)" in details
     assert "known: [" in details and len(details) <= MAX_MESSAGE + 100
     assert max(len(line) for line in captured_logs) < 3000
 
 
 def test_request_id_is_bounded_in_replies_and_logs(stub, params, make_q, captured_logs) -> None:
-    request = _request(make_q(params.shape), parameters=params.physical(), request_id="r" * 100_000)
-    code, details = _status(lambda: stub.ComputeForces(request, timeout=30))
+    request = raw_request(make_q(params.shape), parameters=params.physical(), request_id="r" * 100_000)
+    code, details = rpc_status(lambda: stub.ComputeForces(request, timeout=30))
     assert code == INVALID and "request_id longer than 128" in details and len(details) < 200
     assert max(len(line) for line in captured_logs) < 1000
 
