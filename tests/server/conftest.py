@@ -159,6 +159,31 @@ def rpc_status(fn) -> tuple:
     return info.value.code(), info.value.details()
 
 
+@pytest.fixture()
+def captured_logs() -> Iterator[list[str]]:
+    """JSON log lines of the neqforce.server loggers during the test."""
+    import logging
+
+    from neqforce.server.logs import JsonFormatter
+
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(self.format(record))
+
+    handler = Collect()
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("neqforce.server")
+    old = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old)
+
 @pytest.fixture(scope="session")
 def make_q():
     """random_q(shape, seed): float64 displacements of CDW size."""

@@ -4,7 +4,6 @@ structured logs, client retries, and the ``neqforce serve`` process (SIGTERM).""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import signal
@@ -214,30 +213,12 @@ def test_prometheus_metrics_endpoint(make_server, params, make_q) -> None:
     assert f'neqforce_sites_total{{backend="negf"}} {float(params.n_sites)}' in text
 
 
-def test_structured_json_logs(server, client, params, make_q) -> None:
-    from neqforce.server.logs import JsonFormatter
-
-    lines: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            lines.append(self.format(record))
-
-    handler = Collect()
-    handler.setFormatter(JsonFormatter())
-    logger = logging.getLogger("neqforce.server")
-    logger.addHandler(handler)
-    old = logger.level
-    logger.setLevel(logging.DEBUG)
-    try:
-        client.compute_forces(make_q(params.shape), params, request_id="job-7")
-        with pytest.raises(ForceServerError):
-            client.compute_forces(make_q(params.shape), params, backend="onnx", model="missing",
-                                  request_id="job-8")
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old)
-    records = [json.loads(line) for line in lines]
+def test_structured_json_logs(server, client, params, make_q, captured_logs) -> None:
+    client.compute_forces(make_q(params.shape), params, request_id="job-7")
+    with pytest.raises(ForceServerError):
+        client.compute_forces(make_q(params.shape), params, backend="onnx", model="missing",
+                              request_id="job-8")
+    records = [json.loads(line) for line in captured_logs]
     ok = next(r for r in records if r["event"] == "request")
     assert ok["request_id"] == "job-7" and ok["backend"] == "onnx" and ok["shape"] == [8, 6] and ok["ms"] >= 0
     failed = next(r for r in records if r["event"] == "request_failed")

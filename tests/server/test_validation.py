@@ -4,7 +4,6 @@ every output, bounded client strings in replies and logs. Real server on 127.0.0
 from __future__ import annotations
 
 import json
-import logging
 
 import grpc
 import numpy as np
@@ -25,28 +24,6 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 def stub(server):
     with grpc.insecure_channel(server.address) as channel:
         yield pb_grpc.ForceServiceStub(channel)
-
-
-@pytest.fixture()
-def captured_logs():
-    """JSON log lines of the neqforce.server loggers during the test."""
-    from neqforce.server.logs import JsonFormatter
-
-    lines: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            lines.append(self.format(record))
-
-    handler = Collect()
-    handler.setFormatter(JsonFormatter())
-    logger = logging.getLogger("neqforce.server")
-    old = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    yield lines
-    logger.removeHandler(handler)
-    logger.setLevel(old)
 
 
 # --- the |q| range ----------------------------------------------------------------------------------------
