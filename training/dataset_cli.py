@@ -86,5 +86,34 @@ def unpack(
     typer.echo(f"unpacked {len(paths)} runs into {out}")
 
 
+@dataset_app.command("label")
+def label(
+    sources: list[Path] = typer.Argument(..., help="Trajectory files of simulate/sweep runs."),
+    out: Path = typer.Option(..., "--out", help="Labelled-frames folder (created; rerun to complete)."),
+    min_metallic: int = typer.Option(0, min=0, help="Label frames with at least this many metallic columns."),
+    max_metallic: int = typer.Option(None, min=0, help="... and at most this many (default: lx)."),
+    per_run: int = typer.Option(8, min=1, help="At most this many frames per trajectory, evenly spread."),
+    min_step: int = typer.Option(0, min=0, help="Only frames at this BD step or later."),
+    chunk: int = typer.Option(4, min=1, help="Frames per NEGF task (and per output file)."),
+    workers: int = typer.Option(None, min=1, help="Embedded Dask worker processes (default: one per core)."),
+    scheduler: str | None = typer.Option(None, help="tcp://HOST:8786 of a running Dask scheduler."),
+) -> None:
+    """Label chosen frames of existing (e.g. ML-BD) trajectories with exact NEGF forces and densities."""
+    from neqforce.training.label import label_trajectories
+
+    try:
+        files = label_trajectories(sources, out, min_metallic=min_metallic, max_metallic=max_metallic,
+                                   per_run=per_run, min_step=min_step, chunk=chunk, workers=workers,
+                                   scheduler=scheduler, echo=typer.echo)
+    except (ValueError, OSError, KeyError) as exc:
+        typer.echo(f"error: {' '.join(str(exc).split())}", err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        typer.echo(f"\ninterrupted; every finished file in {out} is kept. Continue with the same command.",
+                   err=True)
+        raise typer.Exit(130) from None
+    typer.echo(f"labelled {len(files)} file(s) in {out}")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(dataset_app, name="dataset")

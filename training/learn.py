@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import math
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,11 +46,9 @@ from neqforce.trajectory import read_trajectory, software_versions
 from .learn_frames import (
     Candidate,
     frame_spreads,
-    label_task,
+    label_jobs,
     labelled_digests,
     select_frames,
-    write_labelled,
-    write_labelled_manifest,
 )
 
 Echo = Callable[[str], None]
@@ -227,40 +224,11 @@ def label(opts: LearnOptions, k: int, chosen: list[Candidate], model: Any, thres
     """Exact NEGF labels of ``chosen`` (Dask tasks, one per chunk; chunks whose file exists are skipped),
     each chunk written to ``labelled/it{k}_{point}_c{j}.h5`` when its task returns. Returns the NEGF CPU
     seconds of every file of this iteration (those of an earlier, interrupted run included)."""
-    from neqforce.client.sweep_cluster import dask_client
-
     folder = opts.out / "labelled"
-    folder.mkdir(parents=True, exist_ok=True)
     jobs = [(folder / f"it{k:03d}_{name}.h5", frames) for name, frames in _chunks(chosen, opts.label_chunk)]
-    todo = [(path, frames) for path, frames in jobs if not path.exists()]
-    if todo:
-        n = sum(len(f) for _, f in todo)
-        echo(f"  labelling {n} frame(s) with exact NEGF in {len(todo)} task(s)")
-        with dask_client(opts.scheduler, n_workers=opts.workers, echo=echo, processes=True) as client:
-            tag = uuid.uuid4().hex[:8]
-            futures = {client.submit(label_task, np.stack([c.q for c in frames]), frames[0].params,
-                                     key=f"neqforce-label-{tag}-{i}", pure=False): (path, frames)
-                       for i, (path, frames) in enumerate(todo)}
-            pending = set(futures)
-            try:
-                while pending:
-                    finished = {f for f in pending if f.done()}
-                    pending -= finished
-                    for fut in finished:  # written as each task returns: an interruption keeps them
-                        path, frames = futures[fut]
-                        res = fut.result()
-                        write_labelled(path, frames, res["force"], res["density"], opts.dt, {
-                            "iteration": k, "point": frames[0].point, "threshold": threshold,
-                            "selected_by": {"model": model.name, "sha256": model.sha256},
-                            "negf_cpu_s": round(res["cpu_s"], 4), "negf_wall_s": round(res["wall_s"], 4)})
-                    if pending and not finished:
-                        time.sleep(0.1)
-            finally:
-                for fut in futures:
-                    if not fut.done():
-                        fut.cancel()
-    write_labelled_manifest(folder)
-    return sum(float(read_trajectory(p).extra.get("negf_cpu_s", 0.0)) for p, _ in jobs)
+    return label_jobs(jobs, opts.dt, {"iteration": k, "threshold": threshold,
+                                      "selected_by": {"model": model.name, "sha256": model.sha256}},
+                      scheduler=opts.scheduler, workers=opts.workers, echo=echo)
 
 
 # --------------------------------------------------------------------------------------------- the loop

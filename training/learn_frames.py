@@ -20,6 +20,8 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,3 +152,50 @@ def write_labelled_manifest(folder: Path) -> Path:
     manifest = {"format": LABELLED_FORMAT, "files": files, "frames": sum(f["frames"] for f in files),
                 "versions": software_versions()}
     return atomic_write_text(folder / LABELLED_MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
+
+
+def label_jobs(jobs: list[tuple[Path, list[Candidate]]], dt: float, provenance: dict[str, Any], *,
+               scheduler: str | None = None, workers: int | None = None,
+               echo: Callable[[str], None] = print) -> float:
+    """Label every (file, frames) job whose file does not exist yet with exact NEGF, one Dask task per job
+    (one BLAS thread each; an embedded LocalCluster of ``workers`` processes, or ``scheduler``); each file
+    is written whole and atomically by the client as its task returns (:func:`write_labelled`, with
+    ``provenance`` plus the job's point and NEGF seconds), so an interruption keeps every finished job.
+    The folder's manifest is rewritten at the end. Returns the NEGF CPU seconds of all the jobs' files."""
+    from neqforce.client.sweep_cluster import dask_client
+
+    folders = {path.parent for path, _ in jobs}
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+    todo = [(path, frames) for path, frames in jobs if not path.exists()]
+    if todo:
+        n = sum(len(f) for _, f in todo)
+        echo(f"  labelling {n} frame(s) with exact NEGF in {len(todo)} task(s)")
+        with dask_client(scheduler, n_workers=workers, echo=echo, processes=True) as client:
+            tag = uuid.uuid4().hex[:8]
+            futures = {client.submit(label_task, np.stack([c.q for c in frames]), frames[0].params,
+                                     key=f"neqforce-label-{tag}-{i}", pure=False): (path, frames)
+                       for i, (path, frames) in enumerate(todo)}
+            pending = set(futures)
+            done = 0
+            try:
+                while pending:
+                    finished = {f for f in pending if f.done()}
+                    pending -= finished
+                    for fut in finished:  # written as each task returns: an interruption keeps them
+                        path, frames = futures[fut]
+                        res = fut.result()
+                        write_labelled(path, frames, res["force"], res["density"], dt, {
+                            **provenance, "point": frames[0].point,
+                            "negf_cpu_s": round(res["cpu_s"], 4), "negf_wall_s": round(res["wall_s"], 4)})
+                        done += len(frames)
+                        echo(f"  labelled {done}/{n} frame(s): {path.name} ({res['cpu_s']:.1f} CPU s)")
+                    if pending and not finished:
+                        time.sleep(0.1)
+            finally:
+                for fut in futures:
+                    if not fut.done():
+                        fut.cancel()
+    for folder in folders:
+        write_labelled_manifest(folder)
+    return sum(float(read_trajectory(p).extra.get("negf_cpu_s", 0.0)) for p, _ in jobs)

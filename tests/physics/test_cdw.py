@@ -111,3 +111,40 @@ def test_relaxed_cdw_30x28_is_stable_under_bd():
     print(f"after 100 BD steps: {end}")
     assert np.all(np.abs(np.array(bulk_m) / start["m_bulk"] - 1.0) < 0.05)
     assert abs(end["delta"] - start["delta"]) < 0.02
+
+
+@pytest.mark.parametrize("lx", [17, 18])  # odd and even shift of the right half
+def test_long_device_relaxes_from_spliced_edges_to_the_same_cdw(lx, tmp_path, monkeypatch):
+    """A device longer than SPLICE_LX starts from the relaxed edges of a SPLICE_BASE-column one; it reaches
+    the same fixed point (max |F| < 1e-8, equal to the relaxation from the noisy checkerboard within the
+    tolerance's reach) with fewer NEGF solves."""
+    monkeypatch.setenv("NEQFORCE_CACHE", str(tmp_path))
+    monkeypatch.setattr(ground_state, "_MEMORY", {})
+    monkeypatch.setattr(ground_state, "SPLICE_BASE", 10)
+    p = HolsteinParams(lx=lx, ly=4, voltage=0.0)
+    counts: dict[str, int] = {}
+
+    def counter(name):
+        return lambda solves, err: counts.__setitem__(name, solves)
+
+    monkeypatch.setattr(ground_state, "SPLICE_LX", 10**6)
+    scratch = ground_state._relax_from_checkerboard(p, 0, progress=counter("scratch"))
+    monkeypatch.setattr(ground_state, "SPLICE_LX", 12)
+    spliced = ground_state._relax_from_checkerboard(p, 0, progress=counter("spliced"))
+    f, _ = negf_forces(spliced, p)
+    assert np.max(np.abs(f)) < 1e-8
+    assert np.max(np.abs(spliced - scratch)) < 1e-6
+    assert local_order(spliced)[0, 0] > 0 and np.all(local_order(spliced) > 0)
+    assert counts["spliced"] < counts["scratch"]
+
+
+def test_spliced_guess_keeps_the_checkerboard_and_refuses_a_shorter_target():
+    base = np.arange(1, 41, dtype=float).reshape(10, 4) * ground_state.staggered_sign(10, 4)
+    for lx in (13, 14):
+        g = ground_state.spliced_guess(base, lx)
+        assert g.shape == (lx, 4)
+        assert np.all(np.sign(g) == ground_state.staggered_sign(lx, 4))
+        assert np.array_equal(g[:5], base[:5])
+        assert np.array_equal(np.abs(g[-5:]), np.abs(base[5:]))
+    with pytest.raises(ValueError, match="cannot splice"):
+        ground_state.spliced_guess(base, 9)
