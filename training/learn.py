@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -79,6 +80,7 @@ class LearnOptions:
     scheduler: str | None = None
     spread_target: float | None = None  # calibration target (force RMSE); None: the issue's
     train: dict[str, Any] = field(default_factory=dict)  # TrainOptions overrides (preset voltage)
+    train_workers: int = 1  # members trained side by side in this many processes (embedded Dask)
     progress: bool = True
 
 
@@ -159,6 +161,13 @@ def _train_options(opts: LearnOptions, seed: int) -> Any:
     return TrainOptions(**kw)
 
 
+def _train_member(data: list[str], run: str, train_opts: Any) -> str:
+    """One committee member as a Dask task (resumed from its last epoch); returns its checkpoint."""
+    from .train import train
+
+    return str(train(data, run, train_opts, resume=True, log=lambda s: None))
+
+
 def train_committee(opts: LearnOptions, folder: Path, data: list[str], target: Path, echo: Echo) -> dict:
     """Train ``members`` members on ``data`` in ``folder/m{i}`` (resumed from their last epoch; a finished
     member is kept) and export them as one committee to ``target`` with a calibrated spread threshold.
@@ -167,14 +176,28 @@ def train_committee(opts: LearnOptions, folder: Path, data: list[str], target: P
     from .export import export_checkpoint
     from .train import train
 
-    cks = []
-    for i in range(opts.members):
-        run = folder / f"m{i}"
-        ck = run / "model.pt"
-        if not ck.exists():
-            echo(f"  training member {i + 1}/{opts.members} in {run}")
-            train(data, run, _train_options(opts, i), resume=True, log=lambda s: None)
-        cks.append(ck)
+    cks = [folder / f"m{i}" / "model.pt" for i in range(opts.members)]
+    missing = [i for i, ck in enumerate(cks) if not ck.exists()]
+    if opts.train_workers > 1 and len(missing) > 1:  # members side by side, one process (and thread) each
+        from neqforce.client.sweep_cluster import dask_client
+
+        echo(f"  training members {', '.join(str(i + 1) for i in missing)} of {opts.members} in {folder} "
+             f"({min(opts.train_workers, len(missing))} at a time)")
+        with dask_client(None, n_workers=min(opts.train_workers, len(missing)), echo=echo,
+                         processes=True) as client:
+            tag = uuid.uuid4().hex[:8]
+            futures = [client.submit(_train_member, data, str(folder / f"m{i}"), _train_options(opts, i),
+                                     key=f"neqforce-train-{tag}-{i}", pure=False) for i in missing]
+            try:
+                for fut in futures:
+                    fut.result()
+            finally:
+                for fut in futures:
+                    fut.cancel()
+    for i in missing:
+        if not cks[i].exists():
+            echo(f"  training member {i + 1}/{opts.members} in {cks[i].parent}")
+            train(data, cks[i].parent, _train_options(opts, i), resume=True, log=lambda s: None)
     val = [float(read_checkpoint(c)["metrics"]["validation_mse"]) for c in cks]
     if not target.exists():
         export_checkpoint([str(c) for c in cks], target, calibrate=data, spread_target=opts.spread_target)

@@ -35,6 +35,8 @@ def learn_cmd(
     r_cut: int = typer.Option(0, help="Override the cutoff radius (0: preset)."),
     batch_size: int = typer.Option(1024, help="Sites per minibatch."),
     patience: int = typer.Option(8, help="Early stopping patience (epochs)."),
+    train_workers: int = typer.Option(1, min=1, help="Train this many committee members side by side "
+                                      "(processes of an embedded Dask cluster, one thread each)."),
     progress: bool = typer.Option(True, help="Progress bars."),
 ) -> None:
     """Active learning: explore with ML-BD at the target points, label with exact NEGF only the frames
@@ -53,7 +55,8 @@ def learn_cmd(
             model=str(model) if model else None, members=members, threshold=threshold, top_k=top_k,
             max_per_point=max_per_point, max_iterations=max_iterations, seeds=seeds, steps=steps,
             save_every=save_every, dt=dt, label_chunk=label_chunk, workers=workers, scheduler=scheduler,
-            spread_target=spread_target, train=train, progress=progress)
+            spread_target=spread_target, train=train, train_workers=train_workers,
+            progress=progress)
         run_learn(opts, echo=typer.echo)
     except KeyboardInterrupt:
         typer.echo(f"interrupted: everything written is valid; rerun the same command to resume ({out})",

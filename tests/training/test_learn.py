@@ -260,3 +260,18 @@ def test_ctrl_c_leaves_a_resumable_loop(data, first, tmp_path):
     assert "labelling" not in res.output and (out / "models" / "it001.onnx").is_file()
     assert {p: p.stat().st_mtime_ns for p in sorted((out / "labelled").glob("*.h5"))} == stamps
     assert len((out / "learn.jsonl").read_text().splitlines()) == 1
+
+
+def test_members_trained_side_by_side_equal_those_trained_one_after_another(data, first, tmp_path):
+    """--train-workers 2 trains the members in two Dask worker processes: the same checkpoints (weights)
+    as the sequential path that made the first committee."""
+    res = _learn(data, tmp_path / "par", "--max-iterations", "0", "--train-workers", "2")
+    assert res.exit_code == 0, res.output
+    assert "2 at a time" in res.output
+    for i in range(2):
+        seq = torch.load(first["out"] / "init" / "train" / f"m{i}" / "model.pt", weights_only=False)
+        par = torch.load(tmp_path / "par" / "init" / "train" / f"m{i}" / "model.pt", weights_only=False)
+        state_s, state_p = seq["state_dict"], par["state_dict"]
+        assert state_s.keys() == state_p.keys()
+        for k in state_s:
+            assert torch.equal(state_s[k], state_p[k]), k
