@@ -58,6 +58,9 @@ def pack_dataset(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> di
     source = src / "dataset.json"
     source_manifest = json.loads(source.read_text()) if source.exists() else {}
     runs, skipped = [], []
+    previous = {}  # a pack already in dst: its runs whose float32 data are unchanged are kept as they are
+    if (dst / MANIFEST).exists():
+        previous = {r["name"]: r for r in json.loads((dst / MANIFEST).read_text()).get("runs", [])}
     for f in files:
         t = read_trajectory(f)
         if not t.complete:
@@ -65,6 +68,10 @@ def pack_dataset(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> di
             continue
         fr = t.frames()
         q32, f32 = fr["q"].astype(np.float32), fr["force"].astype(np.float32)
+        old = previous.get(f.stem)
+        if old and (dst / old["file"]).exists() and old["sha256_float32"] == _sha(q32, f32):
+            runs.append(old)  # e.g. an unpacked run: its float64 hash stays that of the original
+            continue
         meta = {"params": t.params.to_dict(), **{k: getattr(t, k) for k in _META_FIELDS}}
         arrays = {"q": q32, "force": f32, "step": fr["step"].astype(np.int32),
                   "series_step": np.asarray(t.series_step, dtype=np.int32),

@@ -70,3 +70,22 @@ def test_a_damaged_pack_and_incomplete_runs(tiny_dataset, tmp_path):
     assert res.exit_code == 2 and "damaged pack" in res.output and "Traceback" not in res.output
     res = runner.invoke(app, ["dataset", "unpack", str(tmp_path), str(tmp_path / "back")])
     assert res.exit_code == 2 and "not a dataset pack" in res.output
+
+
+def test_repacking_an_unpacked_dataset_keeps_the_pack(tiny_dataset, tmp_path):
+    """Unpack, then pack into the same folder (e.g. after completing a run): the unchanged runs keep their
+    files and their float64 hash (that of the exact originals, not of the float32 copies)."""
+    pack, back = tmp_path / "pack", tmp_path / "back"
+    assert runner.invoke(app, ["dataset", "pack", tiny_dataset, str(pack)]).exit_code == 0
+    before = (pack / "manifest.json").read_text()
+    files = {f.name: f.read_bytes() for f in pack.glob("*.npz")}
+    assert runner.invoke(app, ["dataset", "unpack", str(pack), str(back)]).exit_code == 0
+    assert runner.invoke(app, ["dataset", "pack", str(back), str(pack)]).exit_code == 0
+    assert json.loads((pack / "manifest.json").read_text())["runs"] == json.loads(before)["runs"]
+    assert {f.name: f.read_bytes() for f in pack.glob("*.npz")} == files
+    fresh = tmp_path / "fresh"  # into a new folder the float64 hash is that of the (float32) copies
+    assert runner.invoke(app, ["dataset", "pack", str(back), str(fresh)]).exit_code == 0
+    runs = json.loads((fresh / "manifest.json").read_text())["runs"]
+    old = {r["name"]: r for r in json.loads(before)["runs"]}
+    assert all(r["sha256_float32"] == old[r["name"]]["sha256_float32"] for r in runs)
+    assert all(r["sha256_float64"] != old[r["name"]]["sha256_float64"] for r in runs)
