@@ -46,7 +46,7 @@ from neqforce.physics import (
     negf_forces,
     staggered_sign,
 )
-from neqforce.physics.ground_state import RelaxProgress
+from neqforce.physics.ground_state import RelaxProgress, is_packaged
 from neqforce.trajectory import Trajectory, TrajectoryWriter
 
 from .answers import Answer, answer_of, note_answer
@@ -65,8 +65,9 @@ REFERENCE_LY = 28
 
 def relaxed_lattice(params: HolsteinParams, max_relax_sites: int = MAX_RELAX_SITES) -> HolsteinParams:
     """The lattice whose V = 0 CDW :func:`initial_cdw` relaxes with exact NEGF: ``params`` itself up to
-    ``max_relax_sites`` sites, else a reference of at most 30 columns (see :func:`initial_cdw`)."""
-    if params.n_sites <= max_relax_sites:
+    ``max_relax_sites`` sites or when its relaxed state ships with the package (60×28, 80×28), else a
+    reference of at most 30 columns (see :func:`initial_cdw`)."""
+    if params.n_sites <= max_relax_sites or is_packaged(params):
         return params
     lx_ref = min(params.lx, 30)
     if lx_ref * params.ly <= max_relax_sites:
@@ -80,11 +81,12 @@ def initial_cdw(params: HolsteinParams, max_relax_sites: int = MAX_RELAX_SITES,
                 progress: RelaxProgress | None = None) -> tuple[np.ndarray, str]:
     """The quench's initial state, shape (lx, ly), and a description of how it was made.
 
-    Up to ``max_relax_sites`` sites: the relaxed V = 0 CDW itself (:func:`cdw_ground_state`, exact NEGF,
-    cached). Larger devices (which only an ML model can drive) get Q = (-1)^(x+y) A(x), with the
-    amplitude profile A(x) = mean_y |Q| of the relaxed CDW of a reference lattice of at most 30
-    columns: its left half next to the gate, its right half next to the substrate, and its central
-    (bulk) amplitude in between. ``progress(solves, max|F|)`` follows a relaxation that is not cached.
+    Up to ``max_relax_sites`` sites, or when it ships with the package: the relaxed V = 0 CDW itself
+    (:func:`cdw_ground_state`, exact NEGF, cached). Larger devices (which only an ML model can drive)
+    get Q = (-1)^(x+y) A(x), with the amplitude profile A(x) = mean_y |Q| of the relaxed CDW of a
+    reference lattice of at most 30 columns: its left half next to the gate, its right half next to the
+    substrate, and its central (bulk) amplitude in between. ``progress(solves, max|F|)`` follows a
+    relaxation that is not cached.
     """
     ref = relaxed_lattice(params, max_relax_sites)
     if ref is params:

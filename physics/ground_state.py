@@ -77,6 +77,11 @@ def cache_path(params: HolsteinParams, seed: int = 0) -> Path:
     return cache_dir() / "ground_state" / f"{_key(params, seed)}.npy"
 
 
+def is_packaged(params: HolsteinParams, seed: int = 0) -> bool:
+    """True when the relaxed state of ``params`` ships with the package (``physics/ground_states/``)."""
+    return (PACKAGED / f"{_key(params, seed)}.npy").exists()
+
+
 def is_cached(params: HolsteinParams, seed: int = 0) -> bool:
     """True when :func:`cdw_ground_state` will not need to relax (memory, packaged or disk cache)."""
     key = _key(params, seed)

@@ -21,3 +21,18 @@ def test_packaged_ground_state_is_the_relaxed_cdw() -> None:
     assert np.abs(negf_forces(shipped, p)[0]).max() < 1e-7
     fresh = cdw_ground_state(p, use_cache=False)
     assert np.abs(fresh - shipped).max() < 1e-6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lx", [60, 80])
+def test_packaged_long_device_ground_states_are_relaxed(lx) -> None:
+    """The shipped 60x28 and 80x28 states (relaxed from spliced edges, physics/ground_state.py) have
+    vanishing NEGF forces at V = 0 and the CDW sign pattern, positive at (0, 0)."""
+    from neqforce.physics import local_order
+
+    p = HolsteinParams(lx=lx, voltage=0.0)
+    assert (PACKAGED / f"{packaged_key(p)}.npy").exists()
+    q = cdw_ground_state(p)
+    assert q.shape == (lx, 28)
+    assert np.abs(negf_forces(q, p)[0]).max() < 1e-8
+    assert np.all(local_order(q) > 0)

@@ -195,3 +195,15 @@ def test_initial_cdw_of_a_large_device_is_nearly_relaxed():
     np.testing.assert_allclose(q, exact, atol=1e-5)
     wide, how_wide = initial_cdw(HolsteinParams(lx=60, ly=40), max_relax_sites=200)
     assert wide.shape == (60, 40) and "30×6" in how_wide
+
+
+def test_packaged_long_devices_start_from_their_relaxed_cdw():
+    """60x28 and 80x28 exceed the relaxation limit, but their exactly relaxed states ship with the
+    package: the quench starts from those, not from the extended 30-column profile."""
+    for lx in (60, 80):
+        p = HolsteinParams(lx=lx)
+        q, how = initial_cdw(p)
+        assert "relaxed V = 0 CDW" in how and "built from" not in how
+        np.testing.assert_array_equal(q, cdw_ground_state(p))
+    _, how = initial_cdw(HolsteinParams(lx=70))
+    assert "built from the relaxed 30×28" in how
