@@ -42,6 +42,10 @@ from neqforce.training import cli as training_cli  # noqa: E402
 from neqforce.training import dataset_cli, learn_cli  # noqa: E402
 
 EXIT_INTERRUPTED = 130
+#: click's Abort (Ctrl-C at a prompt), when this typer's click has one (typer >= 0.2x vendors a click
+#: without it): an ``except`` naming a missing attribute would turn every other error into a traceback.
+_ABORT: tuple[type[BaseException], ...] = tuple(
+    e for e in [getattr(click_errors, "Abort", None)] if isinstance(e, type))
 
 
 def _plain_label(param: Any, ctx: Any) -> str | None:
@@ -93,7 +97,7 @@ class _Group(TyperGroup):
         except click_errors.ClickException as exc:
             typer.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
             sys.exit(exc.exit_code)
-        except click_errors.Abort:
+        except _ABORT:
             typer.echo("\ninterrupted", err=True)
             sys.exit(EXIT_INTERRUPTED)
         sys.exit(code if isinstance(code, int) else 0)

@@ -65,6 +65,9 @@ def learn_cmd(
     except (ValueError, KeyError, OSError) as exc:
         typer.echo(f"error: {' '.join(str(exc).split())}", err=True)
         raise typer.Exit(2) from None
+    except RuntimeError as exc:  # a failed exploration, labelling or training task
+        typer.echo(f"error: {' '.join(str(exc).split())}; rerun the same command to resume", err=True)
+        raise typer.Exit(1) from None
 
 
 def register(app: typer.Typer) -> None:

@@ -388,3 +388,25 @@ def test_token_is_sent_and_required(tmp_path, linear_model):
         assert "TLS CA file not found" in one_error_line(missing_ca)
     finally:
         srv.stop(grace=0.5)
+
+
+def test_an_unexpected_error_is_not_masked_by_the_error_handlers():
+    """The top-level group's handlers must not themselves fail (typer's vendored click has no Abort):
+    an exception no handler is for propagates as itself."""
+    import typer
+    from typer.main import get_command
+
+    from neqforce import cli as cli_module
+
+    demo = typer.Typer(cls=cli_module._Group)
+
+    @demo.command()
+    def boom() -> None:
+        raise RuntimeError("boom")
+
+    @demo.command()
+    def quiet() -> None:
+        pass
+
+    with pytest.raises(RuntimeError, match="boom"):
+        get_command(demo).main(["boom"], prog_name="demo")

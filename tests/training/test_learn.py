@@ -275,3 +275,16 @@ def test_members_trained_side_by_side_equal_those_trained_one_after_another(data
         assert state_s.keys() == state_p.keys()
         for k in state_s:
             assert torch.equal(state_s[k], state_p[k]), k
+
+
+def test_a_failed_task_is_one_line_and_exit_1(data, tmp_path, monkeypatch):
+    import neqforce.training.learn as learn
+
+    def failing(opts, echo=print):
+        raise RuntimeError("task lx=60_voltage=3/seeds0-1 failed: ImportError: something")
+
+    monkeypatch.setattr(learn, "run_learn", failing)
+    res = _learn(data, tmp_path / "f", "--max-iterations", "0")
+    assert res.exit_code == 1
+    lines = [s for s in res.output.splitlines() if s.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: task") and "rerun the same command" in lines[0]
