@@ -70,6 +70,8 @@ class LearnOptions:
     threshold: float | None = None  # spread threshold (force units); None: each model's calibrated one
     top_k: int = 0  # > 0: label the top_k largest spreads per point, whatever the threshold
     max_per_point: int = 16
+    max_spread: float | None = None  # upper trust bound: frames with a larger spread are never labelled
+    pick: str = "largest"  # "largest" spreads first, or "spaced" over the eligible frames
     max_iterations: int = 5
     seeds: int = 2
     steps: int = 200
@@ -102,6 +104,10 @@ def _check(opts: LearnOptions) -> None:
         raise ValueError("--max-per-point and --label-chunk must be >= 1")
     if opts.top_k < 0:
         raise ValueError(f"--top-k must be >= 0, got {opts.top_k}")
+    if opts.max_spread is not None and not (math.isfinite(opts.max_spread) and opts.max_spread > 0):
+        raise ValueError(f"--max-spread must be a positive number of force units, got {opts.max_spread}")
+    if opts.pick not in ("largest", "spaced"):
+        raise ValueError(f"--pick must be 'largest' or 'spaced', got {opts.pick!r}")
     if opts.threshold is not None and not (math.isfinite(opts.threshold) and opts.threshold > 0):
         raise ValueError(f"--threshold must be a positive number of force units, got {opts.threshold}")
     if not opts.data:
@@ -336,7 +342,8 @@ def iteration(opts: LearnOptions, k: int, data: list[str], echo: Echo) -> dict[s
         by_key = {(c.run, c.step): c for c in cands}
         chosen = [by_key[s["run"], s["step"]] for s in json.loads(sel_path.read_text())["frames"]]
     else:
-        chosen = select_frames(cands, threshold, opts.max_per_point, opts.top_k,
+        chosen = select_frames(cands, threshold, opts.max_per_point, opts.top_k, max_spread=opts.max_spread,
+                               pick=opts.pick,
                                exclude=labelled_digests(out / "labelled"))
         atomic_write_text(sel_path, json.dumps({"iteration": k, "threshold": threshold, "model": current.name,
                                                 "frames": [{"point": c.point, "run": c.run, "step": c.step,

@@ -21,6 +21,10 @@ def learn_cmd(
                                     "calibrated one)."),
     top_k: int = typer.Option(0, help="Label the top-k spreads per point whatever the threshold (0: off)."),
     max_per_point: int = typer.Option(16, help="At most this many frames labelled per point and iteration."),
+    max_spread: float = typer.Option(None, help="Upper trust bound, force units: frames with a larger spread "
+                                     "(a run that left physical configurations) are never labelled."),
+    pick: str = typer.Option("largest", help="Which frames above the threshold: 'largest' spreads first, or "
+                             "'spaced' evenly over each point's exploration."),
     max_iterations: int = typer.Option(5, help="Stop after this many iterations."),
     seeds: int = typer.Option(2, help="ML-BD replicas per target point."),
     steps: int = typer.Option(200, help="ML-BD steps of each exploration run."),
@@ -53,7 +57,8 @@ def learn_cmd(
         opts = LearnOptions(
             out=out, data=tuple(str(d) for d in data), grid={"voltage": voltage, "lx": lx, "ly": ly},
             model=str(model) if model else None, members=members, threshold=threshold, top_k=top_k,
-            max_per_point=max_per_point, max_iterations=max_iterations, seeds=seeds, steps=steps,
+            max_per_point=max_per_point, max_spread=max_spread, pick=pick,
+            max_iterations=max_iterations, seeds=seeds, steps=steps,
             save_every=save_every, dt=dt, label_chunk=label_chunk, workers=workers, scheduler=scheduler,
             spread_target=spread_target, train=train, train_workers=train_workers,
             progress=progress)

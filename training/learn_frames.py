@@ -71,26 +71,36 @@ def frame_spreads(model: Any, q: np.ndarray, params: HolsteinParams, chunk: int 
 
 
 def select_frames(cands: list[Candidate], threshold: float, max_per_point: int, top_k: int = 0,
-                  exclude: set[str] | frozenset[str] = frozenset()) -> list[Candidate]:
+                  exclude: set[str] | frozenset[str] = frozenset(), max_spread: float | None = None,
+                  pick: str = "largest") -> list[Candidate]:
     """Frames to label: per point, those whose spread exceeds ``threshold`` (or, with ``top_k`` > 0, the
-    ``top_k`` largest spreads whatever the threshold), largest first, at most ``max_per_point``; frames
-    already labelled (``exclude``: digests) or repeated (the same initial state in every seed) once."""
+    ``top_k`` largest spreads whatever the threshold) and is at most ``max_spread`` (DP-GEN's upper trust
+    bound: a frame the committee disagrees on by more is a run that left physical configurations, e.g.
+    blew up after an extrapolation, not one worth an NEGF label), at most ``max_per_point``; frames
+    already labelled (``exclude``: digests) or repeated (the same initial state in every seed) once.
+    ``pick``: "largest" spreads first, or "spaced": evenly spread over the eligible frames in exploration
+    order (runs, then steps), so that one point's labels cover its whole trajectory (short and long
+    metallic domains), not only the frames next to the largest spread."""
+    if pick not in ("largest", "spaced"):
+        raise ValueError(f"pick must be 'largest' or 'spaced', got {pick!r}")
     chosen: list[Candidate] = []
     seen = set(exclude)
     for point in dict.fromkeys(c.point for c in cands):
-        mine = sorted((c for c in cands if c.point == point), key=lambda c: -c.spread)
-        if not top_k:
-            mine = [c for c in mine if c.spread > threshold]
-        cap = min(max_per_point, top_k) if top_k else max_per_point
-        taken = 0
+        mine = [c for c in cands if c.point == point and (max_spread is None or c.spread <= max_spread)]
+        by_spread = sorted(mine, key=lambda c: -c.spread)
+        if top_k:
+            mine = by_spread[:top_k]
+        else:
+            mine = [c for c in (by_spread if pick == "largest" else mine) if c.spread > threshold]
+        fresh = []
         for c in mine:
-            if taken >= cap:
-                break
-            if c.digest in seen:
-                continue
-            seen.add(c.digest)
-            chosen.append(c)
-            taken += 1
+            if c.digest not in seen:
+                seen.add(c.digest)
+                fresh.append(c)
+        cap = min(max_per_point, top_k) if top_k else max_per_point
+        if pick == "spaced" and len(fresh) > cap:
+            fresh = [fresh[i] for i in np.unique(np.round(np.linspace(0, len(fresh) - 1, cap)).astype(int))]
+        chosen += fresh[:cap]
     return chosen
 
 

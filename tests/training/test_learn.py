@@ -288,3 +288,22 @@ def test_a_failed_task_is_one_line_and_exit_1(data, tmp_path, monkeypatch):
     assert res.exit_code == 1
     lines = [s for s in res.output.splitlines() if s.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: task") and "rerun the same command" in lines[0]
+
+
+def test_selection_trust_window_and_spaced_pick():
+    """--max-spread drops frames above the upper trust bound; --pick spaced spreads the labels evenly
+    over a point's eligible frames (first and last kept) instead of taking the largest spreads."""
+    from neqforce.training.learn_frames import Candidate, select_frames
+
+    p = HolsteinParams(lx=8, ly=6)
+    spreads = [0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 5.0, 9.0]
+    cands = [Candidate("a", p, "r", i, s, np.full((8, 6), float(i))) for i, s in enumerate(spreads)]
+    largest = select_frames(cands, 0.02, 3)
+    assert [c.step for c in largest] == [8, 7, 6]
+    trusted = select_frames(cands, 0.02, 3, max_spread=1.0)
+    assert [c.step for c in trusted] == [6, 5, 4]
+    spaced = select_frames(cands, 0.02, 3, max_spread=1.0, pick="spaced")
+    assert [c.step for c in spaced] == [1, 3, 6]  # eligible steps 1..6, evenly: first, middle, last
+    assert select_frames(cands, 0.02, 100, max_spread=1.0, pick="spaced") == cands[1:7]
+    with pytest.raises(ValueError, match="pick"):
+        select_frames(cands, 0.02, 3, pick="random")
