@@ -28,7 +28,7 @@ import numpy as np
 import onnxruntime as ort
 from threadpoolctl import threadpool_limits
 
-from neqforce.models import bundled_model_path
+from neqforce.models import compact_model_path
 from neqforce.physics import HolsteinParams, bulk_cdw_amplitude, electron_density, staggered_sign
 
 Q_METAL = -0.35
@@ -269,7 +269,7 @@ def main() -> None:
     if not args.plot_only:
         so = ort.SessionOptions()
         so.intra_op_num_threads = 1
-        session = ort.InferenceSession(str(bundled_model_path()), so, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(compact_model_path()), so, providers=["CPUExecutionProvider"])
         for run in runs():
             k = key(run)
             if k in results or run["lx"] * run["ly"] > args.max_sites:

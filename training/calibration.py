@@ -5,17 +5,20 @@ spread σ_i = std over members of their forces (ddof 0, force units). The spread
 σ_i means a large error; the threshold turns it into a decision the server can make per request.
 
 Method (on the **validation** frames of the members' training trajectories, the blocks held out for early
-stopping; never the test or the frozen held-out set):
+stopping; never the test or the frozen held-out set). The server decides per request on its largest
+per-site spread ``force_std_max`` = max_i σ_i, so the threshold is calibrated on that same statistic:
 
-1. per site: spread σ_i and actual error e_i = |F_model - F_NEGF| (force units);
-2. sort the sites by σ into ``bins`` equal-count bins; RMSE of e in each bin;
-3. threshold τ = the lower σ-edge of the first bin (from low σ) whose RMSE exceeds ``target_rmse``:
-   above τ the model is, on average, worse than the accuracy target. When no bin exceeds the target,
-   τ = the largest σ seen in validation (beyond it the committee has left the validated data).
+1. per validation frame f: s_f = max_i σ_i and its force RMSE e_f = sqrt(mean_i (F_model − F_NEGF)²);
+2. sort the frames by s_f into ``bins`` equal-count bins; RMS of e_f in each bin;
+3. threshold τ = the lower s_f-edge of the first bin (from low s_f) whose RMS exceeds ``target_rmse``:
+   above τ a lattice is, on average, worse than the accuracy target. When no bin exceeds the target,
+   τ = the largest s_f seen in validation (beyond it the committee has left the validated data).
 
-The server compares the largest σ_i of a request (``force_std_max``) with τ (docs/server.md, AUTO
-policy). The Spearman rank correlation of σ_i with e_i is stored with it; ``neqforce evaluate`` measures
-the same on held-out frames.
+The per-site table (sites binned by σ_i, error |ΔF_i|, the lower σ-edge where the per-site RMSE exceeds the
+target: ``site_spread_threshold``) and the Spearman rank correlations of σ_i with |ΔF_i| (sites) and of s_f
+with e_f (frames) are stored with it; ``neqforce evaluate`` measures the same on held-out frames. (A
+per-site threshold compared with a lattice's *largest* σ_i would send nearly every lattice to NEGF: of 840
+sites some always lie in the top per-site bin.)
 """
 
 from __future__ import annotations
@@ -80,7 +83,7 @@ def calibrate_committee(model, ck: dict, data: str | os.PathLike[str] | Sequence
     if not trajs:
         raise ValueError("calibration data holds none of the model's training trajectories "
                          f"({', '.join(sorted(train_ids)[:4])} …): give the dataset the model was trained on")
-    spreads, errors, n_frames = [], [], 0
+    spreads, errors, frame_max, frame_rmse, n_frames = [], [], [], [], 0
     for fr in frame_groups(trajs):
         vmask = validation_mask(fr.step)
         if vmask.all() or not vmask.any():
@@ -92,8 +95,45 @@ def calibrate_committee(model, ck: dict, data: str | os.PathLike[str] | Sequence
                 q = torch.from_numpy(fr.q[i:i + 64])
                 v = torch.from_numpy(fr.voltage[i:i + 64])
                 force = model(q, v)[0].numpy().astype(np.float64)
-                spreads.append(model.spread(q, v).numpy().ravel())
-                errors.append(np.abs(force - fr.force[i:i + 64]).ravel())
-    record = spread_threshold(np.concatenate(spreads), np.concatenate(errors), target_rmse, bins)
+                spread = model.spread(q, v).numpy().astype(np.float64)
+                err = np.abs(force - fr.force[i:i + 64])
+                spreads.append(spread.ravel())
+                errors.append(err.ravel())
+                frame_max.append(spread.reshape(len(spread), -1).max(axis=1))
+                frame_rmse.append(np.sqrt(np.mean(err.reshape(len(err), -1) ** 2, axis=1)))
+    sites = spread_threshold(np.concatenate(spreads), np.concatenate(errors), target_rmse, bins)
+    record = frame_spread_threshold(np.concatenate(frame_max), np.concatenate(frame_rmse), target_rmse)
+    record.update(site_spread_threshold=sites["spread_threshold"],
+                  site_threshold_rule=sites["threshold_rule"], bins=sites["bins"],
+                  spearman_sites=sites["spearman_sites"], n_sites=sites["n_sites"])
     record["basis"] = f"validation frames ({n_frames}) of the training trajectories"
     return record
+
+
+def frame_spread_threshold(frame_max_spread: np.ndarray, frame_rmse: np.ndarray,
+                           target_rmse: float = TARGET_RMSE_FORCE, bins: int = 10) -> dict:
+    """The request-level record of the module docstring: per frame its largest per-site spread s_f and
+    its force RMSE e_f; ``spread_threshold`` is compared with a request's ``force_std_max``."""
+    s, e = np.ravel(np.asarray(frame_max_spread, np.float64)), np.ravel(np.asarray(frame_rmse, np.float64))
+    if s.size == 0 or s.size != e.size:
+        raise ValueError("calibration needs as many frame spreads as frame errors (and at least one)")
+    order = np.argsort(s, kind="stable")
+    s, e = s[order], e[order]
+    edges = np.linspace(0, s.size, min(bins, s.size) + 1).astype(int)
+    table, threshold = [], None
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        if hi <= lo:
+            continue
+        rms = float(np.sqrt(np.mean(e[lo:hi] ** 2)))
+        table.append([float(s[lo]), float(s[hi - 1]), rms])
+        if threshold is None and rms > target_rmse:
+            threshold = float(s[lo])
+    exceeded = threshold is not None
+    rule = ("frames: lower edge (largest per-site spread) of the first equal-count bin whose force RMSE "
+            "exceeds the target" if exceeded else
+            "frames: no bin exceeds the target: largest per-site spread of any validation frame")
+    return {"spread_threshold": threshold if exceeded else float(s[-1]), "threshold_rule": rule,
+            "target_rmse_force": float(target_rmse), "frame_bins": table, "spearman_frames": spearman(s, e),
+            "n_frames": int(s.size),
+            "spread": "threshold on force_std_max, the largest per-site std (ddof 0) of the members' forces "
+                      "in a lattice, force units"}

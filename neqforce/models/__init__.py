@@ -1,13 +1,27 @@
-"""Bundled surrogate models (ONNX, SPEC §9 contract)."""
+"""Bundled surrogate models (ONNX, docs/physics.md contract), each with its model card (same stem, .json).
+
+* ``voltage.onnx`` — the default: a committee over V ∈ [2, 4] and devices of 30–80 columns (inputs
+  ``q`` and ``voltage``; outputs ``force``, ``density`` and the committee spread ``force_std``),
+  docs/ml_model.md "The bundled voltage-range model".
+* ``compact.onnx`` — the first release's model: the 30×28 device at V = 3.0 only (input ``q`` only);
+  kept for comparison and for programs that pinned it (``--model`` its path).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-#: File name of the bundled compact model inside this folder.
-BUNDLED_MODEL = "compact.onnx"
+#: File name of the default bundled model inside this folder.
+BUNDLED_MODEL = "voltage.onnx"
+#: File name of the first release's q-only model (30×28, V = 3.0).
+COMPACT_MODEL = "compact.onnx"
 
 
 def bundled_model_path() -> Path:
-    """Path of the bundled ONNX model (may not exist in a development tree before training)."""
+    """Path of the default bundled ONNX model (may not exist in a development tree before training)."""
     return Path(__file__).with_name(BUNDLED_MODEL)
+
+
+def compact_model_path() -> Path:
+    """Path of the first release's q-only model (30×28 at V = 3.0)."""
+    return Path(__file__).with_name(COMPACT_MODEL)

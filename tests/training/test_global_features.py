@@ -138,3 +138,20 @@ def test_spread_threshold_is_where_the_error_exceeds_the_target():
     assert loose["spread_threshold"] == pytest.approx(spread.max()) and "no bin" in loose["threshold_rule"]
     with pytest.raises(ValueError):
         spread_threshold(np.ones(3), np.ones(4))
+
+
+def test_frame_threshold_is_on_the_largest_site_spread_of_a_lattice():
+    """The server compares a lattice's largest per-site spread with the threshold, so it is calibrated on
+    (largest spread, RMSE) per frame: frames with s_f > 0.5 have RMSE 0.1 > target 0.05."""
+    from neqforce.training.calibration import frame_spread_threshold
+
+    rng = np.random.default_rng(1)
+    s = rng.uniform(0.0, 1.0, 400)
+    e = np.where(s > 0.5, 0.1, 0.01) * rng.uniform(0.9, 1.1, 400)
+    rec = frame_spread_threshold(s, e, target_rmse=0.05, bins=10)
+    assert 0.45 < rec["spread_threshold"] < 0.65 and rec["threshold_rule"].startswith("frames: lower edge")
+    assert rec["spearman_frames"] > 0.5 and rec["n_frames"] == 400
+    loose = frame_spread_threshold(s, e, target_rmse=1.0)
+    assert loose["spread_threshold"] == pytest.approx(s.max()) and "no bin" in loose["threshold_rule"]
+    with pytest.raises(ValueError, match="as many"):
+        frame_spread_threshold(np.ones(3), np.ones(2))
