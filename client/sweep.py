@@ -50,6 +50,7 @@ class SweepOptions:
     out: Path = Path("runs/sweep")
     grid: dict[str, str] = field(default_factory=dict)
     seeds: int = 8
+    first_seed: int = 0  # the runs use seeds first_seed … first_seed + seeds − 1
     steps: int = 600
     dt: float = 0.1
     save_every: int = 10
@@ -99,6 +100,8 @@ def _check_options(opts: SweepOptions) -> None:
         raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, got {opts.backend!r}")
     if opts.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {opts.seeds}")
+    if opts.first_seed < 0:
+        raise ValueError(f"--first-seed must be >= 0, got {opts.first_seed}")
     if opts.steps < 0:
         raise ValueError(f"--steps must be >= 0, got {opts.steps}")
     if not (math.isfinite(opts.dt) and opts.dt > 0):
@@ -231,6 +234,11 @@ def check_costs(points: list[GridPoint], routes: list[PointRoute], remaining: di
 
 
 # ------------------------------------------------------------------------------------------ layout
+def seed_list(opts: SweepOptions) -> list[int]:
+    """The seeds of every point: first_seed … first_seed + seeds − 1 (seed s is `simulate --seed s`)."""
+    return list(range(opts.first_seed, opts.first_seed + opts.seeds))
+
+
 def run_path(out: Path, point: GridPoint, seed: int) -> Path:
     return out / "runs" / point.name / f"seed{seed}" / "trajectory.h5"
 
@@ -238,7 +246,7 @@ def run_path(out: Path, point: GridPoint, seed: int) -> Path:
 def _request(opts: SweepOptions, grid: dict[str, list], models: list[dict]) -> dict[str, Any]:
     """What determines the results (compared on resume)."""
     return {"grid": {k: list(v) for k, v in grid.items()}, "base": HolsteinParams().to_dict(),
-            "seeds": list(range(opts.seeds)), "steps": opts.steps, "dt": opts.dt,
+            "seeds": seed_list(opts), "steps": opts.steps, "dt": opts.dt,
             "save_every": opts.save_every, "backend": opts.backend,
             "model": {"name": models[0]["name"], "sha256": models[0].get("sha256", "")} if (
                 models and opts.server is None) else None,
@@ -289,6 +297,8 @@ def resume_command(opts: SweepOptions) -> str:
     for name, spec in opts.grid.items():
         cmd += f" --{name.replace('_', '-')} {spec}"
     cmd += f" --seeds {opts.seeds} --steps {opts.steps}"
+    if opts.first_seed:
+        cmd += f" --first-seed {opts.first_seed}"
     for flag, value, default in (("--dt", opts.dt, 0.1), ("--save-every", opts.save_every, 10),
                                  ("--backend", opts.backend, "auto"), ("--server", opts.server, None),
                                  ("--model", opts.model, None), ("--scheduler", opts.scheduler, None),
@@ -328,7 +338,7 @@ def run_sweep(opts: SweepOptions, echo: Echo = print) -> SweepReport:
     routes, models = plan_routes(points, opts)
     request = _request(opts, grid, models)
     _check_same_request(out, request)
-    seeds = list(range(opts.seeds))
+    seeds = seed_list(opts)
     paths = {(p.name, s): run_path(out, p, s) for p in points for s in seeds}
     state = {str(path): _run_state(path) for path in paths.values()}
     remaining = {p.name: [0 if state[str(paths[p.name, s])][1] else opts.steps - max(
@@ -398,7 +408,7 @@ def _execute(client: Any, opts: SweepOptions, points: list[GridPoint], routes: l
     tag = uuid.uuid4().hex[:8]
     specs = []
     for p, r in zip(points, routes, strict=True):
-        todo = [s for s, left in zip(range(opts.seeds), remaining[p.name], strict=True) if left]
+        todo = [s for s, left in zip(seed_list(opts), remaining[p.name], strict=True) if left]
         force = ForceSpec(kind=r.kind, model=r.model_path, server=opts.server, backend=opts.backend,
                           token=opts.token, tls_ca=opts.tls_ca, timeout=opts.timeout)
         for part in _chunks(todo, chunk_size(opts, r, len(points), parallel)):
@@ -501,7 +511,7 @@ class _Manifest:
         points = []
         for p, r in zip(self.points, self.routes, strict=True):
             runs = []
-            for s in range(self.opts.seeds):
+            for s in seed_list(self.opts):
                 path = self.paths[p.name, s]
                 last, complete = self.state.get(str(path), (-1, False))
                 runs.append({"seed": s, "file": str(path.relative_to(self.out)), "last_step": last,
@@ -532,7 +542,7 @@ def _write_summary(out: Path, points: list[GridPoint], paths: dict, opts: SweepO
     summaries = []
     for p in points:
         runs = []
-        for s in range(opts.seeds):
+        for s in seed_list(opts):
             path = paths[p.name, s]
             if not path.exists():
                 continue

@@ -51,7 +51,10 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("runs/sweep"), "--out", "-o",
                                  help="Sweep folder (sweep.json, runs/<point>/seed<k>/trajectory.h5, "
                                       "summary.csv, phase_diagram.png, xi_families.png)."),
-        seeds: int = typer.Option(8, help="Seeds per point: 0 … N-1 (seed s is `simulate --seed s`)."),
+        seeds: int = typer.Option(8, help="Seeds per point: F … F+N-1 with F = --first-seed (seed s is "
+                                  "`simulate --seed s`)."),
+        first_seed: int = typer.Option(0, "--first-seed", help="First seed of every point (e.g. seeds never "
+                                       "used in training data)."),
         steps: int = typer.Option(600, help="BD steps of every run."),
         dt: float = typer.Option(0.1, help="Time step in 1/gamma."),
         save_every: int = typer.Option(10, "--save-every", help="Store Q, F, n every this many steps."),
@@ -105,7 +108,8 @@ def register(app: typer.Typer) -> None:
         from .sweep_grid import param_names
 
         grid = {k: grid[k] for k in param_names() if k in grid}
-        opts = SweepOptions(out=out, grid=grid, seeds=seeds, steps=steps, dt=dt, save_every=save_every,
+        opts = SweepOptions(out=out, grid=grid, seeds=seeds, first_seed=first_seed, steps=steps, dt=dt,
+                            save_every=save_every,
                             checkpoint_every=checkpoint_every, backend=backend, server=server, token=token,
                             tls_ca=str(tls_ca) if tls_ca else None, model=str(model) if model else None,
                             timeout=timeout, scheduler=scheduler, workers=workers, chunk=chunk, plots=plots,

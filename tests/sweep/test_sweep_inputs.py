@@ -3,6 +3,8 @@ grid parser behind it."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from neqforce.client.sweep_grid import grid_points, parse_grid, parse_values
@@ -96,3 +98,25 @@ def test_auto_refuses_an_expensive_negf_sweep(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "--backend negf" in lines[0], r.stderr
     assert not (out / "runs").exists()
+
+
+def test_first_seed_shifts_the_seeds_and_keeps_every_run_identical(tmp_path):
+    """--first-seed F runs seeds F … F+N-1: each is the run with that seed of a sweep from 0 (and so
+    `simulate --seed s`); the manifest records the seeds, the resume command keeps the option."""
+    from .conftest import assert_same_run, neqforce, run_files
+
+    common = ["--lx", "6", "--ly", "4", "--voltage", "3.0", "--steps", "8", "--backend", "negf",
+              "--no-progress", "--no-plots", "--workers", "1"]
+    shifted, base = tmp_path / "shifted", tmp_path / "base"
+    r = neqforce("sweep", "--out", str(shifted), "--seeds", "2", "--first-seed", "5", *common)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = neqforce("sweep", "--out", str(base), "--seeds", "7", *common)
+    assert r.returncode == 0, r.stdout + r.stderr
+    files = run_files(shifted)
+    assert sorted(k.split("/")[1] for k in files) == ["seed5", "seed6"]
+    for key, path in files.items():
+        assert_same_run(path, run_files(base)[key])
+    manifest = json.loads((shifted / "sweep.json").read_text())
+    assert manifest["request"]["seeds"] == [5, 6]
+    bad = neqforce("sweep", "--out", str(tmp_path / "bad"), "--seeds", "2", "--first-seed", "-1", *common)
+    assert bad.returncode != 0 and bad.stderr.strip().count("\n") == 0
