@@ -78,7 +78,8 @@ def test_wheel_the_image_installs(tmp_path: Path) -> None:
                      "neqforce/training/dataset.py", "neqforce/cli.py"):
         assert required in names
     assert any(n.startswith("neqforce/v1/") and n.endswith("_pb2.py") for n in names)
-    assert "neqforce/models/compact.onnx" in names, "the bundled model must ship inside the wheel"
+    assert "neqforce/models/voltage.onnx" in names, "the bundled model must ship inside the wheel"
+    assert "neqforce/models/voltage.json" in names and "neqforce/models/compact.onnx" in names
     requires = [ln for ln in metadata.splitlines() if ln.startswith("Requires-Dist:")]
     assert not [r for r in requires if "torch" in r and "extra ==" not in r], "torch must be optional"
     assert any("onnxruntime" in r and "extra ==" not in r for r in requires)
