@@ -14,6 +14,6 @@ def test_model_path_is_the_file_name_only(server):
         info = pb_grpc.ForceServiceStub(channel).GetServerInfo(pb.GetServerInfoRequest(), timeout=30)
     (model,) = info.models
     loaded_from = bundled_model_path().resolve()
-    assert model.path == loaded_from.name == "compact.onnx"
+    assert model.path == loaded_from.name == "voltage.onnx"
     assert "/" not in model.path and "\\" not in model.path
     assert str(loaded_from.parent) not in info.SerializeToString().decode("utf-8", "replace")

@@ -11,7 +11,7 @@ import grpc
 import numpy as np
 import pytest
 
-from neqforce.models import bundled_model_path
+from neqforce.models import compact_model_path
 from neqforce.physics import HolsteinParams
 from neqforce.server.backends.onnx import OnnxModel
 from neqforce.server.errors import RequestError
@@ -20,7 +20,7 @@ from neqforce.v1 import force_service_pb2 as pb
 
 from .conftest import PARAMS, build_contract_model, onnx
 
-BUNDLED = bundled_model_path()
+BUNDLED = compact_model_path()  # the q-only 30x28, V = 3.0 model: routing on a lattice domain
 needs_bundled = pytest.mark.skipif(not BUNDLED.is_file(), reason="no bundled model in this tree")
 
 

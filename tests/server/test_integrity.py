@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from neqforce.models import bundled_model_path
+from neqforce.models import compact_model_path
 from neqforce.server.backends.integrity import REFERENCE_KEY, reference_lattice
 from neqforce.server.backends.onnx import OnnxModel
 
@@ -36,7 +36,7 @@ def _corrupt(path: Path, fill: bytes = b"\xff" * 64) -> None:
 @pytest.fixture()
 def shipped_copy(tmp_path: Path) -> Path:
     """compact.onnx and its provenance compact.json, copied."""
-    src = bundled_model_path()
+    src = compact_model_path()
     if not src.is_file():
         pytest.skip("no bundled model in this tree")
     shutil.copy(src, tmp_path / src.name)

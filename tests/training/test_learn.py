@@ -196,13 +196,13 @@ def test_server_info_shows_the_committee_spread_threshold(one_iteration):
     q-only model); `neqforce info` prints it."""
     from neqforce.client import ForceClient
     from neqforce.client.jobs import format_server_info
-    from neqforce.models import bundled_model_path
+    from neqforce.models import compact_model_path
     from neqforce.server.app import ServerConfig, start_server
     from neqforce.server.backends.onnx import OnnxModel
 
     path = one_iteration["out"] / "models" / "it001.onnx"
     expected = OnnxModel.load(path, "it001", threads=1).spread_threshold
-    srv = start_server(ServerConfig(host="127.0.0.1", port=0, models=[path, bundled_model_path()],
+    srv = start_server(ServerConfig(host="127.0.0.1", port=0, models=[path, compact_model_path()],
                                     negf_pool="thread"))
     try:
         with ForceClient(srv.address) as client:
@@ -211,7 +211,7 @@ def test_server_info_shows_the_committee_spread_threshold(one_iteration):
         srv.stop(grace=0.0)
     by_name = {m["path"]: m for m in info["models"]}
     assert by_name["it001.onnx"]["force_std_threshold"] == pytest.approx(expected, rel=1e-12) and expected > 0
-    assert by_name[bundled_model_path().name]["force_std_threshold"] == 0.0
+    assert by_name[compact_model_path().name]["force_std_threshold"] == 0.0
     assert f"threshold {expected:.4g}" in format_server_info(info)
 
 

@@ -223,9 +223,9 @@ def test_spread_above_threshold_goes_to_negf_or_is_flagged(committee, tmp_path):
 
 
 def test_q_only_bundled_model_keeps_its_contract():
-    from neqforce.models import bundled_model_path
+    from neqforce.models import compact_model_path
 
-    path = bundled_model_path()
+    path = compact_model_path()
     if not path.is_file():
         pytest.skip("no bundled model in this tree")
     srv = _serve([path], negf_max_sites=50)
