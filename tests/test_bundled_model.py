@@ -133,3 +133,40 @@ def test_random_weights_fail_the_same_check(exact, tmp_path) -> None:
     onnx.save(model, str(path))
     bad = failures(errors(path, exact))
     assert len(bad) >= len(CASES), bad  # fails on every configuration, not only by a hair
+
+
+def test_far_outside_the_domain_is_refused_or_flagged() -> None:
+    """A real server on 127.0.0.1 with the bundled model: V = 6, a 200-column device that is all metal,
+    and g = 2 never come back as a silent ML answer (AUTO: exact NEGF or refused; ONNX: flagged or
+    refused), and an answer inside the domain is not flagged."""
+    import grpc
+
+    from neqforce.client import ForceClient, ForceServerError
+    from neqforce.server.app import ServerConfig, start_server
+
+    srv = start_server(ServerConfig(host="127.0.0.1", port=0, models=[bundled_model_path()],
+                                    negf_max_sites=900, negf_pool="thread"))
+    try:
+        with ForceClient(srv.address, timeout=120.0, retries=0) as client:
+            inside = HolsteinParams(voltage=2.75)
+            r = client.compute_forces(cdw_ground_state(inside), inside)
+            assert r.backend == "onnx" and not r.flagged
+            v6 = HolsteinParams(voltage=6.0)
+            r = client.compute_forces(cdw_ground_state(v6), v6)  # AUTO: exact NEGF, says why
+            assert r.backend == "negf" and "voltage=6 outside [2, 4]" in r.reason
+            r = client.compute_forces(cdw_ground_state(v6), v6, backend="onnx")
+            assert r.flagged and r.reason.startswith("OUTSIDE_DOMAIN")
+            long = HolsteinParams(lx=200)
+            metal = -0.35 + 0.05 * np.random.default_rng(0).standard_normal(long.shape)
+            r = client.compute_forces(metal, long, backend="onnx")
+            assert r.flagged and "lx=200 outside" in r.reason
+            with pytest.raises(ForceServerError) as info:  # AUTO: over the NEGF cap, refused with the reason
+                client.compute_forces(metal, long)
+            assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "lx=200 outside" in str(info.value)
+            g2 = HolsteinParams(g=2.0)
+            with pytest.raises(ForceServerError) as info:  # other physics: explicit ONNX refused
+                client.compute_forces(cdw_ground_state(inside), g2, backend="onnx")
+            assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION and "g=2" in str(info.value)
+    finally:
+        srv.stop(grace=1.0)
