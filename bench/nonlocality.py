@@ -109,7 +109,10 @@ def compute(run: dict, session: ort.InferenceSession) -> dict:
     with threadpool_limits(1):
         exact = params.g * (electron_density(q, params) - 0.5)
     seconds = time.perf_counter() - t0
-    (density,) = session.run(["density"], {"q": q[None].astype(np.float32)})
+    feed = {"q": q[None].astype(np.float32)}
+    if "voltage" in {i.name for i in session.get_inputs()}:  # a voltage-range model: V is an input
+        feed["voltage"] = np.array([run["voltage"]], dtype=np.float32)
+    (density,) = session.run(["density"], feed)
     model = params.g * (density[0].astype(np.float64) - 0.5)
     delta = (exact - model) / F_NORM
     return {**run, "negf_s": seconds, "exact": np.round(exact.mean(axis=1), 6).tolist(),
@@ -129,9 +132,9 @@ def series(results: dict, scan: str, **match: float) -> list[dict]:
     return sorted(rows, key=lambda r: (r["w"], r["lx"]))
 
 
-def report(results: dict) -> None:
+def report(results: dict, model_name: str = "compact.onnx") -> None:
     """Print the tables of docs/nonlocality.md."""
-    print(f"# electronic force g(n-1/2), column mean; fixed column x0 = {X0}; model = bundled compact.onnx")
+    print(f"# electronic force g(n-1/2), column mean; fixed column x0 = {X0}; model = {model_name}")
     print("\n## metallic length W (left), V = 3.0: force at x0 and at W-3, exact vs model")
     print(f"{'lattice':>9} {'W':>4} {'exact x0':>9} {'model x0':>9} {'exact W-3':>10} {'model W-3':>10}"
           f" {'MSE(all)':>9} {'mean err':>9} {'NEGF s':>7}")
@@ -262,23 +265,30 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("docs/figures"))
     ap.add_argument("--plot-only", action="store_true", help="no NEGF: print and draw from the cache")
     ap.add_argument("--max-sites", type=int, default=10**9, help="skip configurations larger than this")
+    ap.add_argument("--model", type=Path, default=compact_model_path(),
+                    help="ONNX model to compare with the exact force (default: compact.onnx, the study's)")
+    ap.add_argument("--scans", default="", help="only these scans, e.g. 'domain,wide' (default: all)")
+    ap.add_argument("--cache", default="nonlocality.json", help="cache file name inside --out")
+    ap.add_argument("--no-plot", action="store_true", help="print the tables only")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    cache = args.out / "nonlocality.json"
+    cache = args.out / args.cache
+    scans = {x for x in args.scans.split(",") if x}
     results: dict = json.loads(cache.read_text()) if cache.exists() else {}
     if not args.plot_only:
         so = ort.SessionOptions()
         so.intra_op_num_threads = 1
-        session = ort.InferenceSession(str(compact_model_path()), so, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(args.model), so, providers=["CPUExecutionProvider"])
         for run in runs():
             k = key(run)
-            if k in results or run["lx"] * run["ly"] > args.max_sites:
+            if k in results or run["lx"] * run["ly"] > args.max_sites or (scans and run["scan"] not in scans):
                 continue
             results[k] = {**compute(run, session), "scan": run["scan"]}
             print(f"{k}: {results[k]['negf_s']:.1f} s", flush=True)
             save(cache, results)
-    report(results)
-    plot(results, args.out)
+    report(results, args.model.name)
+    if not args.no_plot:
+        plot(results, args.out)
 
 
 if __name__ == "__main__":
