@@ -164,11 +164,11 @@ def test_far_outside_the_domain_is_refused_or_flagged() -> None:
             assert r.flagged and "lx=200 outside" in r.reason
             with pytest.raises(ForceServerError) as info:  # AUTO: over the NEGF cap, refused with the reason
                 client.compute_forces(metal, long)
-            assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "lx=200 outside" in str(info.value)
             g2 = HolsteinParams(g=2.0)
             with pytest.raises(ForceServerError) as info:  # other physics: explicit ONNX refused
                 client.compute_forces(cdw_ground_state(inside), g2, backend="onnx")
-            assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION and "g=2" in str(info.value)
+            assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "g=2" in str(info.value)
     finally:
         srv.stop(grace=1.0)

@@ -18,20 +18,28 @@ P = HolsteinParams(lx=12, ly=10)
 
 
 def test_onnx_batch_equals_single_lattices():
-    """The property the batching relies on, checked on the bundled model at two lattice sizes: a batch
-    in one ONNX Runtime call, in the task's cache-sized pieces, and each lattice alone give the same
-    floats."""
-    whole = OnnxBatchForces(str(bundled_model_path()), sites_per_call=1 << 30)
-    pieces = OnnxBatchForces(str(bundled_model_path()))
-    rng = np.random.default_rng(7)
-    for shape in ((12, 10), (30, 28)):
-        q = initial_cdw(P.replace(lx=shape[0], ly=shape[1]))[0] + 0.3 * rng.standard_normal((16, *shape))
-        f_batch, n_batch = whole(q)
-        f_pieces, n_pieces = pieces(q)
-        assert np.array_equal(f_pieces, f_batch) and np.array_equal(n_pieces, n_batch)
-        for i in range(len(q)):
-            f1, n1 = whole(q[i:i + 1])
-            assert np.array_equal(f1[0], f_batch[i]) and np.array_equal(n1[0], n_batch[i])
+    """The property the batching relies on, at two lattice sizes: a batch in the task's cache-sized pieces
+    gives each lattice the floats of the lattice alone (what ``simulate`` computes), for both bundled
+    models. A batch in ONE call gives the same floats with the q-only compact.onnx, and with the
+    voltage committee at 30x28 floats within 1 ulp (2.4e-7: ONNX Runtime computes one product of its
+    global-feature branch differently for a single lattice), which is why a task computes in pieces."""
+    from neqforce.models import compact_model_path
+
+    for path, exact in ((bundled_model_path(), False), (compact_model_path(), True)):
+        whole = OnnxBatchForces(str(path), sites_per_call=1 << 30, params=HolsteinParams())
+        pieces = OnnxBatchForces(str(path), params=HolsteinParams())
+        rng = np.random.default_rng(7)
+        for shape in ((12, 10), (30, 28)):
+            q = initial_cdw(P.replace(lx=shape[0], ly=shape[1]))[0] + 0.3 * rng.standard_normal((16, *shape))
+            f_batch, n_batch = whole(q)
+            f_pieces, n_pieces = pieces(q)
+            for i in range(len(q)):
+                f1, n1 = whole(q[i:i + 1])
+                assert np.array_equal(f1[0], f_pieces[i]) and np.array_equal(n1[0], n_pieces[i])
+                if exact:
+                    assert np.array_equal(f1[0], f_batch[i]) and np.array_equal(n1[0], n_batch[i])
+                else:
+                    np.testing.assert_allclose(f_batch[i], f1[0], rtol=0, atol=5e-7)
 
 
 def test_batched_domain_wall_positions_equal_single():
@@ -69,7 +77,7 @@ def test_batched_replicas_equal_simulate(tmp_path):
                      "--no-plots", "--no-progress")
         assert r.returncode == 0, r.stderr
         sim = read_trajectory(out / "trajectory.h5")
-        assert (sim.backend, sim.model) == ("onnx", "compact")
+        assert (sim.backend, sim.model) == ("onnx", "voltage")
         assert_same_run(tmp_path / f"s{seed}.h5", out / "trajectory.h5")
 
 
@@ -198,7 +206,7 @@ def test_sweep_through_a_shared_server_equals_in_worker_forces(tmp_path):
     finally:
         server.stop(grace=1.0)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "base parameters: onnx (compact): OUTSIDE_DOMAIN" in r.stdout
+    assert "base parameters: onnx (voltage): OUTSIDE_DOMAIN" in r.stdout
     local = neqforce(*common, "--out", str(tmp_path / "local"))
     assert local.returncode == 0, local.stdout + local.stderr
     for seed in (0, 1):

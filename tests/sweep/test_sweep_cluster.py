@@ -1,6 +1,6 @@
 """``neqforce sweep`` on real Dask clusters: the embedded LocalCluster, and a ``dask scheduler`` with two
 ``dask worker`` processes started here on 127.0.0.1. The sweep (12×10, V = 2.5 and 3.0, 3 seeds; the
-bundled model covers only 30×28, so AUTO routes both points to exact NEGF) must give bit-for-bit the
+bundled model covers 30-80 columns by 28, so AUTO routes both points to exact NEGF) must give bit-for-bit the
 same runs everywhere: on another cluster, after a worker is killed mid-sweep, and after Ctrl-C and a
 rerun of the same command."""
 
@@ -38,7 +38,7 @@ def test_embedded_sweep_outputs(reference):
     for v in ("2.5", "3"):
         line = next(x for x in r.stdout.splitlines() if x.strip().startswith(f"voltage = {v}:"))
         assert "no loaded model covers the parameters" in line and "AUTO routes it to exact NEGF" in line
-        assert "lx=12 outside [30, 30]" in line and "projected backend negf" in line
+        assert "lx=12 outside [30, 80]" in line and "projected backend negf" in line
     files = run_files(out)
     assert sorted(files) == [f"voltage={v}/seed{s}" for v in ("2.5", "3") for s in range(3)]
     for f in files.values():

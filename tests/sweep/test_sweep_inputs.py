@@ -87,14 +87,16 @@ def test_cli_malformed_scheduler(tmp_path):
 
 
 def test_auto_refuses_an_expensive_negf_sweep(tmp_path):
-    """V = 2.5 on 30×28 is not covered by the bundled model: AUTO would run exact NEGF for hours; the
-    sweep says so for the point, refuses before starting anything, and names --backend negf."""
+    """V = 4.5 on 30×28 is outside the bundled model's domain (V in [2, 4]): AUTO would run exact NEGF
+    for hours; the sweep says so for the point, refuses before starting anything, and names --backend
+    negf. V = 3.0 is covered: the model."""
     out = tmp_path / "sweep"
-    r = neqforce("sweep", "--out", str(out), "--voltage", "2.5,3.0", "--seeds", "8", "--steps", "2000",
+    r = neqforce("sweep", "--out", str(out), "--voltage", "3.0,4.5", "--seeds", "8", "--steps", "2000",
                  "--no-progress", timeout=180)
     assert r.returncode == 2, r.stderr
-    assert "voltage = 2.5: no loaded model covers the parameters" in r.stdout and "projected" in r.stdout
-    assert "voltage = 3: onnx (compact)" in r.stdout
+    assert "voltage = 4.5: no loaded model covers the parameters" in r.stdout and "projected" in r.stdout
+    assert "voltage=4.5 outside [2, 4]" in r.stdout
+    assert "voltage = 3: onnx (voltage)" in r.stdout
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "--backend negf" in lines[0], r.stderr
     assert not (out / "runs").exists()
