@@ -4,7 +4,7 @@
     python bench/ml_forces.py --extra runs/*/m.onnx  # also time other exported models (trade-off table)
 
 Prints, in one run and on the same ``--threads`` CPU threads (ORT intra-op threads; BLAS threads
-for NEGF): the time per force evaluation at 30×28 of the bundled compact model, of the paper's
+for NEGF): the time per force evaluation at 30×28 of the bundled model (voltage.onnx), of the paper's
 Table I network (113→4096→…→64→1; weights are random when no trained paper model is given with
 ``--paper``: the cost does not depend on the weights) and of the exact NEGF solver, their ratio, and
 the throughput in sites/s at 100×100 and 1000×1000 (the paper preset at 100×100 only: its first
@@ -153,7 +153,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         paper_path, paper_kind = paper_model(args.paper, Path(tmp))
-        models = [("bundled compact", Path(args.model)), (f"paper preset ({paper_kind})", paper_path)]
+        models = [(f"bundled {Path(args.model).stem}", Path(args.model)),
+                  (f"paper preset ({paper_kind})", paper_path)]
         models += [(Path(e).parent.name + "/" + Path(e).name, Path(e)) for e in args.extra]
         spread: list[tuple[str, str, float, float]] = []  # (model, lattice, force only, + force_std) min s
         info = {name: (metadata(path), macs(path)) for name, path in models}

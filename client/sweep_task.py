@@ -22,9 +22,10 @@ Forces come from (``ForceSpec.kind``):
 
 Each replica's trajectory records, per step, the largest committee spread of its force and every change
 of backend/model/flag (:mod:`neqforce.client.answers`): in-worker ONNX applies the server's own flag rules
-per lattice (``flag_configuration`` and ``spread_check`` of :mod:`neqforce.server.routing`; a task has no
-exact-NEGF fallback, so a spread above the threshold is flagged); through ``--server`` the answer (its
-spread and flag) is that of the whole batch's request.
+per lattice (``flag_configuration`` and ``spread_check`` of :mod:`neqforce.server.routing`: under AUTO a
+lattice whose spread is above the threshold is recomputed with exact NEGF in the worker, as the server does;
+explicit ONNX flags it); through ``--server`` the answer (its spread and flag) is that of the whole batch's
+request.
 """
 
 from __future__ import annotations
@@ -144,6 +145,7 @@ class OnnxBatchForces:
         self._params = params
         self._physical = params.physical() if params is not None else None  # feeds a model's voltage input
         self._route = _onnx_route(self._model, params, requested)
+        self._requested = requested
         self._sites_per_call = int(sites_per_call)
         self.answers: list[Any] = []
 
@@ -158,12 +160,24 @@ class OnnxBatchForces:
             if std is not None:
                 spreads[i:i + step] = np.asarray(std, dtype=np.float64).reshape(len(f), -1).max(axis=1)
         self.answers = self._answers(q, spreads)
+        redo = [i for i, a in enumerate(self.answers) if a.backend == "negf"]
+        if redo:  # AUTO, spread above the threshold: exact NEGF for those lattices, as the server does
+            from threadpoolctl import threadpool_limits
+
+            from neqforce.server.backends.negf import negf_batch
+
+            with threadpool_limits(1):
+                f, d = negf_batch(np.asarray(q[redo], dtype=np.float64), self._params)
+            force[redo], density[redo] = f, d
         return force, density
 
     def _answers(self, q: np.ndarray, spreads: np.ndarray) -> list[Any]:
         """Per lattice: the route flagged as the server flags it (OUTSIDE_DOMAIN from
         ``flag_configuration``, asked once for the batch and per lattice only when the batch is flagged;
-        HIGH_SPREAD from ``spread_check``) and its committee spread (-1: no committee)."""
+        HIGH_SPREAD from ``spread_check``) and its committee spread (-1: no committee). Under AUTO a spread
+        above the model's threshold routes the lattice to exact NEGF (backend "negf", spread 0), the
+        server's policy (docs/physics.md); an explicit ONNX task flags it instead."""
+        from neqforce.server.backends.negf import NEGF_MODEL
         from neqforce.server.routing import flag_configuration, spread_check
         from neqforce.v1 import force_service_pb2 as pb
 
@@ -172,12 +186,17 @@ class OnnxBatchForces:
         route, params = self._route, self._params
         if route is None or params is None:
             return [Answer("onnx", self.model, False, "", float(s)) for s in spreads]
+        auto = self._requested == "auto"
         whole = flag_configuration(route, q, params)  # unflagged: no lattice of the batch is flagged
         out = []
         for i, s in enumerate(spreads):
             chosen = flag_configuration(route, q[i:i + 1], params) if whole is not route else route
-            chosen = spread_check(chosen, pb.BACKEND_ONNX, float(s), "in-worker ONNX of a sweep task")
-            out.append(Answer("onnx", self.model, bool(chosen.flagged), chosen.reason, float(s)))
+            chosen = spread_check(chosen, pb.BACKEND_AUTO if auto else pb.BACKEND_ONNX, float(s),
+                                  None if auto else "in-worker ONNX of a sweep task")
+            if chosen.backend == pb.BACKEND_NEGF:
+                out.append(Answer("negf", NEGF_MODEL, False, chosen.reason, 0.0))
+            else:
+                out.append(Answer("onnx", self.model, bool(chosen.flagged), chosen.reason, float(s)))
         return out
 
 

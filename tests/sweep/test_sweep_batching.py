@@ -242,3 +242,44 @@ def test_checkpoint_cadence_is_simulates():
     assert c.due(7)
     c.written(time.monotonic() - 0.5)
     assert 0.4 < c.cost < 60.0 and not c.due(7)
+
+
+def test_auto_high_spread_falls_back_to_negf_like_simulate(tmp_path):
+    """AUTO in a sweep task follows the server's spread policy: a lattice whose committee spread exceeds
+    the threshold is recomputed with exact NEGF in the worker (recorded as an NEGF answer), and the run
+    follows `neqforce simulate` (embedded server, AUTO) with the same model: the same backend at every
+    step, and the same trajectory to 1e-9 (the NEGF steps differ by ~1e-12 from the server's, whose NEGF
+    worker runs LAPACK with another thread count; ONNX-only runs are bit-for-bit, tests above)."""
+    onnx = __import__("pytest").importorskip("onnx")
+    import json as _json
+
+    model = onnx.load(str(bundled_model_path()))
+    for entry in model.metadata_props:
+        if entry.key == "neqforce.committee":
+            entry.value = _json.dumps({**_json.loads(entry.value), "spread_threshold": 0.03})
+    patched = tmp_path / "lowthreshold.onnx"
+    onnx.save(model, str(patched))
+    p = HolsteinParams()
+    spec = ChunkSpec(key="t", point="base", params=p, seeds=(0,), paths=(str(tmp_path / "s0.h5"),),
+                     n_steps=6, forces=ForceSpec(kind="onnx", model=str(patched), backend="auto"),
+                     save_every=1, checkpoint_every=3)
+    assert run_chunk(spec).runs[0].complete
+    sweep = read_trajectory(tmp_path / "s0.h5")
+    _, spread = sweep.spread_series()
+    assert (spread == 0).any() and (spread > 0).any()  # some steps on NEGF (spread 0), some on the model
+    assert "spread->NEGF" in json_dump(sweep.extra["answers"])
+    out = tmp_path / "sim"
+    r = neqforce("simulate", "--steps", "6", "--seed", "0", "--save-every", "1", "--model", str(patched),
+                 "--out", str(out), "--no-plots", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    sim = read_trajectory(out / "trajectory.h5")
+    assert np.array_equal(sim.spread_series()[1], spread)  # the same answers (0: NEGF) at every step
+    a, b = sweep.frames(), sim.frames()
+    for key in ("q", "force", "density"):
+        np.testing.assert_allclose(a[key], b[key], rtol=0, atol=1e-9)
+
+
+def json_dump(x) -> str:
+    import json as _json
+
+    return _json.dumps(x)
