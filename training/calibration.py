@@ -44,12 +44,14 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-def spread_threshold(spread: np.ndarray, error: np.ndarray, target_rmse: float = TARGET_RMSE_FORCE,
-                     bins: int = 20) -> dict:
-    """The calibration record of the module docstring for per-site ``spread`` and absolute ``error``."""
+def _binned(spread: np.ndarray, error: np.ndarray, target_rmse: float, bins: int,
+            what: str) -> tuple[np.ndarray, np.ndarray, list[list[float]], float | None]:
+    """Sort the samples by spread into ``bins`` equal-count bins: (sorted spreads, sorted errors, table of
+    [lowest spread, highest spread, RMS error] per bin, lower spread edge of the first bin whose RMS error
+    exceeds ``target_rmse`` or None)."""
     s, e = np.ravel(np.asarray(spread, np.float64)), np.ravel(np.asarray(error, np.float64))
     if s.size == 0 or s.size != e.size:
-        raise ValueError("calibration needs as many spreads as errors (and at least one)")
+        raise ValueError(f"calibration needs as many {what} (and at least one)")
     order = np.argsort(s, kind="stable")
     s, e = s[order], e[order]
     edges = np.linspace(0, s.size, min(bins, s.size) + 1).astype(int)
@@ -57,10 +59,17 @@ def spread_threshold(spread: np.ndarray, error: np.ndarray, target_rmse: float =
     for lo, hi in zip(edges[:-1], edges[1:], strict=True):
         if hi <= lo:
             continue
-        rmse = float(np.sqrt(np.mean(e[lo:hi] ** 2)))
-        table.append([float(s[lo]), float(s[hi - 1]), rmse])
-        if threshold is None and rmse > target_rmse:
+        rms = float(np.sqrt(np.mean(e[lo:hi] ** 2)))
+        table.append([float(s[lo]), float(s[hi - 1]), rms])
+        if threshold is None and rms > target_rmse:
             threshold = float(s[lo])
+    return s, e, table, threshold
+
+
+def spread_threshold(spread: np.ndarray, error: np.ndarray, target_rmse: float = TARGET_RMSE_FORCE,
+                     bins: int = 20) -> dict:
+    """The per-site calibration record (module docstring) for per-site ``spread`` and absolute ``error``."""
+    s, e, table, threshold = _binned(spread, error, target_rmse, bins, "spreads as errors")
     exceeded = threshold is not None
     rule = ("lower spread edge of the first equal-count bin whose error RMSE exceeds the target" if exceeded
             else "no bin exceeds the target: largest validation spread")
@@ -114,20 +123,8 @@ def frame_spread_threshold(frame_max_spread: np.ndarray, frame_rmse: np.ndarray,
                            target_rmse: float = TARGET_RMSE_FORCE, bins: int = 10) -> dict:
     """The request-level record of the module docstring: per frame its largest per-site spread s_f and
     its force RMSE e_f; ``spread_threshold`` is compared with a request's ``force_std_max``."""
-    s, e = np.ravel(np.asarray(frame_max_spread, np.float64)), np.ravel(np.asarray(frame_rmse, np.float64))
-    if s.size == 0 or s.size != e.size:
-        raise ValueError("calibration needs as many frame spreads as frame errors (and at least one)")
-    order = np.argsort(s, kind="stable")
-    s, e = s[order], e[order]
-    edges = np.linspace(0, s.size, min(bins, s.size) + 1).astype(int)
-    table, threshold = [], None
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        if hi <= lo:
-            continue
-        rms = float(np.sqrt(np.mean(e[lo:hi] ** 2)))
-        table.append([float(s[lo]), float(s[hi - 1]), rms])
-        if threshold is None and rms > target_rmse:
-            threshold = float(s[lo])
+    s, e, table, threshold = _binned(frame_max_spread, frame_rmse, target_rmse, bins,
+                                     "frame spreads as frame errors")
     exceeded = threshold is not None
     rule = ("frames: lower edge (largest per-site spread) of the first equal-count bin whose force RMSE "
             "exceeds the target" if exceeded else
