@@ -17,16 +17,17 @@ from pathlib import Path
 import numpy as np
 
 from neqforce.physics import metallic_columns
-from neqforce.trajectory import read_trajectory
+from neqforce.trajectory import Trajectory, read_trajectory
 
 from .learn_frames import Candidate, label_jobs
 
 
 def eligible_frames(path: Path, min_metallic: int = 0, max_metallic: int | None = None,
-                    per_run: int = 8, min_step: int = 0) -> list[Candidate]:
+                    per_run: int = 8, min_step: int = 0, traj: Trajectory | None = None) -> list[Candidate]:
     """The frames of trajectory ``path`` (at step ≥ ``min_step``) with a number of metallic columns in
-    [min_metallic, max_metallic], thinned to ``per_run`` evenly spaced ones (first and last kept)."""
-    traj = read_trajectory(path)
+    [min_metallic, max_metallic], thinned to ``per_run`` evenly spaced ones (first and last kept);
+    ``traj``: the file already read."""
+    traj = read_trajectory(path) if traj is None else traj
     fr = traj.frames()
     count = np.count_nonzero(metallic_columns(fr["q"], traj.q0_bulk), axis=-1)
     hi = traj.params.lx if max_metallic is None else max_metallic
@@ -54,11 +55,12 @@ def label_trajectories(sources: Sequence[Path], out: Path, *, min_metallic: int 
         src = Path(src)
         if not src.is_file():
             raise ValueError(f"not a trajectory file: {src}")
-        frames = eligible_frames(src, min_metallic, max_metallic, per_run, min_step)
+        traj = read_trajectory(src)
+        frames = eligible_frames(src, min_metallic, max_metallic, per_run, min_step, traj=traj)
         if not frames:
             echo(f"  {src}: no frame with {min_metallic}..{max_metallic or 'lx'} metallic columns")
             continue
-        dt = read_trajectory(src).dt if dt is None else dt
+        dt = traj.dt if dt is None else dt
         name = frames[0].point
         names[name] = names.get(name, 0) + 1
         if names[name] > 1:
