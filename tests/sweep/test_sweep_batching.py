@@ -4,7 +4,10 @@ alone, and the sweep repeats the float operations of :func:`brownian_dynamics` e
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pytest
 
 from neqforce.client.simulate import initial_cdw
 from neqforce.client.sweep_task import ChunkSpec, ForceSpec, OnnxBatchForces, run_chunk
@@ -250,13 +253,11 @@ def test_auto_high_spread_falls_back_to_negf_like_simulate(tmp_path):
     follows `neqforce simulate` (embedded server, AUTO) with the same model: the same backend at every
     step, and the same trajectory to 1e-9 (the NEGF steps differ by ~1e-12 from the server's, whose NEGF
     worker runs LAPACK with another thread count; ONNX-only runs are bit-for-bit, tests above)."""
-    onnx = __import__("pytest").importorskip("onnx")
-    import json as _json
-
+    onnx = pytest.importorskip("onnx")
     model = onnx.load(str(bundled_model_path()))
     for entry in model.metadata_props:
         if entry.key == "neqforce.committee":
-            entry.value = _json.dumps({**_json.loads(entry.value), "spread_threshold": 0.03})
+            entry.value = json.dumps({**json.loads(entry.value), "spread_threshold": 0.03})
     patched = tmp_path / "lowthreshold.onnx"
     onnx.save(model, str(patched))
     p = HolsteinParams()
@@ -267,7 +268,7 @@ def test_auto_high_spread_falls_back_to_negf_like_simulate(tmp_path):
     sweep = read_trajectory(tmp_path / "s0.h5")
     _, spread = sweep.spread_series()
     assert (spread == 0).any() and (spread > 0).any()  # some steps on NEGF (spread 0), some on the model
-    assert "spread->NEGF" in json_dump(sweep.extra["answers"])
+    assert "spread->NEGF" in json.dumps(sweep.extra["answers"])
     out = tmp_path / "sim"
     r = neqforce("simulate", "--steps", "6", "--seed", "0", "--save-every", "1", "--model", str(patched),
                  "--out", str(out), "--no-plots", "--no-progress")
@@ -278,8 +279,3 @@ def test_auto_high_spread_falls_back_to_negf_like_simulate(tmp_path):
     for key in ("q", "force", "density"):
         np.testing.assert_allclose(a[key], b[key], rtol=0, atol=1e-9)
 
-
-def json_dump(x) -> str:
-    import json as _json
-
-    return _json.dumps(x)
