@@ -3,9 +3,14 @@
 
     python bench/sweep.py                       # 16 replicas, 30×28, 600 steps, bundled model
     python bench/sweep.py --replicas 16 --steps 600 --chunk 16
+    python bench/sweep.py --backend onnx        # the model on every step: batching alone, no NEGF fallbacks
 
 The separate runs are what a shell loop does: ``neqforce simulate --seed s`` (embedded server, one gRPC
-round trip per step; --no-plots, so the loop is not charged for figures). The sweep is
+round trip per step; --no-plots, so the loop is not charged for figures). ``--backend`` (and ``--model``) go
+to both sides alike: under ``auto`` (the default, what users run) a step whose committee spread exceeds the
+model's threshold is recomputed with exact NEGF on both sides, and those fallbacks (~1 s each at 30×28)
+cost the same per replica whether batched or not; ``--backend onnx`` measures the batching of the
+model calls alone. The sweep is
 ``neqforce sweep --seeds R`` (embedded Dask LocalCluster, replicas of a task advanced with one batched
 force call per step, summary and figures included). Both wall times include process start-up.
 Prints replica-steps per second side by side, the ratio (target: >= 5x), and checks that every sweep
@@ -54,7 +59,8 @@ def _run(cmd: list[str]) -> tuple[float, float]:
     return wall, cpu
 
 
-def model_alone(replicas: int, lx: int, ly: int, repeats: int = 20) -> dict[str, float]:
+def model_alone(replicas: int, lx: int, ly: int, model_path: Path | None = None,
+                repeats: int = 20) -> dict[str, float]:
     """Seconds per lattice of the bundled model alone (one intra-op thread, median of ``repeats``,
     interleaved): one lattice per call, the whole batch in one call, the sweep task's pieces."""
     from neqforce.client.simulate import initial_cdw
@@ -64,7 +70,7 @@ def model_alone(replicas: int, lx: int, ly: int, repeats: int = 20) -> dict[str,
 
     p = HolsteinParams(lx=lx, ly=ly)
     q = initial_cdw(p)[0] + 0.1 * np.random.default_rng(0).standard_normal((replicas, lx, ly))
-    pieces = OnnxBatchForces(str(bundled_model_path()), threads=1)
+    pieces = OnnxBatchForces(str(model_path or bundled_model_path()), threads=1)
     model = pieces._model
     ways = {"1 per call": lambda: [model.evaluate(q[i:i + 1], True) for i in range(replicas)],
             f"{replicas} per call": lambda: model.evaluate(q, True),
@@ -95,11 +101,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ly", type=int, default=28)
     ap.add_argument("--chunk", type=int, default=None, help="sweep --chunk (default: the sweep's own)")
     ap.add_argument("--workers", type=int, default=None, help="sweep --workers (default: cores)")
+    ap.add_argument("--backend", default="auto", choices=("auto", "onnx"), help="backend of both sides")
+    ap.add_argument("--model", type=Path, default=None, help="ONNX model of both sides (default: bundled)")
     ap.add_argument("--out", type=Path, default=None, help="work folder (default: a temporary one)")
     args = ap.parse_args(argv)
     work = args.out or Path(tempfile.mkdtemp(prefix="neqforce-bench-sweep-"))
     work.mkdir(parents=True, exist_ok=True)
-    lattice = ["--lx", str(args.lx), "--ly", str(args.ly)]
+    lattice = ["--lx", str(args.lx), "--ly", str(args.ly), "--backend", args.backend]
+    if args.model:
+        lattice += ["--model", str(args.model)]
     exe = _exe()
     print(f"{args.replicas} replicas, {args.lx}×{args.ly}, {args.steps} steps, bundled model; "
           f"{os.cpu_count()} cores; work folder {work}", flush=True)
@@ -145,7 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ratio sweep / separate simulate runs: {rate_sweep / rate_sim:.2f}x (target >= 5x); per CPU "
           f"second {sim_cpu / sweep_cpu:.2f}x; sweep backend {','.join(sorted(backend))}, up to {batch} "
           f"replicas per batched force call")
-    alone = model_alone(args.replicas, args.lx, args.ly)
+    negf_steps = sum(int(np.count_nonzero(np.asarray(read_trajectory(f).series_force_std_max) == 0.0))
+                     for f in runs)
+    print(f"steps answered by exact NEGF (spread above the model's threshold): {negf_steps} of "
+          f"{replica_steps} replica-steps")
+    alone = model_alone(args.replicas, args.lx, args.ly, args.model)
     print("model alone (ONNX Runtime, 1 thread, median), ms per lattice: "
           + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in alone.items()))
     same = sum(same_run(work / "simulate" / f"seed{s}" / "trajectory.h5",

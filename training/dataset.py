@@ -84,6 +84,8 @@ def preset_spec(name: str) -> DatasetSpec:
     * ``vrange``: first training data of the voltage-range model: 30×28, seed 0 at each V in
       {2.0, 2.5, 3.0, 3.5, 4.0}, 400 steps each (2 005 NEGF steps; seeds ≥ 1000 are reserved for
       ``heldout``). Active learning (docs/ml_model.md) adds labelled frames where the committee disagrees.
+    * ``vhigh``: more NEGF-BD data where the first voltage-range model missed its targets (V >= 3):
+      30×28, seeds 1 and 2 at each V in {3.0, 3.5, 4.0}, 400 steps each (2 406 NEGF steps).
     * ``tiny``: 8×6, two seeds, 20 steps (seconds; for tests).
     """
     if name == "bundled":
@@ -96,10 +98,13 @@ def preset_spec(name: str) -> DatasetSpec:
     if name == "vrange":
         runs = tuple(RunSpec(v, 0, 400) for v in (2.0, 2.5, 3.0, 3.5, 4.0))
         return DatasetSpec(params=HolsteinParams(), runs=runs, preset=name)
+    if name == "vhigh":
+        runs = tuple(RunSpec(v, s, 400) for s in (1, 2) for v in (3.0, 3.5, 4.0))
+        return DatasetSpec(params=HolsteinParams(), runs=runs, preset=name)
     if name == "tiny":
         runs = (RunSpec(DEFAULT_V, 0, 20), RunSpec(DEFAULT_V, 1, 20))
         return DatasetSpec(params=HolsteinParams(lx=8, ly=6), runs=runs, preset=name)
-    raise ValueError(f"unknown dataset preset {name!r} (known: bundled, heldout, vrange, tiny)")
+    raise ValueError(f"unknown dataset preset {name!r} (known: bundled, heldout, vrange, vhigh, tiny)")
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
