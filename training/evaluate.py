@@ -16,7 +16,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import REGIONS, Frames, frame_groups, qualify_ids, region_of_column, select_voltage, traj_id
+from .data import (
+    REGIONS,
+    Frames,
+    frame_groups,
+    qualify_ids,
+    region_of_column,
+    select_voltage,
+    traj_id,
+    validation_mask,
+)
 from .dataset import load_dataset
 from .metrics import force_metrics, format_metrics
 
@@ -117,8 +126,10 @@ def evaluate(model_path: str | os.PathLike[str], data: str | os.PathLike[str] | 
              f_max: float | None = None) -> dict:
     """Metrics of a model on trajectories of ``data``; writes metrics.json and the two PNGs to ``out``.
 
-    split: ``test`` (the model's held-out trajectories), ``train``, ``all``, or ``auto`` (test when
-    the data holds the model's test trajectories, else all). A q-only model is evaluated at its voltage
+    split: ``test`` (the model's held-out trajectories), ``train``, ``all``, ``validation`` (the
+    early-stopping blocks of every trajectory, :func:`validation_mask`: how to compare models on data
+    none of them trained on, without touching a test set), or ``auto`` (test when the data holds the
+    model's test trajectories, else all). A q-only model is evaluated at its voltage
     (or ``voltage``); a model with a voltage input on every voltage of the data (or ``voltage``), each
     frame at its own V, over every lattice shape. ``f_max``: fixed normalization of the paper's metric
     (default: max |F_NEGF| of the evaluated frames). A committee model also gets :func:`spread_report`
@@ -137,13 +148,18 @@ def evaluate(model_path: str | os.PathLike[str], data: str | os.PathLike[str] | 
         chosen = [ids[i] for i in lm.test_ids if i in ids]
     elif split == "train":
         chosen = [ids[i] for i in lm.train_ids if i in ids]
-    elif split == "all":
+    elif split in ("all", "validation"):
         chosen = list(trajs)
     else:
-        raise ValueError(f"unknown split {split!r} (auto, test, train, all)")
+        raise ValueError(f"unknown split {split!r} (auto, test, train, all, validation)")
     if not chosen:
         raise ValueError(f"no trajectory of split {split!r} in the data")
     groups = frame_groups(chosen, stride=stride)
+    if split == "validation":
+        groups = [fr.subset(validation_mask(fr.step)) for fr in groups]
+        groups = [fr for fr in groups if len(fr)]
+        if not groups:
+            raise ValueError("no frame of the data lies in a validation block")
     preds = [lm.predict(fr.q, fr.voltage) for fr in groups]
     metrics = grouped_metrics(list(zip(preds, groups, strict=True)), f_max)
     metrics["split"], metrics["trajectories"] = split, [i for fr in groups for i in fr.ids]

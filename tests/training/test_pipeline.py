@@ -125,3 +125,31 @@ def test_train_refuses_a_dataset_still_being_generated(tmp_path):
     assert res.exit_code == 0, res.output
     ck = torch.load(tmp_path / "run" / "model.pt", weights_only=False)
     assert ck["dataset_complete"] is False and ck["dataset_frames"] > 0
+
+
+def test_evaluate_validation_split_reads_only_the_validation_blocks(tiny_dataset, tmp_path):
+    """--split validation: exactly the frames of the early-stopping blocks (steps 100-124 of a 130-step
+    run), the same metrics as the model's predictions on those frames picked by hand; a dataset with no
+    frame in a block is a one-line error."""
+    from neqforce.physics import HolsteinParams
+    from neqforce.training.dataset import DatasetSpec, RunSpec, generate_dataset
+    from neqforce.training.evaluate import evaluate, load_any
+    from neqforce.trajectory import read_trajectory
+
+    data = tmp_path / "long"
+    generate_dataset(data, DatasetSpec(params=HolsteinParams(lx=8, ly=6), runs=(RunSpec(3.0, 7, 130),)),
+                     workers=1, show_progress=False)
+    run = tmp_path / "run"
+    res = CliRunner().invoke(app, ["train", tiny_dataset, "--out", str(run), "--epochs", "1", "--hidden",
+                                   "8,8", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    m = evaluate(run / "model.pt", str(data), split="validation", f_max=1.5, log=lambda _: None)
+    fr = read_trajectory(next(data.glob("*.h5"))).frames()
+    pick = (fr["step"] >= 100) & (fr["step"] <= 124)
+    assert m["overall"]["n_sites"] == pick.sum() * 48 == 25 * 48
+    lm = load_any(run / "model.pt", 1)
+    pred = lm.predict(fr["q"][pick].astype(np.float32), np.full(pick.sum(), 3.0, np.float32))
+    expected = np.mean(((fr["force"][pick] - pred) / 1.5) ** 2)
+    np.testing.assert_allclose(m["overall"]["mse"], expected, rtol=1e-5)
+    res = CliRunner().invoke(app, ["evaluate", str(run / "model.pt"), tiny_dataset, "--split", "validation"])
+    assert res.exit_code == 2 and "no frame of the data lies in a validation block" in res.output
