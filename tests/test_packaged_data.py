@@ -24,9 +24,9 @@ def test_packaged_ground_state_is_the_relaxed_cdw() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("lx", [60, 80])
+@pytest.mark.parametrize("lx", [60, 80, 120])
 def test_packaged_long_device_ground_states_are_relaxed(lx) -> None:
-    """The shipped 60x28 and 80x28 states (relaxed from spliced edges, physics/ground_state.py) have
+    """The shipped 60x28, 80x28 and 120x28 states (relaxed from spliced edges, physics/ground_state.py) have
     vanishing NEGF forces at V = 0 and the CDW sign pattern, positive at (0, 0)."""
     from neqforce.physics import local_order
 
