@@ -40,7 +40,7 @@ Q_METAL = -0.35
 #: (name, lx, voltage, metallic columns at the left electrode): the fixed configurations.
 CASES = [("cdw_V2.0", 30, 2.0, 0), ("metal10_V2.5", 30, 2.5, 10), ("cdw_V3.0", 30, 3.0, 0),
          ("metal10_V3.0", 30, 3.0, 10), ("metal25_V3.0", 30, 3.0, 25), ("metal25_V4.0", 30, 4.0, 25),
-         ("metal45_80x28_V3.5", 80, 3.5, 45)]
+         ("metal45_80x28_V3.5", 80, 3.5, 45), ("metal40_120x28_V3.0", 120, 3.0, 40)]
 
 
 def configurations() -> dict[str, tuple[HolsteinParams, np.ndarray]]:
