@@ -30,6 +30,7 @@ request.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 import time
@@ -115,6 +116,8 @@ class ChunkResult:
 SITES_PER_CALL = 1024
 
 _models_lock = threading.Lock()
+#: One in-worker NEGF fallback at a time per process (it sets the process-wide BLAS thread count).
+_negf_lock = threading.Lock()
 
 
 @functools.lru_cache(maxsize=4)
@@ -164,9 +167,11 @@ class OnnxBatchForces:
         if redo:  # AUTO, spread above the threshold: exact NEGF for those lattices, as the server does
             from threadpoolctl import threadpool_limits
 
-            from neqforce.server.backends.negf import negf_batch
+            from neqforce.server.backends.negf import blas_threads, negf_batch
 
-            with threadpool_limits(1):
+            # the embedded server's BLAS thread count (one NEGF worker), so that these steps are bit for bit
+            # those of `simulate`; one solve at a time per process: the count is process-wide
+            with _negf_lock, threadpool_limits(blas_threads(1)):
                 f, d = negf_batch(np.asarray(q[redo], dtype=np.float64), self._params)
             force[redo], density[redo] = f, d
         return force, density
@@ -455,7 +460,11 @@ def run_chunk(spec: ChunkSpec) -> ChunkResult:
 
     wall0 = time.monotonic()
     reporter = _Reporter(spec)
-    with threadpool_limits(spec.forces.threads):
+    # NEGF tasks (one per worker process) pin BLAS to their thread budget. ONNX tasks share a process and
+    # leave the process-wide BLAS setting alone: only their NEGF fallback sets it, under _negf_lock
+    # (ONNX Runtime has its own intra-op threads).
+    blas = threadpool_limits(spec.forces.threads) if spec.forces.kind != "onnx" else contextlib.nullcontext()
+    with blas:
         cache: dict[str, np.ndarray] = {}
 
         def q0() -> np.ndarray:

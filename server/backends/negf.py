@@ -23,6 +23,7 @@ import threading
 from concurrent.futures import Future
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from neqforce.physics import HolsteinParams, negf_forces
 
@@ -46,6 +47,21 @@ class NegfSolverError(NegfError):
 
 class NegfAbandoned(NegfError):
     """The solve was stopped on purpose: its client gave up, or the server is shutting down."""
+
+
+def blas_threads(workers: int = 1) -> int:
+    """BLAS/LAPACK threads of one NEGF solve on a server with ``workers`` NEGF workers: cores // workers.
+
+    LAPACK's eigensolvers split their work by thread count, so the result of a solve depends on it at the
+    ~1e-12 level (it is deterministic for a given count). Every path that must reproduce a server's NEGF
+    numbers bit for bit — the embedded server of ``simulate`` and the AUTO fallback of a sweep task — uses
+    this count. A count set in the environment (``OMP_NUM_THREADS`` and the OpenBLAS/MKL equivalents,
+    first one set) wins, as it does for the worker processes."""
+    for name in _BLAS_ENV:
+        value = os.environ.get(name, "").strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
 def negf_batch(q: np.ndarray, params: HolsteinParams) -> tuple[np.ndarray, np.ndarray]:
@@ -138,7 +154,8 @@ class NegfBackend:
             raise ValueError(f"NEGF pool mode must be one of {MODES}, got {mode!r}")
         self.workers, self.mode = workers, mode
         env = dict(os.environ)
-        blas = str(max(1, (os.cpu_count() or 1) // workers))
+        self._blas = blas_threads(workers)
+        blas = str(self._blas)
         for name in _BLAS_ENV:
             env.setdefault(name, blas)
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
@@ -177,7 +194,8 @@ class NegfBackend:
                     result = self._procs[index].run(future, q, params)
                 else:
                     try:
-                        result = negf_batch(q, params)
+                        with threadpool_limits(self._blas):  # the count a worker process gets
+                            result = negf_batch(q, params)
                     except Exception as exc:  # numerical failure on this input
                         raise NegfSolverError(f"{type(exc).__name__}: {exc}") from None
             except BaseException as exc:  # noqa: BLE001 - handed to the waiting request
