@@ -23,7 +23,6 @@ import threading
 from concurrent.futures import Future
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from neqforce.physics import HolsteinParams, negf_forces
 
@@ -53,10 +52,11 @@ def blas_threads(workers: int = 1) -> int:
     """BLAS/LAPACK threads of one NEGF solve on a server with ``workers`` NEGF workers: cores // workers.
 
     LAPACK's eigensolvers split their work by thread count, so the result of a solve depends on it at the
-    ~1e-12 level (it is deterministic for a given count). Every path that must reproduce a server's NEGF
-    numbers bit for bit — the embedded server of ``simulate`` and the AUTO fallback of a sweep task — uses
-    this count. A count set in the environment (``OMP_NUM_THREADS`` and the OpenBLAS/MKL equivalents,
-    first one set) wins, as it does for the worker processes."""
+    ~1e-12 level (it is deterministic for a given count). A count set in the environment
+    (``OMP_NUM_THREADS`` and the OpenBLAS/MKL equivalents, first one set) wins, as it does for the worker
+    processes. ``blas_threads(1)`` is also what an in-thread solve of the embedded server of ``simulate``
+    gets (OpenBLAS's default: every core, unless the environment says otherwise), so the AUTO fallback of
+    a sweep task solves with it to reproduce ``simulate`` bit for bit."""
     for name in _BLAS_ENV:
         value = os.environ.get(name, "").strip()
         if value.isdigit() and int(value) > 0:
@@ -194,8 +194,7 @@ class NegfBackend:
                     result = self._procs[index].run(future, q, params)
                 else:
                     try:
-                        with threadpool_limits(self._blas):  # the count a worker process gets
-                            result = negf_batch(q, params)
+                        result = negf_batch(q, params)  # the process's BLAS setting (blas_threads(1))
                     except Exception as exc:  # numerical failure on this input
                         raise NegfSolverError(f"{type(exc).__name__}: {exc}") from None
             except BaseException as exc:  # noqa: BLE001 - handed to the waiting request
