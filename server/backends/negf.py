@@ -154,8 +154,7 @@ class NegfBackend:
             raise ValueError(f"NEGF pool mode must be one of {MODES}, got {mode!r}")
         self.workers, self.mode = workers, mode
         env = dict(os.environ)
-        self._blas = blas_threads(workers)
-        blas = str(self._blas)
+        blas = str(blas_threads(workers))
         for name in _BLAS_ENV:
             env.setdefault(name, blas)
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
