@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from neqforce.models import bundled_model_path
 from neqforce.physics.domain_wall import run_metrics
 from neqforce.trajectory import read_trajectory
 
@@ -35,10 +36,11 @@ def reference(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
 def test_embedded_sweep_outputs(reference):
     out, r = reference
     assert "embedded Dask LocalCluster (2 worker processes" in r.stdout and "dashboard http://" in r.stdout
+    lx_lo, lx_hi = json.loads(bundled_model_path().with_suffix(".json").read_text())["domain"]["ranges"]["lx"]
     for v in ("2.5", "3"):
         line = next(x for x in r.stdout.splitlines() if x.strip().startswith(f"voltage = {v}:"))
         assert "no loaded model covers the parameters" in line and "AUTO routes it to exact NEGF" in line
-        assert "lx=12 outside [30, " in line and "projected backend negf" in line
+        assert f"lx=12 outside [{lx_lo}, {lx_hi}]" in line and "projected backend negf" in line
     files = run_files(out)
     assert sorted(files) == [f"voltage={v}/seed{s}" for v in ("2.5", "3") for s in range(3)]
     for f in files.values():
