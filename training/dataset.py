@@ -81,6 +81,8 @@ def preset_spec(name: str) -> DatasetSpec:
     * ``heldout``: the frozen blind test set of the voltage-range model: 30×28, one seed (1000, never
       used for training, validation or model choice) at each V in {2.25, 2.75, 3.0, 3.5, 4.0},
       400 steps each (2 005 NEGF steps).
+    * ``heldout2``: the second frozen blind test set, for models trained after ``heldout`` was read
+      (voltage.onnx 0.3 read it): same voltages and length, seed 1001.
     * ``vrange``: first training data of the voltage-range model: 30×28, seed 0 at each V in
       {2.0, 2.5, 3.0, 3.5, 4.0}, 400 steps each (2 005 NEGF steps; seeds ≥ 1000 are reserved for
       ``heldout``). Active learning (docs/ml_model.md) adds labelled frames where the committee disagrees.
@@ -95,6 +97,9 @@ def preset_spec(name: str) -> DatasetSpec:
     if name == "heldout":
         runs = tuple(RunSpec(v, 1000, 400) for v in (2.25, 2.75, 3.0, 3.5, 4.0))
         return DatasetSpec(params=HolsteinParams(), runs=runs, preset=name)
+    if name == "heldout2":
+        runs = tuple(RunSpec(v, 1001, 400) for v in (2.25, 2.75, 3.0, 3.5, 4.0))
+        return DatasetSpec(params=HolsteinParams(), runs=runs, preset=name)
     if name == "vrange":
         runs = tuple(RunSpec(v, 0, 400) for v in (2.0, 2.5, 3.0, 3.5, 4.0))
         return DatasetSpec(params=HolsteinParams(), runs=runs, preset=name)
@@ -104,7 +109,7 @@ def preset_spec(name: str) -> DatasetSpec:
     if name == "tiny":
         runs = (RunSpec(DEFAULT_V, 0, 20), RunSpec(DEFAULT_V, 1, 20))
         return DatasetSpec(params=HolsteinParams(lx=8, ly=6), runs=runs, preset=name)
-    raise ValueError(f"unknown dataset preset {name!r} (known: bundled, heldout, vrange, vhigh, tiny)")
+    raise ValueError(f"unknown dataset preset {name!r} (known: bundled, heldout, heldout2, vrange, vhigh, tiny)")
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
