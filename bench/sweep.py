@@ -6,13 +6,15 @@
     python bench/sweep.py --backend onnx        # the model on every step: batching alone, no NEGF fallbacks
 
 The separate runs are what a shell loop does: ``neqforce simulate --seed s`` (embedded server, one gRPC
-round trip per step; --no-plots, so the loop is not charged for figures). ``--backend`` (and ``--model``) go
+round trip per step; --no-plots: figures are not replica-steps). ``--backend`` (and ``--model``) go
 to both sides alike: under ``auto`` (the default, what users run) a step whose committee spread exceeds the
 model's threshold is recomputed with exact NEGF on both sides, and those fallbacks (~1 s each at 30×28)
 cost the same per replica whether batched or not; ``--backend onnx`` measures the batching of the
 model calls alone. The sweep is
-``neqforce sweep --seeds R`` (embedded Dask LocalCluster, replicas of a task advanced with one batched
-force call per step, summary and figures included). Both wall times include process start-up.
+``neqforce sweep --seeds R --no-plots`` (embedded Dask LocalCluster, replicas of a task advanced with one
+batched force call per step, summary.csv/json included; --no-plots like the simulate side). Both wall
+times include process start-up. What the sweep's figures cost is printed apart: the same sweep command
+rerun with plots, nothing left to run (start-up, summary, phase_diagram.png and xi_families.png).
 Prints replica-steps per second side by side, the ratio (target: >= 5x), and checks that every sweep
 replica is bit-for-bit the ``simulate`` run with its seed.
 
@@ -126,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sweep_out = work / "sweep"
     cmd = [exe, "sweep", *lattice, "--seeds", str(args.replicas), "--steps", str(args.steps), "--out",
-           str(sweep_out), "--no-progress"]
+           str(sweep_out), "--no-progress", "--no-plots"]
     if args.chunk:
         cmd += ["--chunk", str(args.chunk)]
     if args.workers:
@@ -138,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     load["sweep"] = [os.getloadavg()[0]]
     sweep_wall, sweep_cpu = _run(cmd)
     load["sweep"].append(os.getloadavg()[0])
+
+    figures_wall, _ = _run([c for c in cmd if c != "--no-plots"] + ["--plots"])
+    if not (sweep_out / "phase_diagram.png").exists():
+        raise SystemExit("error: the sweep rerun with --plots wrote no phase_diagram.png")
 
     runs = sorted((sweep_out / "runs").glob("*/seed*/trajectory.h5"))
     batch = max(read_trajectory(f).extra["segments"][-1]["replicas_in_batch"] for f in runs)
@@ -155,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ratio sweep / separate simulate runs: {rate_sweep / rate_sim:.2f}x (target >= 5x); per CPU "
           f"second {sim_cpu / sweep_cpu:.2f}x; sweep backend {','.join(sorted(backend))}, up to {batch} "
           f"replicas per batched force call")
+    print(f"the sweep's figures, apart: {figures_wall:.1f} s (the same command rerun with --plots, nothing left "
+          f"to run); with them the ratio is {replica_steps / (sweep_wall + figures_wall) / rate_sim:.2f}x")
     negf_steps = sum(int(np.count_nonzero(np.asarray(read_trajectory(f).series_force_std_max) == 0.0))
                      for f in runs)
     print(f"steps answered by exact NEGF (spread above the model's threshold): {negf_steps} of "

@@ -5,8 +5,9 @@ batch ``q[R, lx, ly]`` and follow SPEC §5 exactly as :func:`neqforce.physics.br
 does for one run (same float operations in the same order, noise of step s from
 ``SeedSequence([seed, s])``), so each replica is bit-for-bit the ``neqforce simulate`` run with its
 seed when the backend gives the same forces for a lattice alone and inside a batch (the bundled
-ONNX model does: ONNX Runtime computes every site of every lattice with the same kernels whatever
-the batch size; tested in ``tests/sweep``).
+ONNX model does: its export checked that ONNX Runtime gives every lattice of a batch the floats it gets
+alone, metadata ``neqforce.batch_invariant``; a model without that check is evaluated one lattice per
+call; tested in ``tests/sweep``).
 
 Each run is a :mod:`neqforce.trajectory` file, created with :meth:`Simulation.create` and
 checkpointed atomically (temporary file + rename) by the task itself. A task that is run again —
@@ -108,12 +109,17 @@ class ChunkResult:
 
 
 # ----------------------------------------------------------------------------------------- forces
-#: Sites per ONNX Runtime call: a batch is evaluated in pieces of at most this many sites (at least one
-#: lattice each). The per-site work of the bundled model gathers a ~317-value neighbourhood per site
-#: (~1 MB of float32 for one 30×28 lattice), so one lattice per call stays in a core's L2 cache, while
-#: a batch of 16 in one call costs about a third more per lattice (bench/sweep.py prints both). Every
-#: lattice gets the same floats whatever the pieces (ONNX Runtime computes each lattice alone; tested).
-SITES_PER_CALL = 1024
+#: Sites per ONNX Runtime call for a batch-invariant model (metadata ``neqforce.batch_invariant``: the
+#: export checked that every lattice of a batch gets the floats it gets alone): a batch is evaluated in
+#: pieces of at most this many sites (at least one lattice each). Measured per site with the bundled
+#: committee, one intra-op thread, 16 lattices in pieces of 1/2/4/8/16: pieces of ~2 000–3 500 sites are
+#: fastest — smaller ones pay ONNX Runtime's per-node overhead (~300 nodes after its graph optimizations,
+#: most of them small), larger ones leave the cache (the per-site work gathers the (2 r_c + 1)² square of
+#: neighbour values, ~1 kB of float32 per site at r_c = 8). At 30×28 that is 4 lattices per call, ~15 %
+#: faster per lattice than one; at 80×28 and 120×28 one; at 12×10, 30. A model not checked for batch
+#: invariance (exported before the check existed) is evaluated one lattice per call, as ``simulate``'s
+#: server evaluates it, so that replicas stay bit-for-bit their ``simulate`` runs.
+SITES_PER_CALL = 3600
 
 _models_lock = threading.Lock()
 #: One in-worker NEGF fallback at a time per process (it sets the process-wide BLAS thread count).
@@ -142,8 +148,13 @@ class OnnxBatchForces:
     backend = "onnx"
 
     def __init__(self, path: str, threads: int = 1, params: HolsteinParams | None = None,
-                 requested: str = "auto", sites_per_call: int = SITES_PER_CALL) -> None:
+                 requested: str = "auto", sites_per_call: int | None = None) -> None:
+        from neqforce.server.backends.onnx import BATCH_INVARIANT_KEY
+
         self._model = onnx_model(str(path), int(threads))
+        if sites_per_call is None:  # several lattices per call only where that cannot change a float
+            invariant = self._model.metadata.get(BATCH_INVARIANT_KEY) == "true"
+            sites_per_call = SITES_PER_CALL if invariant else 1
         self.model = self._model.name
         self._params = params
         self._physical = params.physical() if params is not None else None  # feeds a model's voltage input

@@ -115,5 +115,42 @@ def label(
     typer.echo(f"labelled {len(files)} file(s) in {out}")
 
 
+@dataset_app.command("idealized")
+def idealized(
+    out: Path = typer.Argument(..., help="Labelled-frames folder (created; rerun to complete)."),
+    lattice: list[str] = typer.Option(["80x28x24"], "--lattice",
+                                      help="LXxLYxCOUNT: COUNT idealized domains on an LX x LY device "
+                                           "(repeat the option for several lengths)."),
+    seed: int = typer.Option(..., help="Seed of the family of draws (7 is reserved for bench/nonlocality.py)."),
+    voltages: str = typer.Option("2.5,3.0,3.5,4.0", help="Voltages drawn from, comma-separated."),
+    workers: int = typer.Option(None, min=1, help="Embedded Dask worker processes (default: one per core)."),
+    scheduler: str | None = typer.Option(None, help="tcp://HOST:8786 of a running Dask scheduler."),
+) -> None:
+    """Label idealized metallic domains (straight or rough walls, smooth metal, ideal or noisy CDW) of long
+    devices with exact NEGF: training frames of the corner no dynamics visits (training/idealized.py)."""
+    from neqforce.training.idealized import label_idealized
+
+    try:
+        lattices = []
+        for item in lattice:
+            parts = item.lower().split("x")
+            if len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
+                raise ValueError(f"--lattice {item!r}: expected LXxLYxCOUNT, e.g. 80x28x24")
+            lattices.append(tuple(int(p) for p in parts))
+        vs = [float(v) for v in voltages.split(",") if v.strip()]
+        if not vs:
+            raise ValueError("--voltages is empty")
+        files = label_idealized(out, lattices=lattices, seed=seed, voltages=vs, workers=workers,
+                                scheduler=scheduler, echo=typer.echo)
+    except (ValueError, OSError, KeyError) as exc:
+        typer.echo(f"error: {' '.join(str(exc).split())}", err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        typer.echo(f"\ninterrupted; every finished file in {out} is kept. Continue with the same command.",
+                   err=True)
+        raise typer.Exit(130) from None
+    typer.echo(f"labelled {len(files)} file(s) in {out}")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(dataset_app, name="dataset")

@@ -8,8 +8,11 @@ std of the members' forces) and stores ``neqforce.committee`` (its calibrated sp
 :mod:`neqforce.training.calibration`). Metadata (``metadata_props``):
 ``neqforce.params``, ``neqforce.descriptor``, ``neqforce.metrics``, ``neqforce.dataset_sha256``,
 ``neqforce.version`` (SPEC §9), plus ``neqforce.architecture``, ``neqforce.training`` and
-``neqforce.domain`` (JSON: the validity domain, see :func:`model_domain`) and ``neqforce.reference``
-(JSON: the model's answer on a fixed lattice, checked by the server at load).
+``neqforce.domain`` (JSON: the validity domain, see :func:`model_domain`), ``neqforce.reference``
+(JSON: the model's answer on a fixed lattice, checked by the server at load) and
+``neqforce.batch_invariant`` ("true" when ONNX Runtime was checked at export to give every lattice of a
+batch the floats it gets alone, :func:`check_batch_invariance`: ``neqforce sweep`` then evaluates several
+lattices per call).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import numpy as np
 import torch
 
 from neqforce import __version__
+from neqforce.server.backends.onnx import BATCH_INVARIANT_KEY
 
 from .checkpoint import load_model
 from .folded import FoldedEnsemble, FoldedForceModel
@@ -32,6 +36,8 @@ from .model import EnsembleForceModel, ForceModel
 OPSET = 18
 #: Metadata of a committee: JSON {"members", "spread_threshold" (force units, or null: not calibrated), …}.
 COMMITTEE_KEY = "neqforce.committee"
+#: Lattices of the batch-invariance check: the default device, a small one, long ones, odd sizes.
+INVARIANCE_SHAPES = ((30, 28), (12, 10), (17, 9), (60, 28), (120, 28))
 #: Lattices (batch, lx, ly) of the export check: small, odd, wide-in-y, a chain and the default.
 CHECK_SHAPES = ((3, 8, 6), (1, 13, 10), (2, 30, 28), (1, 5, 1), (2, 7, 3))
 CHECK_TOL = 1e-5
@@ -176,6 +182,7 @@ def export_onnx(model: ForceModel, out: str | os.PathLike[str], metadata: dict[s
         onnx.save(proto, tmp)
         first = model.members[0] if isinstance(model, EnsembleForceModel) else model
         _add_reference_answer(proto, tmp, float(first.v_default))
+        _add_metadata(proto, tmp, BATCH_INVARIANT_KEY, json.dumps(check_batch_invariance(tmp)))
         err = check_onnx(tmp, model) if check else float("nan")
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; a model file is meant to be shared
         os.replace(tmp, out)
@@ -200,6 +207,46 @@ def _add_reference_answer(proto, path: str, voltage: float) -> None:
     # a model with a voltage input answers at the voltage of its neqforce.params (as the server's warm-up)
     entry.value = reference_answer(lambda q: sess.run(["force", "density"], onnx_feeds(sess, q, voltage)))
     onnx.save(proto, path)
+
+
+def _add_metadata(proto, path: str, key: str, value: str) -> None:
+    """Add one metadata entry to ``proto`` and save it to ``path``."""
+    import onnx
+
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = key, value
+    onnx.save(proto, path)
+
+
+def check_batch_invariance(path: str | os.PathLike[str], n: int = 8, seed: int = 0) -> bool:
+    """Whether ONNX Runtime (CPU, one intra-op thread) gives every lattice of a batch exactly the floats
+    (force, density and force_std when present) it gives the lattice alone, on ``n`` dynamics-like
+    configurations per shape of :data:`INVARIANCE_SHAPES` (metallic domains of every length at either
+    electrode, rough walls, thermal-size noise, voltages in [2, 4]: the global features are then off their
+    saturated values), in batches of 2, 4 and n. Bit-for-bit sweeps rely on it (``neqforce sweep``
+    batches replicas whose ``simulate`` twins are evaluated one lattice per call)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    outputs = [o.name for o in sess.get_outputs()]
+    rng = np.random.default_rng(seed)
+    for lx, ly in INVARIANCE_SHAPES:
+        stag = (-1.0) ** (np.arange(lx)[:, None] + np.arange(ly)[None, :])
+        wall = rng.integers(0, lx + 1, size=(n, 1, ly)) + rng.integers(-1, 2, size=(n, 1, ly))
+        x = np.arange(lx)[None, :, None]
+        metal = np.where(rng.random((n, 1, 1)) < 0.5, x < wall, x >= lx - wall)
+        q = np.where(metal, -0.35, 2.4 * stag) + 0.3 * rng.standard_normal((n, lx, ly))
+        v = rng.uniform(2.0, 4.0, size=n)
+        alone = [sess.run(outputs, onnx_feeds(sess, q[i:i + 1], v[i:i + 1])) for i in range(n)]
+        for k in (2, 4, n):
+            for i in range(0, n, k):
+                res = sess.run(outputs, onnx_feeds(sess, q[i:i + k], v[i:i + k]))
+                for j in range(len(res[0])):
+                    if not all(np.array_equal(a[0], b[j]) for a, b in zip(alone[i + j], res, strict=True)):
+                        return False
+    return True
 
 
 def export_checkpoint(checkpoint: str | os.PathLike[str] | list, out: str | os.PathLike[str],

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .descriptors import offsets
+from .global_features import GlobalFeatures
 from .model import ACTIVATIONS, ForceModel, neighbour_sum
 
 
@@ -70,7 +71,9 @@ class FoldedForceModel(nn.Module):
             self.has_elec = n_elec > 0
             self.register_buffer("w_elec", w1[:, n_line + 2 * n_pair:n_desc].contiguous())  # (H, 2r)
             self.register_buffer("w_glob", w1[:, n_desc:].t().contiguous())  # (n_g, H)
-            self.globals = model.globals
+            # the export's copy computes the same features with batch-invariant kernels (GlobalFeatures)
+            self.globals = (GlobalFeatures(model.globals.kind, float(model.globals.q0), batch_invariant=True)
+                            if model.globals is not None else None)
             self.takes_voltage = model.config.takes_voltage
             self.register_buffer("v_default", model.v_default.clone(), persistent=False)
             self.hidden = h

@@ -35,6 +35,9 @@ GLOBAL_FEATURES: dict[str, tuple[str, ...]] = {
 SOFT_WIDTH = 0.05
 #: log c is clamped here so that a fully ordered column gives exp(-30), never log(0) = -inf.
 LOG_FLOOR = -30.0
+#: Row alignment (floats) of the batch-invariant copy's element-wise transcendental functions: a multiple
+#: of every CPU vector width ONNX Runtime uses (AVX-512: 16 floats).
+ALIGN = 32
 
 
 def n_global(kind: str) -> int:
@@ -64,11 +67,18 @@ class GlobalFeatures(nn.Module):
     """q (B, lx, ly), voltage (B,) → per-column features (B, lx, n_g) (module docstring).
 
     ``q0`` is the bulk CDW amplitude of the model's physical parameters (it does not depend on V).
+    ``batch_invariant`` (set on the copy the ONNX export traces, :mod:`neqforce.training.folded`): the
+    sums over x (the lengths L) and the mean over y (M_x) are read off cumulative sums. ONNX Runtime's
+    ReduceSum/ReduceMean round differently for different batch sizes (measured: the sum over x at 30×28,
+    the mean over y at 17×9), a cumulative sum runs in order for each lattice whatever the batch, so every
+    lattice of a batch gets the floats it gets alone (the same function, float32 rounding of the sums
+    apart; checked at export, :func:`neqforce.training.export.check_batch_invariance`).
     """
 
-    def __init__(self, kind: str, q0: float) -> None:
+    def __init__(self, kind: str, q0: float, batch_invariant: bool = False) -> None:
         super().__init__()
         self.kind, self.n = kind, n_global(kind)
+        self.batch_invariant = batch_invariant
         self.register_buffer("q0", torch.tensor(float(q0)), persistent=False)
 
     def column_order(self, q: torch.Tensor) -> torch.Tensor:
@@ -79,7 +89,20 @@ class GlobalFeatures(nn.Module):
         sign = 1.0 - 2.0 * torch.remainder(x + y, 2).to(q.dtype)
         count = _neighbour_sum(torch.ones_like(q[:1]))
         m = sign * (q - _neighbour_sum(q) / count) * 0.5
+        if self.batch_invariant:  # a mean over y that runs in y order whatever the batch (class docstring)
+            return torch.cumsum(m.abs(), dim=-1)[..., -1] / ly
         return m.abs().mean(dim=-1)
+
+    def _elementwise(self, fn, t: torch.Tensor) -> torch.Tensor:
+        """``fn`` (element-wise, transcendental) of a (B, lx) tensor. Batch-invariant copy: each lattice's
+        row is padded to a multiple of :data:`ALIGN` columns first, so that every element is computed in
+        the same SIMD lane arrangement whatever the batch (ONNX Runtime's vectorized Log/Exp round the
+        partial vector at the end of a buffer differently: a lattice of a batch would otherwise get
+        other floats than alone whenever lx is not a multiple of the vector width)."""
+        if not self.batch_invariant:
+            return fn(t)
+        lx = t.shape[1]
+        return fn(nn.functional.pad(t, (0, (ALIGN - lx % ALIGN) % ALIGN)))[:, :lx]
 
     def forward(self, q: torch.Tensor, voltage: torch.Tensor) -> torch.Tensor:
         b, lx = q.shape[0], q.shape[1]
@@ -87,11 +110,15 @@ class GlobalFeatures(nn.Module):
         if self.kind == "voltage":
             return v
         z = (0.5 * self.q0 - self.column_order(q)) / (SOFT_WIDTH * self.q0)
-        logc = nn.functional.logsigmoid(z).clamp_min(LOG_FLOOR)  # (B, lx)
-        p = torch.exp(torch.cumsum(logc, dim=1))
-        r = torch.flip(torch.exp(torch.cumsum(torch.flip(logc, [1]), dim=1)), [1])
-        ll = p.sum(dim=1, keepdim=True).expand(b, lx)
-        lr = r.sum(dim=1, keepdim=True).expand(b, lx)
+        logc = self._elementwise(lambda t: nn.functional.logsigmoid(t).clamp_min(LOG_FLOOR), z)  # (B, lx)
+        p = self._elementwise(torch.exp, torch.cumsum(logc, dim=1))
+        r = torch.flip(self._elementwise(torch.exp, torch.cumsum(torch.flip(logc, [1]), dim=1)), [1])
+        if self.batch_invariant:
+            ll = torch.cumsum(p, dim=1)[:, -1:].expand(b, lx)
+            lr = torch.cumsum(r, dim=1)[:, -1:].expand(b, lx)
+        else:
+            ll = p.sum(dim=1, keepdim=True).expand(b, lx)
+            lr = r.sum(dim=1, keepdim=True).expand(b, lx)
         touch = p[:, -1:].expand(b, lx)
         feats = [ll, p, p * ll, touch, lr, r, r * lr]
         return torch.cat([v, torch.stack(feats, dim=-1)], dim=-1)

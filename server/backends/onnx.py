@@ -34,6 +34,9 @@ DOMAIN_NAMES = (*PHYSICAL_FIELDS, "lx", "ly")
 GLOBAL_INPUTS = {"voltage": "voltage"}
 #: Metadata key of a committee: JSON ``{"members": M, "spread_threshold": float | null, ...}``.
 COMMITTEE_KEY = "neqforce.committee"
+#: Metadata key, "true" when the export checked that every lattice of a batch gets the floats it gets alone
+#: (neqforce.training.export.check_batch_invariance); ``neqforce sweep`` then evaluates several per call.
+BATCH_INVARIANT_KEY = "neqforce.batch_invariant"
 
 
 def parse_spread_threshold(text: str | None, path: Path) -> float | None:

@@ -155,3 +155,51 @@ def test_frame_threshold_is_on_the_largest_site_spread_of_a_lattice():
     assert loose["spread_threshold"] == pytest.approx(s.max()) and "no bin" in loose["threshold_rule"]
     with pytest.raises(ValueError, match="as many"):
         frame_spread_threshold(np.ones(3), np.ones(2))
+
+
+def test_batch_invariant_copy_computes_the_same_features():
+    """The export's copy (cumulative sums, rows padded for the transcendental functions) is the same
+    function as the training one to float32 rounding, on lattices with and without metal."""
+    from neqforce.training.global_features import GlobalFeatures
+
+    rng = np.random.default_rng(4)
+    for lx, ly in ((30, 28), (17, 9), (64, 4), (5, 1)):
+        stag = (-1.0) ** (np.arange(lx)[:, None] + np.arange(ly)[None, :])
+        metal = np.arange(lx)[None, :, None] < rng.integers(0, lx + 1, (6, 1, 1))
+        q = torch.from_numpy(np.where(metal, -0.35, 2.4 * stag) + 0.2 * rng.standard_normal((6, lx, ly))).float()
+        v = torch.from_numpy(rng.uniform(2, 4, 6)).float()
+        a = GlobalFeatures("voltage+metal", 2.3855)(q, v)
+        b = GlobalFeatures("voltage+metal", 2.3855, batch_invariant=True)(q, v)
+        torch.testing.assert_close(b, a, rtol=2e-6, atol=2e-5)
+
+
+def test_export_marks_a_batch_invariant_committee_and_the_check_can_fail(tmp_path, monkeypatch):
+    """A voltage committee is exported batch-invariant (every lattice of a batch gets the floats it gets
+    alone, checked with ONNX Runtime at export and recorded in the metadata); the same graph with the
+    training-time reductions (ReduceSum/ReduceMean, unpadded Log/Exp) is not, and the check says so."""
+    from neqforce.server.backends.onnx import BATCH_INVARIANT_KEY
+    from neqforce.training import global_features as G
+    from neqforce.training.export import check_batch_invariance, export_onnx, read_metadata
+    from neqforce.training.model import EnsembleForceModel, ModelConfig, build_model
+
+    torch.manual_seed(0)
+    members = []
+    for _ in range(2):
+        m = build_model(ModelConfig(descriptor="paper+elec", hidden=(16, 8), r_cut=6,
+                                    global_features="voltage+metal"), HolsteinParams().physical())
+        with torch.no_grad():
+            for p in m.net.parameters():
+                p.add_(0.3 * torch.randn_like(p))
+        members.append(m.eval())
+    path, _ = export_onnx(EnsembleForceModel(members), tmp_path / "inv.onnx")
+    assert read_metadata(path)[BATCH_INVARIANT_KEY] == "true"
+
+    plain = G.GlobalFeatures.__init__
+
+    def training_reductions(self, kind, q0, batch_invariant=False):
+        plain(self, kind, q0, batch_invariant=False)
+
+    monkeypatch.setattr(G.GlobalFeatures, "__init__", training_reductions)
+    path2, _ = export_onnx(EnsembleForceModel(members), tmp_path / "plain.onnx")
+    assert read_metadata(path2)[BATCH_INVARIANT_KEY] == "false"
+    assert check_batch_invariance(path2) is False
