@@ -161,8 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ratio sweep / separate simulate runs: {rate_sweep / rate_sim:.2f}x (target >= 5x); per CPU "
           f"second {sim_cpu / sweep_cpu:.2f}x; sweep backend {','.join(sorted(backend))}, up to {batch} "
           f"replicas per batched force call")
-    print(f"the sweep's figures, apart: {figures_wall:.1f} s (the same command rerun with --plots, nothing left "
-          f"to run); with them the ratio is {replica_steps / (sweep_wall + figures_wall) / rate_sim:.2f}x")
+    with_figures = replica_steps / (sweep_wall + figures_wall) / rate_sim
+    print(f"the sweep's figures, apart: {figures_wall:.1f} s (the same command rerun with --plots, nothing "
+          f"left to run); with them the ratio is {with_figures:.2f}x")
     negf_steps = sum(int(np.count_nonzero(np.asarray(read_trajectory(f).series_force_std_max) == 0.0))
                      for f in runs)
     print(f"steps answered by exact NEGF (spread above the model's threshold): {negf_steps} of "

@@ -109,7 +109,8 @@ def preset_spec(name: str) -> DatasetSpec:
     if name == "tiny":
         runs = (RunSpec(DEFAULT_V, 0, 20), RunSpec(DEFAULT_V, 1, 20))
         return DatasetSpec(params=HolsteinParams(lx=8, ly=6), runs=runs, preset=name)
-    raise ValueError(f"unknown dataset preset {name!r} (known: bundled, heldout, heldout2, vrange, vhigh, tiny)")
+    raise ValueError(f"unknown dataset preset {name!r} "
+                     "(known: bundled, heldout, heldout2, vrange, vhigh, tiny)")
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

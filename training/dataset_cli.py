@@ -121,7 +121,7 @@ def idealized(
     lattice: list[str] = typer.Option(["80x28x24"], "--lattice",
                                       help="LXxLYxCOUNT: COUNT idealized domains on an LX x LY device "
                                            "(repeat the option for several lengths)."),
-    seed: int = typer.Option(..., help="Seed of the family of draws (7 is reserved for bench/nonlocality.py)."),
+    seed: int = typer.Option(..., help="Seed of the family of draws (7 is reserved: bench/nonlocality.py)."),
     voltages: str = typer.Option("2.5,3.0,3.5,4.0", help="Voltages drawn from, comma-separated."),
     workers: int = typer.Option(None, min=1, help="Embedded Dask worker processes (default: one per core)."),
     scheduler: str | None = typer.Option(None, help="tcp://HOST:8786 of a running Dask scheduler."),

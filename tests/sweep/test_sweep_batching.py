@@ -9,7 +9,6 @@ import json
 import numpy as np
 import pytest
 
-from neqforce.client.simulate import initial_cdw
 from neqforce.client.sweep_task import SITES_PER_CALL, ChunkSpec, ForceSpec, OnnxBatchForces, run_chunk
 from neqforce.models import bundled_model_path
 from neqforce.physics import HolsteinParams

@@ -166,7 +166,8 @@ def test_batch_invariant_copy_computes_the_same_features():
     for lx, ly in ((30, 28), (17, 9), (64, 4), (5, 1)):
         stag = (-1.0) ** (np.arange(lx)[:, None] + np.arange(ly)[None, :])
         metal = np.arange(lx)[None, :, None] < rng.integers(0, lx + 1, (6, 1, 1))
-        q = torch.from_numpy(np.where(metal, -0.35, 2.4 * stag) + 0.2 * rng.standard_normal((6, lx, ly))).float()
+        q = np.where(metal, -0.35, 2.4 * stag) + 0.2 * rng.standard_normal((6, lx, ly))
+        q = torch.from_numpy(q).float()
         v = torch.from_numpy(rng.uniform(2, 4, 6)).float()
         a = GlobalFeatures("voltage+metal", 2.3855)(q, v)
         b = GlobalFeatures("voltage+metal", 2.3855, batch_invariant=True)(q, v)
