@@ -100,15 +100,27 @@ def key(run: dict) -> str:
     return f"{run['side']}_{run['lx']}x{run['ly']}_V{run['voltage']:.2f}_W{run['w']}{noise}{bath}"
 
 
-def compute(run: dict, session: ort.InferenceSession) -> dict:
-    """Column means of the exact and the model electronic force, and site errors (normalized by F_NORM)."""
+def compute(run: dict, session: ort.InferenceSession, exact_dir: Path | None = None) -> dict:
+    """Column means of the exact and the model electronic force, and site errors (normalized by F_NORM).
+    ``exact_dir``: per-site exact forces are kept there (``KEY.npy``) and reused, so that comparing
+    another model costs no NEGF."""
     params = HolsteinParams(lx=run["lx"], ly=run["ly"], voltage=run["voltage"],
                             gamma_bath=run.get("gamma_bath", 0.001))
     q = configuration(run["lx"], run["ly"], run["w"], run["side"], run.get("noise_lx", 0))
-    t0 = time.perf_counter()
-    with threadpool_limits(1):
-        exact = params.g * (electron_density(q, params) - 0.5)
-    seconds = time.perf_counter() - t0
+    stored = exact_dir / f"{key(run)}.npz" if exact_dir is not None else None
+    if stored is not None and stored.exists():
+        with np.load(stored) as z:
+            exact, seconds = z["exact"], float(z["seconds"])
+    else:
+        t0 = time.perf_counter()
+        with threadpool_limits(1):
+            exact = params.g * (electron_density(q, params) - 0.5)
+        seconds = time.perf_counter() - t0
+        if stored is not None:
+            stored.parent.mkdir(parents=True, exist_ok=True)
+            tmp = stored.with_suffix(".tmp.npz")
+            np.savez(tmp, exact=exact, seconds=seconds)
+            os.replace(tmp, stored)
     feed = {"q": q[None].astype(np.float32)}
     if "voltage" in {i.name for i in session.get_inputs()}:  # a voltage-range model: V is an input
         feed["voltage"] = np.array([run["voltage"]], dtype=np.float32)
@@ -270,6 +282,9 @@ def main() -> None:
     ap.add_argument("--scans", default="", help="only these scans, e.g. 'domain,wide' (default: all)")
     ap.add_argument("--cache", default="nonlocality.json", help="cache file name inside --out")
     ap.add_argument("--no-plot", action="store_true", help="print the tables only")
+    ap.add_argument("--exact-dir", type=Path, default=Path("data/nonlocality_exact"),
+                    help="per-site exact forces are kept and reused here (comparing another model then "
+                         "costs no NEGF)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     cache = args.out / args.cache
@@ -283,7 +298,7 @@ def main() -> None:
             k = key(run)
             if k in results or run["lx"] * run["ly"] > args.max_sites or (scans and run["scan"] not in scans):
                 continue
-            results[k] = {**compute(run, session), "scan": run["scan"]}
+            results[k] = {**compute(run, session, args.exact_dir), "scan": run["scan"]}
             print(f"{k}: {results[k]['negf_s']:.1f} s", flush=True)
             save(cache, results)
     report(results, args.model.name)

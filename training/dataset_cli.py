@@ -123,6 +123,7 @@ def idealized(
                                            "(repeat the option for several lengths)."),
     seed: int = typer.Option(..., help="Seed of the family of draws (7 is reserved: bench/nonlocality.py)."),
     voltages: str = typer.Option("2.5,3.0,3.5,4.0", help="Voltages drawn from, comma-separated."),
+    widths: str = typer.Option("", help="MIN:MAX metallic columns drawn from (default 12:lx-12)."),
     workers: int = typer.Option(None, min=1, help="Embedded Dask worker processes (default: one per core)."),
     scheduler: str | None = typer.Option(None, help="tcp://HOST:8786 of a running Dask scheduler."),
 ) -> None:
@@ -140,8 +141,14 @@ def idealized(
         vs = [float(v) for v in voltages.split(",") if v.strip()]
         if not vs:
             raise ValueError("--voltages is empty")
-        files = label_idealized(out, lattices=lattices, seed=seed, voltages=vs, workers=workers,
-                                scheduler=scheduler, echo=typer.echo)
+        w_range = None
+        if widths:
+            lo, sep, hi = widths.partition(":")
+            if not sep or not lo.strip().isdigit() or not hi.strip().isdigit():
+                raise ValueError(f"--widths {widths!r}: expected MIN:MAX, e.g. 44:76")
+            w_range = (int(lo), int(hi))
+        files = label_idealized(out, lattices=lattices, seed=seed, voltages=vs, widths=w_range,
+                                workers=workers, scheduler=scheduler, echo=typer.echo)
     except (ValueError, OSError, KeyError) as exc:
         typer.echo(f"error: {' '.join(str(exc).split())}", err=True)
         raise typer.Exit(2) from None

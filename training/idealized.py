@@ -10,10 +10,11 @@ electrode are metallic and whose rest is the bulk CDW, with every shape paramete
     Q_i = q0 (1 + a) (−1)^(x+y) + σ_c ξ_i        in the CDW
 
 with the wall column W_y = W + round(r η_y) per row (r: roughness in columns), Q_m ∈ [−0.5, −0.2],
-σ_m ∈ [0.02, 0.15], σ_c ∈ [0, 0.15] (0: an ideal CDW), a ∈ [−0.05, 0.05], W ∈ [12, lx − 12], V from the
-model's voltages, 1 in 5 domains at the right electrode. Draws come from ``default_rng([seed, i])``, so
-frame i is the same whatever the count; :data:`RESERVED_SEED` is the noise seed of the controlled
-configurations of ``bench/nonlocality.py`` and is refused, so those stay unseen by training.
+σ_m ∈ [0.02, 0.15], σ_c ∈ [0, 0.15] (0: an ideal CDW), a ∈ [−0.05, 0.05], W ∈ [12, lx − 12] (or a
+given range, ``--widths``), V from the model's voltages, 1 in 5 domains at the right electrode. Draws come
+from ``default_rng([seed, lx, ly, i])``, so frame i is the same whatever the count; :data:`RESERVED_SEED`
+is the noise seed of the controlled configurations of ``bench/nonlocality.py`` and is refused, so those
+stay unseen by training.
 """
 
 from __future__ import annotations
@@ -33,12 +34,15 @@ VOLTAGES = (2.5, 3.0, 3.5, 4.0)
 
 
 def idealized_configuration(lx: int, ly: int, seed: int, index: int,
-                            voltages: Sequence[float] = VOLTAGES) -> tuple[np.ndarray, float, dict]:
-    """Frame ``index`` of family ``seed`` on an lx × ly device: (Q (lx, ly), V, its shape parameters)."""
+                            voltages: Sequence[float] = VOLTAGES,
+                            widths: tuple[int, int] | None = None) -> tuple[np.ndarray, float, dict]:
+    """Frame ``index`` of family ``seed`` on an lx × ly device: (Q (lx, ly), V, its shape parameters);
+    ``widths``: the range [W_min, W_max] of the metallic length (default [12, lx − 12])."""
     rng = np.random.default_rng([seed, lx, ly, index])
     v = float(voltages[int(rng.integers(len(voltages)))])
     q0 = bulk_cdw_amplitude(HolsteinParams(lx=lx, ly=ly, voltage=v))
-    w = int(rng.integers(12, lx - 11))
+    lo, hi = widths if widths is not None else (12, lx - 12)
+    w = int(rng.integers(lo, hi + 1))
     shape = {"W": w, "side": "right" if rng.random() < 0.2 else "left",
              "Q_metal": float(rng.uniform(-0.5, -0.2)), "sigma_metal": float(rng.uniform(0.02, 0.15)),
              "sigma_cdw": float(0.0 if rng.random() < 0.3 else rng.uniform(0.0, 0.15)),
@@ -55,7 +59,8 @@ def idealized_configuration(lx: int, ly: int, seed: int, index: int,
 
 
 def label_idealized(out: Path, *, lattices: Sequence[tuple[int, int, int]], seed: int,
-                    voltages: Sequence[float] = VOLTAGES, workers: int | None = None,
+                    voltages: Sequence[float] = VOLTAGES, widths: tuple[int, int] | None = None,
+                    workers: int | None = None,
                     scheduler: str | None = None, echo: Callable[[str], None] = print) -> list[Path]:
     """Label ``count`` idealized domains per (lx, ly, count) of ``lattices`` into ``out`` (one file per
     frame, ``ideal_{lx}x{ly}_s{seed}_i{index}.h5``; rerunning labels only missing files)."""
@@ -67,8 +72,10 @@ def label_idealized(out: Path, *, lattices: Sequence[tuple[int, int, int]], seed
     for lx, ly, count in lattices:
         if lx < 30 or ly < 1 or count < 1:
             raise ValueError(f"lattice {lx}x{ly} x {count}: need lx >= 30, ly >= 1 and a count >= 1")
+        if widths is not None and not 1 <= widths[0] <= widths[1] <= lx - 1:
+            raise ValueError(f"--widths {widths[0]}:{widths[1]}: need 1 <= min <= max <= lx - 1 = {lx - 1}")
         for i in range(count):
-            q, v, shape = idealized_configuration(lx, ly, seed, i, voltages)
+            q, v, shape = idealized_configuration(lx, ly, seed, i, voltages, widths)
             name = f"ideal_{lx}x{ly}_s{seed}_i{i}"
             shapes[name] = {**shape, "voltage": v}
             params = HolsteinParams(lx=lx, ly=ly, voltage=v)
@@ -76,6 +83,7 @@ def label_idealized(out: Path, *, lattices: Sequence[tuple[int, int, int]], seed
     # cheapest first: a small lattice's files land while the long ones still run
     jobs.sort(key=lambda job: job[1][0].params.lx)
     label_jobs(jobs, 0.1, {"kind_of_source": "idealized metallic domains (training/idealized.py)",
-                           "seed": seed, "voltages": list(voltages), "frames": shapes},
+                           "seed": seed, "voltages": list(voltages),
+                           "widths": list(widths) if widths else None, "frames": shapes},
                scheduler=scheduler, workers=workers, echo=echo)
     return [p for p, _ in jobs]
