@@ -30,6 +30,8 @@ def test_configurations_are_reproducible_domains_of_the_drawn_length():
         assert abs(count - shape["W"]) <= 3, (i, count, shape)
         side = slice(0, 5) if shape["side"] == "left" else slice(75, 80)
         assert np.all(q[side] < 0.5)  # metal at the drawn electrode
+    assert {idealized_configuration(80, 28, 2027, i, widths=(44, 76))[2]["W"] for i in range(16)} <= set(
+        range(44, 77))
     assert not np.array_equal(idealized_configuration(80, 28, 2026, 0)[0],
                               idealized_configuration(80, 28, 2027, 0)[0])
 
@@ -38,7 +40,8 @@ def test_reserved_seed_and_bad_lattice_are_refused(tmp_path):
     with pytest.raises(ValueError, match="reserved|bench/nonlocality"):
         label_idealized(tmp_path / "x", lattices=[(30, 28, 1)], seed=RESERVED_SEED)
     for bad in (["--lattice", "30x28", "--seed", "1"], ["--lattice", "20x28x1", "--seed", "1"],
-                ["--seed", str(RESERVED_SEED)]):
+                ["--seed", str(RESERVED_SEED)], ["--lattice", "80x28x1", "--seed", "1", "--widths", "70:90"],
+                ["--lattice", "80x28x1", "--seed", "1", "--widths", "44"]):
         run = subprocess.run([*CLI, str(tmp_path / "y"), *bad], capture_output=True, text=True, timeout=120)
         assert run.returncode == 2, run.stderr
         assert run.stderr.startswith("error: ") and len(run.stderr.strip().splitlines()) == 1, run.stderr
