@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -101,10 +102,16 @@ def label(
     """Label chosen frames of existing (e.g. ML-BD) trajectories with exact NEGF forces and densities."""
     from neqforce.training.label import label_trajectories
 
+    _label_into(out, lambda: label_trajectories(
+        sources, out, min_metallic=min_metallic, max_metallic=max_metallic, per_run=per_run,
+        min_step=min_step, chunk=chunk, workers=workers, scheduler=scheduler, echo=typer.echo))
+
+
+def _label_into(out: Path, label: Callable[[], list[Path]]) -> None:
+    """Run a labelling job writing into ``out``: one-line errors (exit 2), Ctrl-C keeps every finished file
+    (exit 130), and the count of files on success."""
     try:
-        files = label_trajectories(sources, out, min_metallic=min_metallic, max_metallic=max_metallic,
-                                   per_run=per_run, min_step=min_step, chunk=chunk, workers=workers,
-                                   scheduler=scheduler, echo=typer.echo)
+        files = label()
     except (ValueError, OSError, KeyError) as exc:
         typer.echo(f"error: {' '.join(str(exc).split())}", err=True)
         raise typer.Exit(2) from None
@@ -131,7 +138,7 @@ def idealized(
     devices with exact NEGF: training frames of the corner no dynamics visits (training/idealized.py)."""
     from neqforce.training.idealized import label_idealized
 
-    try:
+    def run() -> list[Path]:
         lattices = []
         for item in lattice:
             parts = item.lower().split("x")
@@ -147,16 +154,10 @@ def idealized(
             if not sep or not lo.strip().isdigit() or not hi.strip().isdigit():
                 raise ValueError(f"--widths {widths!r}: expected MIN:MAX, e.g. 44:76")
             w_range = (int(lo), int(hi))
-        files = label_idealized(out, lattices=lattices, seed=seed, voltages=vs, widths=w_range,
-                                workers=workers, scheduler=scheduler, echo=typer.echo)
-    except (ValueError, OSError, KeyError) as exc:
-        typer.echo(f"error: {' '.join(str(exc).split())}", err=True)
-        raise typer.Exit(2) from None
-    except KeyboardInterrupt:
-        typer.echo(f"\ninterrupted; every finished file in {out} is kept. Continue with the same command.",
-                   err=True)
-        raise typer.Exit(130) from None
-    typer.echo(f"labelled {len(files)} file(s) in {out}")
+        return label_idealized(out, lattices=lattices, seed=seed, voltages=vs, widths=w_range,
+                               workers=workers, scheduler=scheduler, echo=typer.echo)
+
+    _label_into(out, run)
 
 
 def register(app: typer.Typer) -> None:
