@@ -102,7 +102,7 @@ def key(run: dict) -> str:
 
 def compute(run: dict, session: ort.InferenceSession, exact_dir: Path | None = None) -> dict:
     """Column means of the exact and the model electronic force, and site errors (normalized by F_NORM).
-    ``exact_dir``: per-site exact forces are kept there (``KEY.npy``) and reused, so that comparing
+    ``exact_dir``: per-site exact forces are kept there (``KEY.npz``) and reused, so that comparing
     another model costs no NEGF."""
     params = HolsteinParams(lx=run["lx"], ly=run["ly"], voltage=run["voltage"],
                             gamma_bath=run.get("gamma_bath", 0.001))

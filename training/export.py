@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from neqforce import __version__
+from neqforce.server.backends.integrity import REFERENCE_KEY
 from neqforce.server.backends.onnx import BATCH_INVARIANT_KEY
 
 from .checkpoint import load_model
@@ -175,14 +176,14 @@ def export_onnx(model: ForceModel, out: str | os.PathLike[str], metadata: dict[s
         proto.doc_string = (f"neqforce surrogate: {', '.join(inputs)} -> {', '.join(outputs)} "
                             "(descriptor + MLP + exact elastic term; SPEC section 9, docs/physics.md)")
         del proto.metadata_props[:]
-        for key, value in (metadata or {}).items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
+        _add_metadata(proto, metadata or {})
         onnx.checker.check_model(proto)
         onnx.save(proto, tmp)
+        # what ONNX Runtime answers from the file just written, stored in it (one more save)
         first = model.members[0] if isinstance(model, EnsembleForceModel) else model
-        _add_reference_answer(proto, tmp, float(first.v_default))
-        _add_metadata(proto, tmp, BATCH_INVARIANT_KEY, json.dumps(check_batch_invariance(tmp)))
+        _add_metadata(proto, {REFERENCE_KEY: _reference_answer(tmp, float(first.v_default)),
+                              BATCH_INVARIANT_KEY: json.dumps(check_batch_invariance(tmp))})
+        onnx.save(proto, tmp)
         err = check_onnx(tmp, model) if check else float("nan")
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; a model file is meant to be shared
         os.replace(tmp, out)
@@ -192,30 +193,24 @@ def export_onnx(model: ForceModel, out: str | os.PathLike[str], metadata: dict[s
     return out, err
 
 
-def _add_reference_answer(proto, path: str, voltage: float) -> None:
-    """Store the model's answer on the fixed reference lattice (metadata ``neqforce.reference``, computed
-    with ONNX Runtime from the file at ``path``) and save: the server compares its warm-up run with it at
-    load and refuses a corrupted file (neqforce.server.backends.integrity)."""
-    import onnx
+def _reference_answer(path: str, voltage: float) -> str:
+    """The model's answer on the fixed reference lattice (metadata ``neqforce.reference``), computed with
+    ONNX Runtime from the file at ``path``: the server compares its warm-up run with it at load and refuses
+    a corrupted file (neqforce.server.backends.integrity)."""
     import onnxruntime as ort
 
-    from neqforce.server.backends.integrity import REFERENCE_KEY, reference_answer
+    from neqforce.server.backends.integrity import reference_answer
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    entry = proto.metadata_props.add()
-    entry.key = REFERENCE_KEY
     # a model with a voltage input answers at the voltage of its neqforce.params (as the server's warm-up)
-    entry.value = reference_answer(lambda q: sess.run(["force", "density"], onnx_feeds(sess, q, voltage)))
-    onnx.save(proto, path)
+    return reference_answer(lambda q: sess.run(["force", "density"], onnx_feeds(sess, q, voltage)))
 
 
-def _add_metadata(proto, path: str, key: str, value: str) -> None:
-    """Add one metadata entry to ``proto`` and save it to ``path``."""
-    import onnx
-
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = key, value
-    onnx.save(proto, path)
+def _add_metadata(proto, items: dict[str, str]) -> None:
+    """Append metadata entries (``metadata_props``) to ``proto``, in order."""
+    for key, value in items.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
 
 
 def check_batch_invariance(path: str | os.PathLike[str], n: int = 8, seed: int = 0) -> bool:
