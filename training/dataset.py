@@ -83,11 +83,15 @@ def preset_spec(name: str) -> DatasetSpec:
       400 steps each (2 005 NEGF steps).
     * ``heldout2``: the second frozen blind test set, for models trained after ``heldout`` was read
       (voltage.onnx 0.3 read it): same voltages and length, seed 1001.
+    * ``heldout3``: the third frozen blind test set, for models trained after ``heldout2`` was read
+      (voltage.onnx 0.4 read it): same voltages and length, seed 1002.
     * ``vrange``: first training data of the voltage-range model: 30×28, seed 0 at each V in
       {2.0, 2.5, 3.0, 3.5, 4.0}, 400 steps each (2 005 NEGF steps; seeds ≥ 1000 are reserved for
       ``heldout``). Active learning (docs/ml_model.md) adds labelled frames where the committee disagrees.
     * ``vhigh``: more NEGF-BD data where the first voltage-range model missed its targets (V >= 3):
       30×28, seeds 1 and 2 at each V in {3.0, 3.5, 4.0}, 400 steps each (2 406 NEGF steps).
+    * ``vhigh2``: one more seed (3) at each V in {3.0, 3.5, 4.0}, 400 steps each (1 203 NEGF steps),
+      where voltage.onnx 0.4 missed its targets on ``heldout2`` (V = 3.5, 4.0).
     * ``tiny``: 8×6, two seeds, 20 steps (seconds; for tests).
     """
     if name == "bundled":
@@ -100,17 +104,23 @@ def preset_spec(name: str) -> DatasetSpec:
     if name == "heldout2":
         runs = tuple(RunSpec(v, 1001, 400) for v in (2.25, 2.75, 3.0, 3.5, 4.0))
         return DatasetSpec(params=HolsteinParams(), runs=runs, preset=name)
+    if name == "heldout3":
+        runs = tuple(RunSpec(v, 1002, 400) for v in (2.25, 2.75, 3.0, 3.5, 4.0))
+        return DatasetSpec(params=HolsteinParams(), runs=runs, preset=name)
     if name == "vrange":
         runs = tuple(RunSpec(v, 0, 400) for v in (2.0, 2.5, 3.0, 3.5, 4.0))
         return DatasetSpec(params=HolsteinParams(), runs=runs, preset=name)
     if name == "vhigh":
         runs = tuple(RunSpec(v, s, 400) for s in (1, 2) for v in (3.0, 3.5, 4.0))
         return DatasetSpec(params=HolsteinParams(), runs=runs, preset=name)
+    if name == "vhigh2":
+        runs = tuple(RunSpec(v, 3, 400) for v in (3.0, 3.5, 4.0))
+        return DatasetSpec(params=HolsteinParams(), runs=runs, preset=name)
     if name == "tiny":
         runs = (RunSpec(DEFAULT_V, 0, 20), RunSpec(DEFAULT_V, 1, 20))
         return DatasetSpec(params=HolsteinParams(lx=8, ly=6), runs=runs, preset=name)
     raise ValueError(f"unknown dataset preset {name!r} "
-                     "(known: bundled, heldout, heldout2, vrange, vhigh, tiny)")
+                     "(known: bundled, heldout, heldout2, heldout3, vrange, vhigh, vhigh2, tiny)")
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
