@@ -32,6 +32,7 @@ from neqforce.server.backends.onnx import BATCH_INVARIANT_KEY
 
 from .checkpoint import load_model
 from .folded import FoldedEnsemble, FoldedForceModel
+from .idealized import dynamics_like_lattices
 from .model import EnsembleForceModel, ForceModel
 
 OPSET = 18
@@ -228,11 +229,7 @@ def check_batch_invariance(path: str | os.PathLike[str], n: int = 8, seed: int =
     outputs = [o.name for o in sess.get_outputs()]
     rng = np.random.default_rng(seed)
     for lx, ly in INVARIANCE_SHAPES:
-        stag = (-1.0) ** (np.arange(lx)[:, None] + np.arange(ly)[None, :])
-        wall = rng.integers(0, lx + 1, size=(n, 1, ly)) + rng.integers(-1, 2, size=(n, 1, ly))
-        x = np.arange(lx)[None, :, None]
-        metal = np.where(rng.random((n, 1, 1)) < 0.5, x < wall, x >= lx - wall)
-        q = np.where(metal, -0.35, 2.4 * stag) + 0.3 * rng.standard_normal((n, lx, ly))
+        q = dynamics_like_lattices(lx, ly, n, rng)
         v = rng.uniform(2.0, 4.0, size=n)
         alone = [sess.run(outputs, onnx_feeds(sess, q[i:i + 1], v[i:i + 1])) for i in range(n)]
         for k in (2, 4, n):

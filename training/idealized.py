@@ -33,6 +33,18 @@ RESERVED_SEED = 7
 VOLTAGES = (2.5, 3.0, 3.5, 4.0)
 
 
+def dynamics_like_lattices(lx: int, ly: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` rough configurations (n, lx, ly) like the dynamics visits: a metallic domain (Q = −0.35) of
+    random length, 0 to lx columns, at a random electrode with a wall that wanders by a column, the rest a
+    ±2.4 CDW, plus noise of 0.3 everywhere; the global features (metallic runs) are then off their
+    saturated values. Used to check batch invariance (export, sweep tests)."""
+    stag = (-1.0) ** (np.arange(lx)[:, None] + np.arange(ly)[None, :])
+    wall = rng.integers(0, lx + 1, size=(n, 1, ly)) + rng.integers(-1, 2, size=(n, 1, ly))
+    x = np.arange(lx)[None, :, None]
+    metal = np.where(rng.random((n, 1, 1)) < 0.5, x < wall, x >= lx - wall)
+    return np.where(metal, -0.35, 2.4 * stag) + 0.3 * rng.standard_normal((n, lx, ly))
+
+
 def idealized_configuration(lx: int, ly: int, seed: int, index: int,
                             voltages: Sequence[float] = VOLTAGES,
                             widths: tuple[int, int] | None = None) -> tuple[np.ndarray, float, dict]:

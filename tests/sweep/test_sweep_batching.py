@@ -12,22 +12,12 @@ import pytest
 from neqforce.client.sweep_task import SITES_PER_CALL, ChunkSpec, ForceSpec, OnnxBatchForces, run_chunk
 from neqforce.models import bundled_model_path
 from neqforce.physics import HolsteinParams
+from neqforce.training.idealized import dynamics_like_lattices
 from neqforce.trajectory import read_trajectory
 
 from .conftest import assert_same_run, neqforce
 
 P = HolsteinParams(lx=12, ly=10)
-
-
-def _dynamics_like(shape: tuple[int, int], n: int, rng: np.random.Generator) -> np.ndarray:
-    """n lattices with a metallic domain of random length at a random electrode, rough wall, noise:
-    configurations whose global features (metallic runs) are off their saturated values."""
-    lx, ly = shape
-    stag = (-1.0) ** (np.arange(lx)[:, None] + np.arange(ly)[None, :])
-    x = np.arange(lx)[None, :, None]
-    wall = rng.integers(0, lx + 1, (n, 1, ly)) + rng.integers(-1, 2, (n, 1, ly))
-    metal = np.where(rng.random((n, 1, 1)) < 0.5, x < wall, x >= lx - wall)
-    return np.where(metal, -0.35, 2.4 * stag) + 0.3 * rng.standard_normal((n, lx, ly))
 
 
 def test_onnx_batch_equals_single_lattices():
@@ -47,7 +37,7 @@ def test_onnx_batch_equals_single_lattices():
             pieces = OnnxBatchForces(str(path), params=p, requested="onnx")
             invariant = pieces._model.metadata.get(BATCH_INVARIANT_KEY) == "true"
             assert pieces._sites_per_call == (SITES_PER_CALL if invariant else 1)
-            q = _dynamics_like(shape, 16, rng)
+            q = dynamics_like_lattices(*shape, 16, rng)
             f_batch, n_batch = whole(q)
             f_pieces, n_pieces = pieces(q)
             for i in range(len(q)):
