@@ -1,0 +1,159 @@
+"""How local is the exact force in real dynamics frames? The response of the exact electronic force at one
+column to a perturbation of every column farther than d from it (docs/nonlocality.md §5).
+
+    python bench/locality_response.py data/vrange data/vhigh --out runs/locality.json
+    python bench/locality_response.py data/vrange --voltages 3.0 --frames 1 --distances 8 --out /tmp/x.json
+
+Frames: validation-block frames (never trained on) of 30×28 NEGF-BD trajectories at each voltage whose
+metallic domain is connected to the left electrode and has 6 to lx − 12 columns, evenly spaced over the
+candidates. In each, three target columns: 4 columns inside the metal (wall − 4), and 3 and 6 columns
+into the CDW ahead of the wall (wall + 2, wall + 5; the wall column is the first CDW column). For a
+target column x0 and a distance d, Gaussian noise of standard deviation σ is added to every site with
+|x − x0| > d (the same y-rows: whole columns), and the exact electronic force g(n_i − ½) of column x0 is
+recomputed (NEGF, one BLAS thread). Printed: the RMS change of that force over the column's sites and
+the draws, in the paper's metric (F / 1.494), next to the model's own error on the unperturbed column and
+the model's change under the same perturbation (zero for a purely local model once d ≥ r_c; its global
+inputs can still move). A descriptor of radius r_c cannot know what lies beyond r_c: where the exact
+response at d = r_c is comparable to the model's error, more data or width cannot remove that error.
+
+Results are cached per (frame, column, d, σ, draw) in the ``--out`` JSON (atomic writes, resumable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from neqforce.physics import HolsteinParams, elastic_force, electron_density, electronic_force
+from neqforce.physics.domain_wall import bulk_cdw_amplitude, metallic_columns
+from neqforce.training.data import validation_mask
+from neqforce.trajectory import read_trajectory
+
+F_NORM = 1.494
+TARGETS = (("metal, wall − 4", -4), ("CDW, wall + 2", 2), ("CDW, wall + 5", 5))
+
+
+def _atomic_json(path: Path, data: dict) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh)
+    os.replace(tmp, path)
+
+
+def pick_frames(files: list[Path], voltage: float, count: int) -> list[tuple[Path, int, np.ndarray, int]]:
+    """(file, step, Q, wall column) of ``count`` validation frames at ``voltage`` with a left domain."""
+    cands = []
+    for f in files:
+        traj = read_trajectory(f)
+        if abs(traj.params.voltage - voltage) > 1e-9:
+            continue
+        fr = traj.frames()
+        q0 = bulk_cdw_amplitude(traj.params)
+        for k in np.flatnonzero(validation_mask(fr["step"])):
+            metal = metallic_columns(fr["q"][k], q0)
+            lx = metal.size
+            wall = int(np.argmin(metal)) if not metal.all() else lx  # first CDW column
+            if 6 <= wall <= lx - 12 and not metal[wall:].any():
+                cands.append((f, int(fr["step"][k]), fr["q"][k], wall))
+    if not cands:
+        return []
+    idx = np.unique(np.linspace(0, len(cands) - 1, count).round().astype(int))
+    return [cands[i] for i in idx]
+
+
+def exact_column(q: np.ndarray, params: HolsteinParams, x0: int | slice) -> np.ndarray:
+    """Exact electronic force g(n_i − ½) of column(s) ``x0`` (NEGF, one BLAS thread)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        return electronic_force(electron_density(q, params), params)[x0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    import onnxruntime as ort
+
+    from neqforce.models import bundled_model_path
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("data", type=Path, nargs="+")
+    ap.add_argument("--voltages", default="3.0,3.5")
+    ap.add_argument("--frames", type=int, default=3, help="frames per voltage")
+    ap.add_argument("--distances", default="4,6,8,10,12")
+    ap.add_argument("--sigmas", default="0.1,0.3", help="perturbation amplitudes (thermal: sqrt(T/k) ~ 0.32)")
+    ap.add_argument("--draws", type=int, default=2)
+    ap.add_argument("--model", type=Path, default=None, help="ONNX model (default: the bundled one)")
+    ap.add_argument("--out", type=Path, required=True, help="JSON cache of exact forces (resumable)")
+    args = ap.parse_args(argv)
+    files = [g for p in args.data for g in (sorted(p.rglob("*.h5")) if p.is_dir() else [p])]
+    distances = [int(d) for d in args.distances.split(",")]
+    sigmas = [float(s) for s in args.sigmas.split(",")]
+    cache: dict = json.loads(args.out.read_text()) if args.out.exists() else {}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    model_path = args.model or bundled_model_path()
+    sess = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+    takes_v = any(i.name == "voltage" for i in sess.get_inputs())
+
+    def model_force(q: np.ndarray, v: float) -> np.ndarray:
+        feeds = {"q": q[None].astype(np.float32)}
+        if takes_v:
+            feeds["voltage"] = np.array([v], np.float32)
+        return sess.run(["force"], feeds)[0][0].astype(np.float64)
+
+    print(f"model {model_path.name}; RMS change of the force at the target column "
+          f"(F / {F_NORM}) when every column farther than d is perturbed by N(0, σ²)")
+    for v in (float(x) for x in args.voltages.split(",")):
+        frames = pick_frames(files, v, args.frames)
+        if not frames:
+            print(f"V = {v:g}: no frame with a left metallic domain in the validation blocks")
+            continue
+        rows: dict[tuple[str, float], dict] = {}
+        for fi, (f, step, q, wall) in enumerate(frames):
+            params = read_trajectory(f).params
+            base_key = f"{f.name}:{step}:base"
+            if base_key not in cache:
+                cache[base_key] = exact_column(q, params, slice(None)).tolist()
+                _atomic_json(args.out, cache)
+            exact0 = np.asarray(cache[base_key])
+            model_el0 = model_force(q, v) - elastic_force(q, params)  # the model's electronic force
+            x = np.arange(q.shape[0])
+            for name, off in TARGETS:
+                x0 = wall + off
+                if not 0 <= x0 < q.shape[0]:
+                    continue
+                err = float(np.sqrt(np.mean((model_el0[x0] - exact0[x0]) ** 2)) / F_NORM)
+                for sigma in sigmas:
+                    row = rows.setdefault((name, sigma), {"err": [], **{d: [] for d in distances},
+                                                          **{f"m{d}": [] for d in distances}})
+                    row["err"].append(err)
+                    for d in distances:
+                        far = np.abs(x - x0) > d
+                        for k in range(args.draws):
+                            rng = np.random.default_rng([fi, x0, d, int(sigma * 1000), k, int(v * 1000)])
+                            qp = q + np.where(far[:, None], sigma * rng.standard_normal(q.shape), 0.0)
+                            key = f"{f.name}:{step}:{x0}:{d}:{sigma}:{k}"
+                            if key not in cache:
+                                cache[key] = exact_column(qp, params, x0).tolist()
+                                _atomic_json(args.out, cache)
+                            row[d].append((np.asarray(cache[key]) - exact0[x0]) / F_NORM)
+                            mp = model_force(qp, v) - elastic_force(qp, params)
+                            row[f"m{d}"].append((mp[x0] - model_el0[x0]) / F_NORM)
+        print(f"V = {v:g}: {len(frames)} frames (walls at columns "
+              f"{', '.join(str(w) for *_, w in frames)})")
+        head = "".join(f"{'d=' + str(d):>9s}" for d in distances)
+        print(f"  {'target':16s}{'σ':>5s}{'model err':>11s}{head}   model change at the same d")
+        for (name, sigma), row in rows.items():
+            exact = "".join(f"{np.sqrt(np.mean(np.square(row[d]))):9.4f}" for d in distances)
+            model = " ".join(f"{np.sqrt(np.mean(np.square(row[f'm{d}']))):.4f}" for d in distances)
+            print(f"  {name:16s}{sigma:5.2f}{np.sqrt(np.mean(np.square(row['err']))):11.4f}{exact}   {model}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
