@@ -7,8 +7,8 @@ domain wall, and by CDW columns of given order |m|/q0 (SPEC §5 criterion), on t
     python bench/error_structure.py MODEL DATA... --split all     # every frame (training frames included)
 
 A column is metallic when its mean |m| is below q0_bulk / 2 (``metallic_columns``); a wall sits between
-two neighbouring columns of different kind. Only the model's force output is used (ONNX Runtime, one
-thread, the voltage input fed where the model has one).
+two neighbouring columns of different kind. Only the model's force output is used (``neqforce evaluate``'s
+loader, one thread: an ONNX file or a training checkpoint).
 """
 
 from __future__ import annotations
@@ -21,42 +21,24 @@ import numpy as np
 
 from neqforce.physics.domain_wall import bulk_cdw_amplitude, local_order, metallic_columns
 from neqforce.training.data import validation_mask
-from neqforce.trajectory import read_trajectory
+from neqforce.training.dataset import load_dataset
+from neqforce.training.evaluate import LoadedModel, load_any
 
 F_NORM = 1.494  # the fixed normalization of the paper's metric (voltage.json "metric_normalization")
 WALL_BINS = ((0.0, 2.6, "≤ 2"), (2.6, 5.0, "3–4"), (5.0, np.inf, "≥ 5"))
 ORDER_BINS = ((0.5, 0.7), (0.7, 0.85), (0.85, 1.0), (1.0, np.inf))
 
 
-def _files(paths: list[Path]) -> list[Path]:
-    out: list[Path] = []
-    for p in paths:
-        out += sorted(p.rglob("*.h5")) if p.is_dir() else [p]
-    return out
-
-
-def _predict(session, q: np.ndarray, voltage: float) -> np.ndarray:
-    names = {i.name for i in session.get_inputs()}
-    out = []
-    for i in range(0, len(q), 8):
-        feeds = {"q": q[i:i + 8].astype(np.float32)}
-        if "voltage" in names:
-            feeds["voltage"] = np.full(len(feeds["q"]), voltage, np.float32)
-        out.append(session.run(["force"], feeds)[0])
-    return np.concatenate(out).astype(np.float64)
-
-
-def column_table(session, files: list[Path], split: str) -> dict[float, np.ndarray]:
+def column_table(model: LoadedModel, data: list[Path], split: str) -> dict[float, np.ndarray]:
     """Per voltage, rows (squared error, signed error, metallic, wall distance, |m|/q0) per column."""
     rows: dict[float, list[np.ndarray]] = defaultdict(list)
-    for f in files:
-        traj = read_trajectory(f)
+    for traj in load_dataset(data):
         fr = traj.frames()
         keep = validation_mask(fr["step"]) if split == "validation" else np.ones(len(fr["step"]), bool)
         if not keep.any():
             continue
         q, force = fr["q"][keep], fr["force"][keep]
-        err = (_predict(session, q, traj.params.voltage) - force) / F_NORM
+        err = (model.predict(q, np.full(len(q), traj.params.voltage)) - force) / F_NORM
         q0 = bulk_cdw_amplitude(traj.params)
         metal = metallic_columns(q, q0)  # (n, lx)
         order = np.abs(local_order(q)).mean(axis=2) / q0
@@ -73,17 +55,12 @@ def column_table(session, files: list[Path], split: str) -> dict[float, np.ndarr
 
 
 def main(argv: list[str] | None = None) -> int:
-    import onnxruntime as ort
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", type=Path)
     ap.add_argument("data", type=Path, nargs="+")
     ap.add_argument("--split", choices=("validation", "all"), default="validation")
     args = ap.parse_args(argv)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(args.model), opts, providers=["CPUExecutionProvider"])
-    tables = column_table(session, _files(args.data), args.split)
+    tables = column_table(load_any(args.model, threads=1), args.data, args.split)
     if not tables:
         raise SystemExit("error: no frames in the requested split")
     print(f"{args.model.name} on {args.split} frames, F_norm {F_NORM}; per class: share of the squared "

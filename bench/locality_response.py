@@ -23,33 +23,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from neqforce.atomic import atomic_write_text
 from neqforce.physics import HolsteinParams, elastic_force, electron_density, electronic_force
 from neqforce.physics.domain_wall import bulk_cdw_amplitude, metallic_columns
 from neqforce.training.data import validation_mask
-from neqforce.trajectory import read_trajectory
+from neqforce.training.dataset import load_dataset
+from neqforce.training.evaluate import load_any
+from neqforce.trajectory import Trajectory
 
 F_NORM = 1.494
 TARGETS = (("metal, wall − 4", -4), ("CDW, wall + 2", 2), ("CDW, wall + 5", 5))
 
 
-def _atomic_json(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh)
-    os.replace(tmp, path)
-
-
-def pick_frames(files: list[Path], voltage: float, count: int) -> list[tuple[Path, int, np.ndarray, int]]:
-    """(file, step, Q, wall column) of ``count`` validation frames at ``voltage`` with a left domain."""
+def pick_frames(trajs: list[Trajectory], voltage: float,
+                count: int) -> list[tuple[Trajectory, int, np.ndarray, int]]:
+    """(trajectory, step, Q, wall column) of ``count`` validation frames at ``voltage`` with a left domain."""
     cands = []
-    for f in files:
-        traj = read_trajectory(f)
+    for traj in trajs:
         if abs(traj.params.voltage - voltage) > 1e-9:
             continue
         fr = traj.frames()
@@ -59,7 +53,7 @@ def pick_frames(files: list[Path], voltage: float, count: int) -> list[tuple[Pat
             lx = metal.size
             wall = int(np.argmin(metal)) if not metal.all() else lx  # first CDW column
             if 6 <= wall <= lx - 12 and not metal[wall:].any():
-                cands.append((f, int(fr["step"][k]), fr["q"][k], wall))
+                cands.append((traj, int(fr["step"][k]), fr["q"][k], wall))
     if not cands:
         return []
     idx = np.unique(np.linspace(0, len(cands) - 1, count).round().astype(int))
@@ -75,8 +69,6 @@ def exact_column(q: np.ndarray, params: HolsteinParams, x0: int | slice) -> np.n
 
 
 def main(argv: list[str] | None = None) -> int:
-    import onnxruntime as ort
-
     from neqforce.models import bundled_model_path
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -89,37 +81,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, default=None, help="ONNX model (default: the bundled one)")
     ap.add_argument("--out", type=Path, required=True, help="JSON cache of exact forces (resumable)")
     args = ap.parse_args(argv)
-    files = [g for p in args.data for g in (sorted(p.rglob("*.h5")) if p.is_dir() else [p])]
+    trajs = load_dataset(args.data)
     distances = [int(d) for d in args.distances.split(",")]
     sigmas = [float(s) for s in args.sigmas.split(",")]
     cache: dict = json.loads(args.out.read_text()) if args.out.exists() else {}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
     model_path = args.model or bundled_model_path()
-    sess = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
-    takes_v = any(i.name == "voltage" for i in sess.get_inputs())
+    model = load_any(model_path, threads=1)
 
     def model_force(q: np.ndarray, v: float) -> np.ndarray:
-        feeds = {"q": q[None].astype(np.float32)}
-        if takes_v:
-            feeds["voltage"] = np.array([v], np.float32)
-        return sess.run(["force"], feeds)[0][0].astype(np.float64)
+        return model.predict(q[None], np.array([v]))[0]
 
     print(f"model {model_path.name}; RMS change of the force at the target column "
           f"(F / {F_NORM}) when every column farther than d is perturbed by N(0, σ²)")
     for v in (float(x) for x in args.voltages.split(",")):
-        frames = pick_frames(files, v, args.frames)
+        frames = pick_frames(trajs, v, args.frames)
         if not frames:
             print(f"V = {v:g}: no frame with a left metallic domain in the validation blocks")
             continue
         rows: dict[tuple[str, float], dict] = {}
-        for fi, (f, step, q, wall) in enumerate(frames):
-            params = read_trajectory(f).params
-            base_key = f"{f.name}:{step}:base"
+        for fi, (traj, step, q, wall) in enumerate(frames):
+            params, name_of_file = traj.params, Path(traj.extra["file"]).name
+            base_key = f"{name_of_file}:{step}:base"
             if base_key not in cache:
                 cache[base_key] = exact_column(q, params, slice(None)).tolist()
-                _atomic_json(args.out, cache)
+                atomic_write_text(args.out, json.dumps(cache))
             exact0 = np.asarray(cache[base_key])
             model_el0 = model_force(q, v) - elastic_force(q, params)  # the model's electronic force
             x = np.arange(q.shape[0])
@@ -137,10 +123,10 @@ def main(argv: list[str] | None = None) -> int:
                         for k in range(args.draws):
                             rng = np.random.default_rng([fi, x0, d, int(sigma * 1000), k, int(v * 1000)])
                             qp = q + np.where(far[:, None], sigma * rng.standard_normal(q.shape), 0.0)
-                            key = f"{f.name}:{step}:{x0}:{d}:{sigma}:{k}"
+                            key = f"{name_of_file}:{step}:{x0}:{d}:{sigma}:{k}"
                             if key not in cache:
                                 cache[key] = exact_column(qp, params, x0).tolist()
-                                _atomic_json(args.out, cache)
+                                atomic_write_text(args.out, json.dumps(cache))
                             row[d].append((np.asarray(cache[key]) - exact0[x0]) / F_NORM)
                             mp = model_force(qp, v) - elastic_force(qp, params)
                             row[f"m{d}"].append((mp[x0] - model_el0[x0]) / F_NORM)
@@ -150,8 +136,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {'target':16s}{'σ':>5s}{'model err':>11s}{head}   model change at the same d")
         for (name, sigma), row in rows.items():
             exact = "".join(f"{np.sqrt(np.mean(np.square(row[d]))):9.4f}" for d in distances)
-            model = " ".join(f"{np.sqrt(np.mean(np.square(row[f'm{d}']))):.4f}" for d in distances)
-            print(f"  {name:16s}{sigma:5.2f}{np.sqrt(np.mean(np.square(row['err']))):11.4f}{exact}   {model}")
+            changes = " ".join(f"{np.sqrt(np.mean(np.square(row[f'm{d}']))):.4f}" for d in distances)
+            err_rms = np.sqrt(np.mean(np.square(row["err"])))
+            print(f"  {name:16s}{sigma:5.2f}{err_rms:11.4f}{exact}   {changes}")
     return 0
 
 
