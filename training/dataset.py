@@ -71,6 +71,11 @@ class DatasetSpec:
     extra: dict = field(default_factory=dict)
 
 
+#: Seed of each frozen blind test set (one NEGF-BD run per held-out voltage); a new set for every model
+#: that read the previous one.
+HELDOUT_SEEDS = {"heldout": 1000, "heldout2": 1001, "heldout3": 1002}
+
+
 def preset_spec(name: str) -> DatasetSpec:
     """Named dataset recipes.
 
@@ -98,14 +103,8 @@ def preset_spec(name: str) -> DatasetSpec:
         runs = tuple(RunSpec(DEFAULT_V, s, 600) for s in range(6))
         runs += (RunSpec(2.5, 0, 400), RunSpec(2.0, 0, 400))
         return DatasetSpec(params=HolsteinParams(), runs=runs, preset=name)
-    if name == "heldout":
-        runs = tuple(RunSpec(v, 1000, 400) for v in (2.25, 2.75, 3.0, 3.5, 4.0))
-        return DatasetSpec(params=HolsteinParams(), runs=runs, preset=name)
-    if name == "heldout2":
-        runs = tuple(RunSpec(v, 1001, 400) for v in (2.25, 2.75, 3.0, 3.5, 4.0))
-        return DatasetSpec(params=HolsteinParams(), runs=runs, preset=name)
-    if name == "heldout3":
-        runs = tuple(RunSpec(v, 1002, 400) for v in (2.25, 2.75, 3.0, 3.5, 4.0))
+    if name in HELDOUT_SEEDS:
+        runs = tuple(RunSpec(v, HELDOUT_SEEDS[name], 400) for v in (2.25, 2.75, 3.0, 3.5, 4.0))
         return DatasetSpec(params=HolsteinParams(), runs=runs, preset=name)
     if name == "vrange":
         runs = tuple(RunSpec(v, 0, 400) for v in (2.0, 2.5, 3.0, 3.5, 4.0))
