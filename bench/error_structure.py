@@ -60,7 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("data", type=Path, nargs="+")
     ap.add_argument("--split", choices=("validation", "all"), default="validation")
     args = ap.parse_args(argv)
-    tables = column_table(load_any(args.model, threads=1), args.data, args.split)
+    try:
+        tables = column_table(load_any(args.model, threads=1), args.data, args.split)
+    except ValueError as exc:  # a missing model or dataset, a model without neqforce metadata
+        raise SystemExit(f"error: {exc}") from None
     if not tables:
         raise SystemExit("error: no frames in the requested split")
     print(f"{args.model.name} on {args.split} frames, F_norm {F_NORM}; per class: share of the squared "

@@ -81,13 +81,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, default=None, help="ONNX model (default: the bundled one)")
     ap.add_argument("--out", type=Path, required=True, help="JSON cache of exact forces (resumable)")
     args = ap.parse_args(argv)
-    trajs = load_dataset(args.data)
+    model_path = args.model or bundled_model_path()
+    try:
+        trajs, model = load_dataset(args.data), load_any(model_path, threads=1)
+    except ValueError as exc:  # a missing model or dataset, a model without neqforce metadata
+        raise SystemExit(f"error: {exc}") from None
     distances = [int(d) for d in args.distances.split(",")]
     sigmas = [float(s) for s in args.sigmas.split(",")]
     cache: dict = json.loads(args.out.read_text()) if args.out.exists() else {}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    model_path = args.model or bundled_model_path()
-    model = load_any(model_path, threads=1)
 
     def model_force(q: np.ndarray, v: float) -> np.ndarray:
         return model.predict(q[None], np.array([v]))[0]
