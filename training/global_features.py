@@ -14,7 +14,17 @@ how long it is: ~1e-3 force per column at ly = 28, unbounded over 140 columns). 
     T     = P_{lx-1}                                      the left metal reaches the right electrode
 
 The features of a site of column x ("voltage+metal", 8 per site, in this order):
-``V, L_L, P_x, P_x L_L, T, L_R, R_x, R_x L_R``; "voltage" is ``V`` alone. Every one is a function of
+``V, L_L, P_x, P_x L_L, T, L_R, R_x, R_x L_R``; "voltage" is ``V`` alone.
+
+"voltage+metal+range" adds a long-range channel along x (docs/nonlocality.md §5: in the current-carrying
+CDW ahead of a wall the exact force still responds to configuration more than 12 columns away). Per column
+three statistics, ``M_x`` (order), ``qbar_x = mean_y Q`` (the k_y = 0 mode of the distortion) and
+``D_x = mean_y m² - (mean_y m)²`` (disorder of the order across the column: thermal in-gap states), and the
+indicator ``I_x = 1`` of a column inside the device; each is averaged over bins of columns x + d beyond the
+local cutoff, d ∈ ±[9, 10], ±[11, 13], ±[14, 17], ±[18, 23], ±[24, 31], ±[32, 47] (columns beyond an
+electrode count as 0, so ``I`` is the fraction of the bin inside the device: the electrode distance out to
+47 columns). 48 features; the first layer's weights on them are a learned linear filter along x of width
+95 columns, evaluated per column. Every one is a function of
 column averages, hence invariant under the mirror y → -y and y-translations; each costs O(N) (a mean over
 y, a cumulative sum over x). Smooth in q (sigmoids), so BD forces stay continuous. A metallic domain not
 connected to an electrode is seen only through the local descriptor (docs/ml_model.md).
@@ -31,6 +41,13 @@ GLOBAL_FEATURES: dict[str, tuple[str, ...]] = {
     "voltage": ("V",),
     "voltage+metal": ("V", "L_left", "P_x", "P_x*L_left", "touch", "L_right", "R_x", "R_x*L_right"),
 }
+#: Offset bins (first, last column offset, inclusive) of the long-range channel, right of the site; the
+#: left bins are their mirror images. All beyond r_c = 8 (the local descriptor sees nearer columns).
+RANGE_BINS: tuple[tuple[int, int], ...] = ((9, 10), (11, 13), (14, 17), (18, 23), (24, 31), (32, 47))
+RANGE_STATS: tuple[str, ...] = ("M", "qbar", "D", "I")
+_BINS_LR = [(-b, -a) for a, b in RANGE_BINS] + list(RANGE_BINS)
+GLOBAL_FEATURES["voltage+metal+range"] = GLOBAL_FEATURES["voltage+metal"] + tuple(
+    f"{st}[{lo}:{hi}]" for lo, hi in _BINS_LR for st in RANGE_STATS)
 #: Width of the soft metallicity step, in units of q0 (c = 0.9997 at M = 0.1 q0, 5e-5 at M = q0).
 SOFT_WIDTH = 0.05
 #: log c is clamped here so that a fully ordered column gives exp(-30), never log(0) = -inf.
@@ -81,17 +98,44 @@ class GlobalFeatures(nn.Module):
         self.batch_invariant = batch_invariant
         self.register_buffer("q0", torch.tensor(float(q0)), persistent=False)
 
-    def column_order(self, q: torch.Tensor) -> torch.Tensor:
-        """M_x = mean_y |m|, (B, lx)."""
+    def local_order(self, q: torch.Tensor) -> torch.Tensor:
+        """m_i = (-1)^(x+y) (Q_i - mean_nn Q) / 2, (B, lx, ly)."""
         lx, ly = q.shape[-2], q.shape[-1]
         x = torch.arange(lx, device=q.device).unsqueeze(1)
         y = torch.arange(ly, device=q.device).unsqueeze(0)
         sign = 1.0 - 2.0 * torch.remainder(x + y, 2).to(q.dtype)
         count = _neighbour_sum(torch.ones_like(q[:1]))
-        m = sign * (q - _neighbour_sum(q) / count) * 0.5
-        if self.batch_invariant:  # a mean over y that runs in y order whatever the batch (class docstring)
-            return torch.cumsum(m.abs(), dim=-1)[..., -1] / ly
-        return m.abs().mean(dim=-1)
+        return sign * (q - _neighbour_sum(q) / count) * 0.5
+
+    def _mean_y(self, t: torch.Tensor) -> torch.Tensor:
+        """Mean over y, (B, lx, ly) → (B, lx); in y order whatever the batch when batch-invariant."""
+        if self.batch_invariant:  # class docstring
+            return torch.cumsum(t, dim=-1)[..., -1] / t.shape[-1]
+        return t.mean(dim=-1)
+
+    def column_order(self, q: torch.Tensor) -> torch.Tensor:
+        """M_x = mean_y |m|, (B, lx)."""
+        return self._mean_y(self.local_order(q).abs())
+
+    def range_channel(self, q: torch.Tensor) -> torch.Tensor:
+        """Bin means of (M, qbar, D, I) at the offsets of :data:`RANGE_BINS`, left bins then right ones,
+        (B, lx, 48) (module docstring). Bin sums are differences of one cumulative sum along x (in x
+        order for each lattice: batch-invariant)."""
+        lx = q.shape[1]
+        m = self.local_order(q)
+        mean_m = self._mean_y(m)
+        stats = torch.stack([self._mean_y(m.abs()), self._mean_y(q), self._mean_y(m * m) - mean_m * mean_m,
+                             torch.ones_like(mean_m)], dim=-1)  # (B, lx, 4)
+        reach = RANGE_BINS[-1][1]
+        padded = nn.functional.pad(stats, (0, 0, reach + 1, reach))  # a leading 0 row for the cumsum
+        csum = torch.cumsum(padded, dim=1)  # row j: sum of columns ≤ j - R - 1, (B, lx + 2R + 1, 4)
+        out = []
+        for lo, hi in _BINS_LR:
+            # columns x + lo … x + hi sit at padded rows x + lo + R + 1 … x + hi + R + 1
+            top = csum[:, reach + 1 + hi:reach + 1 + hi + lx]
+            bottom = csum[:, reach + lo:reach + lo + lx]
+            out.append((top - bottom) / float(hi - lo + 1))
+        return torch.cat(out, dim=-1)
 
     def _elementwise(self, fn, t: torch.Tensor) -> torch.Tensor:
         """``fn`` (element-wise, transcendental) of a (B, lx) tensor. Batch-invariant copy: each lattice's
@@ -121,4 +165,7 @@ class GlobalFeatures(nn.Module):
             lr = r.sum(dim=1, keepdim=True).expand(b, lx)
         touch = p[:, -1:].expand(b, lx)
         feats = [ll, p, p * ll, touch, lr, r, r * lr]
-        return torch.cat([v, torch.stack(feats, dim=-1)], dim=-1)
+        out = torch.cat([v, torch.stack(feats, dim=-1)], dim=-1)
+        if self.kind == "voltage+metal+range":
+            out = torch.cat([out, self.range_channel(q)], dim=-1)
+        return out

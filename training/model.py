@@ -96,6 +96,9 @@ PRESETS: dict[str, ModelConfig] = {
     # voltage-range model (issue 10, docs/ml_model.md): V and the metallic runs connected to the electrodes
     "voltage": ModelConfig(descriptor="paper+elec", hidden=(32, 64), activation="silu", r_cut=8,
                            global_features="voltage+metal"),
+    # + a long-range channel along x: bin means of column statistics out to 47 columns (nonlocality.md §5)
+    "range": ModelConfig(descriptor="paper+elec", hidden=(32, 64), activation="silu", r_cut=8,
+                         global_features="voltage+metal+range"),
 }
 
 
