@@ -84,7 +84,7 @@ def calibrate_committee(model, ck: dict, data: str | os.PathLike[str] | Sequence
     validation frames of the training trajectories ``ck['train_ids']`` found in ``data``."""
     import torch
 
-    from .data import frame_groups, qualify_ids, traj_id, validation_mask
+    from .data import frame_groups, qualify_ids, training_validation_mask, traj_id
     from .dataset import load_dataset
 
     train_ids = set(ck.get("train_ids") or [])
@@ -94,10 +94,7 @@ def calibrate_committee(model, ck: dict, data: str | os.PathLike[str] | Sequence
                          f"({', '.join(sorted(train_ids)[:4])} …): give the dataset the model was trained on")
     spreads, errors, frame_max, frame_rmse, n_frames = [], [], [], [], 0
     for fr in frame_groups(trajs):
-        vmask = validation_mask(fr.step)
-        if vmask.all() or not vmask.any():
-            vmask = np.arange(len(fr)) % 5 == 4  # as training does
-        fr = fr.subset(vmask)
+        fr = fr.subset(training_validation_mask(fr.step))  # as training does
         n_frames += len(fr)
         with torch.no_grad():
             for i in range(0, len(fr), 64):

@@ -91,7 +91,9 @@ def evaluate_cmd(
     out: Path = typer.Option(Path("eval"), "--out",
                              help="Folder for metrics.json, parity.png, error_hist.png."),
     split: str = typer.Option("auto", help="auto, test, train or all trajectories, or validation (the "
-                              "early-stopping blocks of every trajectory: compare models, no test set)."),
+                              "early-stopping blocks of every trajectory: compare models, no test set), "
+                              "or validation-all (every frame training holds out, long-device ones "
+                              "included: give the data in training's order)."),
     voltage: float = typer.Option(None, help="Voltage of the trajectories (default: the model's; every "
                                   "voltage of the data for a model with a voltage input)."),
     stride: int = typer.Option(1, min=1, help="Use every stride-th frame."),

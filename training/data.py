@@ -164,6 +164,16 @@ def validation_mask(steps: np.ndarray, block: int = 25, every: int = 5) -> np.nd
     return (steps // block) % every == every - 1
 
 
+def training_validation_mask(steps: np.ndarray) -> np.ndarray:
+    """The frames training holds out for early stopping in a group of frames: the validation blocks of
+    :func:`validation_mask`, or, for a group with no frame in a block or only such frames (labelled-frames
+    files number their frames 0, 1, 2, …), every fifth frame."""
+    vmask = validation_mask(steps)
+    if vmask.all() or not vmask.any():
+        vmask = np.arange(len(steps)) % 5 == 4
+    return vmask
+
+
 def region_of_column(lx: int, r_cut: int = R_CUT) -> np.ndarray:
     """Region label per column x: 1 near the left electrode (x < r_c), 2 near the right one
     (lx-1-x < r_c), else 0 (bulk). On narrow lattices the left label wins."""

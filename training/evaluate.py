@@ -23,6 +23,7 @@ from .data import (
     qualify_ids,
     region_of_column,
     select_voltage,
+    training_validation_mask,
     traj_id,
     validation_mask,
 )
@@ -128,8 +129,10 @@ def evaluate(model_path: str | os.PathLike[str], data: str | os.PathLike[str] | 
 
     split: ``test`` (the model's held-out trajectories), ``train``, ``all``, ``validation`` (the
     early-stopping blocks of every trajectory, :func:`validation_mask`: how to compare models on data
-    none of them trained on, without touching a test set), or ``auto`` (test when the data holds the
-    model's test trajectories, else all). A q-only model is evaluated at its voltage
+    none of them trained on, without touching a test set), ``validation-all`` (every frame training holds
+    out, :func:`training_validation_mask`: the blocks and every fifth frame of a lattice group without
+    blocks, e.g. labelled long-device frames; give the data in training's order), or ``auto`` (test
+    when the data holds the model's test trajectories, else all). A q-only model is evaluated at its voltage
     (or ``voltage``); a model with a voltage input on every voltage of the data (or ``voltage``), each
     frame at its own V, over every lattice shape. ``f_max``: fixed normalization of the paper's metric
     (default: max |F_NEGF| of the evaluated frames). A committee model also gets :func:`spread_report`
@@ -148,10 +151,10 @@ def evaluate(model_path: str | os.PathLike[str], data: str | os.PathLike[str] | 
         chosen = [ids[i] for i in lm.test_ids if i in ids]
     elif split == "train":
         chosen = [ids[i] for i in lm.train_ids if i in ids]
-    elif split in ("all", "validation"):
+    elif split in ("all", "validation", "validation-all"):
         chosen = list(trajs)
     else:
-        raise ValueError(f"unknown split {split!r} (auto, test, train, all, validation)")
+        raise ValueError(f"unknown split {split!r} (auto, test, train, all, validation, validation-all)")
     if not chosen:
         raise ValueError(f"no trajectory of split {split!r} in the data")
     groups = frame_groups(chosen, stride=stride)
@@ -160,6 +163,8 @@ def evaluate(model_path: str | os.PathLike[str], data: str | os.PathLike[str] | 
         groups = [fr for fr in groups if len(fr)]
         if not groups:
             raise ValueError("no frame of the data lies in a validation block")
+    elif split == "validation-all":
+        groups = [fr.subset(training_validation_mask(fr.step)) for fr in groups]
     preds = [lm.predict(fr.q, fr.voltage) for fr in groups]
     metrics = grouped_metrics(list(zip(preds, groups, strict=True)), f_max)
     metrics["split"], metrics["trajectories"] = split, [i for fr in groups for i in fr.ids]

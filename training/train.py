@@ -36,8 +36,8 @@ from .data import (
     qualify_ids,
     select_voltage,
     split_by_trajectory,
+    training_validation_mask,
     traj_id,
-    validation_mask,
     voltages_of,
 )
 from .dataset import dataset_sha256, load_dataset
@@ -186,10 +186,7 @@ def train(data: str | os.PathLike[str] | Sequence[str], out: str | os.PathLike[s
     groups = frame_groups(train_t, stride=opts.stride, max_step=opts.max_step)
     vmasks = []
     for fr in groups:
-        vmask = validation_mask(fr.step)
-        if vmask.all() or not vmask.any():
-            vmask = np.arange(len(fr)) % 5 == 4
-        vmasks.append(vmask)
+        vmasks.append(training_validation_mask(fr.step))
     n_val = sum(int(m.sum()) for m in vmasks)
     n_frames = sum(len(fr) for fr in groups)
     train_ids = [i for fr in groups for i in fr.ids]

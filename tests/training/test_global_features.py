@@ -204,3 +204,71 @@ def test_export_marks_a_batch_invariant_committee_and_the_check_can_fail(tmp_pat
     path2, _ = export_onnx(EnsembleForceModel(members), tmp_path / "plain.onnx")
     assert read_metadata(path2)[BATCH_INVARIANT_KEY] == "false"
     assert check_batch_invariance(path2) is False
+
+
+def reference_range(q: np.ndarray) -> np.ndarray:
+    """Long-range channel by explicit loops (float64): bin means of (M, qbar, D, I) over columns x + d,
+    columns beyond an electrode counting 0 (training/global_features.py)."""
+    from neqforce.training.global_features import RANGE_BINS
+
+    lx = q.shape[0]
+    m = local_order(q)
+    stats = np.stack([np.abs(m).mean(1), q.mean(1), (m * m).mean(1) - m.mean(1) ** 2, np.ones(lx)], 1)
+    bins = [(-b, -a) for a, b in RANGE_BINS] + list(RANGE_BINS)
+    out = np.zeros((lx, 4 * len(bins)))
+    for x in range(lx):
+        for k, (lo, hi) in enumerate(bins):
+            cols = [x + d for d in range(lo, hi + 1) if 0 <= x + d < lx]
+            out[x, 4 * k:4 * k + 4] = stats[cols].sum(0) / (hi - lo + 1) if cols else 0.0
+    return out
+
+
+@pytest.mark.parametrize(("lx", "ly", "w"), [(30, 6, 12), (70, 4, 40), (9, 3, 2)])
+def test_range_channel_matches_the_loop_reference_and_is_batch_invariant(lx, ly, w):
+    q = metal_left(lx, ly, w, seed=lx)
+    qt = torch.from_numpy(q[None]).double()
+    got = GlobalFeatures("voltage+metal+range", Q0)(qt, torch.tensor([3.0], dtype=torch.float64))[0].numpy()
+    assert got.shape == (lx, 56)
+    np.testing.assert_allclose(got[:, :8], reference_globals(q, 3.0), rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(got[:, 8:], reference_range(q), rtol=1e-9, atol=1e-12)
+    inv = GlobalFeatures("voltage+metal+range", Q0, batch_invariant=True)
+    torch.testing.assert_close(inv(qt.float(), torch.tensor([3.0])), torch.from_numpy(got[None]).float(),
+                               rtol=1e-5, atol=2e-5)
+    if lx > 47:  # a column 47+ columns from both electrodes would have I = 1 in every bin
+        assert got[0, 8 + 3] == 0 and got[0, -1] == 1  # left bins beyond the electrode, right ones inside
+
+
+def test_range_channel_is_mirror_and_y_translation_invariant():
+    gf = GlobalFeatures("voltage+metal+range", Q0)
+    q = metal_left(40, 8, 15, seed=5)
+    ref = gf(torch.from_numpy(q[None]), torch.tensor([3.0]))
+    for other in (D.mirror_about(q, 2), np.roll(q, 3, axis=1)):
+        got = gf(torch.from_numpy(np.ascontiguousarray(other)[None]), torch.tensor([3.0]))
+        torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_range_committee_exports_batch_invariant_and_matches_torch(tmp_path):
+    """A committee with the long-range channel: ONNX equals torch, and the export's batch-invariance
+    check (ONNX Runtime, dynamics-like lattices) passes."""
+    from neqforce.server.backends.onnx import BATCH_INVARIANT_KEY
+    from neqforce.training.export import read_metadata
+
+    torch.manual_seed(1)
+    members = []
+    for _ in range(2):
+        m = build_model(ModelConfig(descriptor="paper+elec", hidden=(16, 8), r_cut=4,
+                                    global_features="voltage+metal+range"), HolsteinParams().physical())
+        with torch.no_grad():
+            for p in m.net.parameters():
+                p.add_(0.3 * torch.randn_like(p))
+        members.append(m.eval())
+    ens = EnsembleForceModel(members)
+    path, err = export_onnx(ens, tmp_path / "range.onnx")
+    assert err <= 1e-4 and read_metadata(path)[BATCH_INVARIANT_KEY] == "true"
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    q = np.stack([metal_left(60, 6, w, seed=w) for w in (5, 30, 55)]).astype(np.float32)
+    v = np.array([2.5, 3.0, 3.5], np.float32)
+    f = sess.run(["force"], {"q": q, "voltage": v})[0]
+    with torch.no_grad():
+        tf = ens(torch.from_numpy(q), torch.from_numpy(v))[0].numpy()
+    np.testing.assert_allclose(f, tf, atol=1e-4)

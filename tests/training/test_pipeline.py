@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -153,3 +154,27 @@ def test_evaluate_validation_split_reads_only_the_validation_blocks(tiny_dataset
     np.testing.assert_allclose(m["overall"]["mse"], expected, rtol=1e-5)
     res = CliRunner().invoke(app, ["evaluate", str(run / "model.pt"), tiny_dataset, "--split", "validation"])
     assert res.exit_code == 2 and "no frame of the data lies in a validation block" in res.output
+
+
+def test_evaluate_validation_all_split_reads_what_training_held_out(tiny_dataset, tmp_path):
+    """--split validation-all: the validation blocks where a run has them (steps 100-124 of a 130-step run),
+    and every fifth frame of a lattice group without blocks (the tiny dataset's short runs), as training
+    holds them out — the number training logs as validation frames."""
+    from neqforce.physics import HolsteinParams
+    from neqforce.training.dataset import DatasetSpec, RunSpec, generate_dataset
+    from neqforce.training.evaluate import evaluate
+
+    data = tmp_path / "long"
+    generate_dataset(data, DatasetSpec(params=HolsteinParams(lx=8, ly=6), runs=(RunSpec(3.0, 7, 130),)),
+                     workers=1, show_progress=False)
+    run = tmp_path / "run"
+    res = CliRunner().invoke(app, ["train", tiny_dataset, "--out", str(run), "--epochs", "1", "--hidden",
+                                   "8,8", "--threads", "1", "--test-fraction", "0"])
+    assert res.exit_code == 0, res.output
+    logged = int(re.search(r"frames, (\d+) validation\)", res.output).group(1))
+    m = evaluate(run / "model.pt", tiny_dataset, split="validation-all", f_max=1.5, log=lambda _: None)
+    assert m["n_frames"] == logged > 0
+    m_all = evaluate(run / "model.pt", tiny_dataset, split="all", f_max=1.5, log=lambda _: None)
+    assert m_all["n_frames"] // 5 == m["n_frames"]
+    m = evaluate(run / "model.pt", str(data), split="validation-all", f_max=1.5, log=lambda _: None)
+    assert m["n_frames"] == 25
