@@ -97,6 +97,12 @@ class GlobalFeatures(nn.Module):
         self.kind, self.n = kind, n_global(kind)
         self.batch_invariant = batch_invariant
         self.register_buffer("q0", torch.tensor(float(q0)), persistent=False)
+        reach = RANGE_BINS[-1][1]
+        hi_rows, lo_rows = [reach + 1 + hi for _, hi in _BINS_LR], [reach + lo for lo, _ in _BINS_LR]
+        self.register_buffer("range_hi", torch.tensor(hi_rows), persistent=False)
+        self.register_buffer("range_lo", torch.tensor(lo_rows), persistent=False)
+        self.register_buffer("range_width", torch.tensor([[hi - lo + 1.0] for lo, hi in _BINS_LR]),
+                             persistent=False)  # (n_bins, 1)
 
     def local_order(self, q: torch.Tensor) -> torch.Tensor:
         """m_i = (-1)^(x+y) (Q_i - mean_nn Q) / 2, (B, lx, ly)."""
@@ -129,13 +135,11 @@ class GlobalFeatures(nn.Module):
         reach = RANGE_BINS[-1][1]
         padded = nn.functional.pad(stats, (0, 0, reach + 1, reach))  # a leading 0 row for the cumsum
         csum = torch.cumsum(padded, dim=1)  # row j: sum of columns ≤ j - R - 1, (B, lx + 2R + 1, 4)
-        out = []
-        for lo, hi in _BINS_LR:
-            # columns x + lo … x + hi sit at padded rows x + lo + R + 1 … x + hi + R + 1
-            top = csum[:, reach + 1 + hi:reach + 1 + hi + lx]
-            bottom = csum[:, reach + lo:reach + lo + lx]
-            out.append((top - bottom) / float(hi - lo + 1))
-        return torch.cat(out, dim=-1)
+        # columns x + lo … x + hi sit at padded rows x + lo + R + 1 … x + hi + R + 1: one gather per end
+        x = torch.arange(lx, device=q.device).unsqueeze(1)
+        top = csum[:, x + self.range_hi]  # (B, lx, n_bins, 4)
+        bottom = csum[:, x + self.range_lo]
+        return ((top - bottom) / self.range_width).flatten(2)
 
     def _elementwise(self, fn, t: torch.Tensor) -> torch.Tensor:
         """``fn`` (element-wise, transcendental) of a (B, lx) tensor. Batch-invariant copy: each lattice's
