@@ -222,7 +222,9 @@ class ForceClient:
                    "dataset_sha256": m.dataset_sha256, "version": m.model_version,
                    "execution_providers": list(m.execution_providers),
                    "domain": {r.name: [r.min, r.max] for r in m.domain},
-                   "force_std_threshold": m.force_std_threshold} for m in info.models]
+                   "force_std_threshold": m.force_std_threshold,
+                   "metallic_columns_max": (m.metallic_columns_max if m.HasField("metallic_columns_max")
+                                            else None)} for m in info.models]
         backends = [{"backend": _BACKEND_NAMES.get(b.backend, str(b.backend)), "available": b.available,
                      "detail": b.detail, "execution_providers": list(b.execution_providers)}
                     for b in info.backends]

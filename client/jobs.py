@@ -530,6 +530,9 @@ def format_server_info(info: dict[str, Any]) -> str:
         if domain:
             lines.append("    domain      " + ", ".join(f"{k} in [{lo:g}, {hi:g}]"
                                                       for k, (lo, hi) in domain.items()))
+        if m.get("metallic_columns_max") is not None:
+            lines.append(f"    metallic    validated up to {m['metallic_columns_max']} metallic columns "
+                         "(more: the answer is flagged OUTSIDE_DOMAIN)")
         if m.get("force_std_threshold"):
             lines.append(f"    spread      committee; threshold {m['force_std_threshold']:.4g} (force units: "
                          "above it AUTO recomputes with exact NEGF, or flags the answer)")

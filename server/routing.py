@@ -184,8 +184,8 @@ def flag_configuration(chosen: Route, q: np.ndarray, params: HolsteinParams) -> 
     if worst <= limit:
         return chosen
     return dataclasses.replace(chosen, reason=f"{chosen.reason}; {OUTSIDE_DOMAIN}: {worst} metallic columns, "
-                               f"validated up to {model.metallic_columns_max} (a longer metallic domain or "
-                               "touchdown at the right electrode: not in the training data; "
+                               f"validated up to {model.metallic_columns_max} (a longer metallic domain, or "
+                               "touchdown at the right electrode, than the model's error was measured on; "
                                "docs/nonlocality.md)", flagged=True)
 
 

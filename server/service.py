@@ -337,7 +337,8 @@ class ForceServicer(pb_grpc.ForceServiceServicer):
                                execution_providers=m.providers,
                                domain=[pb.ParameterRange(name=n, min=lo, max=hi)
                                        for n, (lo, hi) in m.domain.items()],
-                               force_std_threshold=m.spread_threshold or 0.0)
+                               force_std_threshold=m.spread_threshold or 0.0,
+                               metallic_columns_max=m.metallic_columns_max)
                   for m in self.models.values()]
         limits = pb.Limits(max_sites=cfg.max_sites, negf_max_sites=cfg.negf_max_sites,
                            max_concurrency=cfg.max_concurrency, max_queue=cfg.max_queue,

@@ -94,6 +94,7 @@ def test_every_configuration_is_inside_the_declared_domain() -> None:
         assert lo <= voltage <= hi, name
         assert domain["ranges"]["lx"][0] <= lx <= domain["ranges"]["lx"][1], name
         assert w <= domain["metallic_columns_max"], name
+        assert w <= _card()["domain_restriction"]["metallic_columns_max"], name  # the measured bound
 
 
 def test_normalization_constant_is_the_recorded_one() -> None:

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -132,6 +133,52 @@ def provenance_domain(path: Path, sha256: str) -> str | None:
     return json.dumps(record["domain"])
 
 
+def provenance_restriction(path: Path, sha256: str) -> dict[str, Any] | None:
+    """``domain_restriction`` of the provenance file next to the model when it describes these exact bytes
+    (same sha256), else None: a narrowing of the declared domain measured after export (for example by a
+    blind evaluation), recorded in the card so the evaluated bytes, and their hash, stay unchanged."""
+    prov = path.with_suffix(".json")
+    try:
+        record = json.loads(prov.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("sha256") != sha256:
+        return None
+    restriction = record.get("domain_restriction")
+    return restriction if isinstance(restriction, dict) else None
+
+
+def restrict_domain(text: str | None, restriction: dict[str, Any] | None, path: Path) -> str | None:
+    """The domain JSON text ``text`` narrowed by ``restriction`` (``{"ranges": {name: [min, max]},
+    "metallic_columns_max": n}``, either optional): ranges intersected, the smaller metallic bound kept.
+    A restriction can only narrow; ValueError when it is malformed or leaves a range empty."""
+    if not restriction:
+        return text
+    base = json.loads(text) if text else {"ranges": {}}
+    ranges = dict(base.get("ranges", {}))
+    card = path.with_suffix(".json").name
+    try:
+        for name, (lo, hi) in restriction.get("ranges", {}).items():
+            if name not in ranges:
+                raise ValueError(f"'{name}' is not a ranged parameter of the model: nothing to narrow")
+            old_lo, old_hi = ranges[name]
+            ranges[name] = [max(float(lo), float(old_lo)), min(float(hi), float(old_hi))]
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: domain_restriction of {card} must be "
+                         f"{{\"ranges\": {{name: [min, max]}}}} over ranged parameters: {exc}") from None
+    empty = sorted(n for n, (lo, hi) in ranges.items() if lo > hi)
+    if empty:
+        raise ValueError(f"{path}: domain_restriction of {card} leaves no values of {empty}")
+    out = {**base, "ranges": ranges}
+    limit = restriction.get("metallic_columns_max")
+    if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ValueError(f"{path}: domain_restriction: metallic_columns_max must be an integer >= 0")
+        old = base.get("metallic_columns_max")
+        out["metallic_columns_max"] = limit if old is None else min(limit, int(old))
+    return json.dumps(out)
+
+
 def _session(path: Path, providers: Sequence[str], threads: int) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
@@ -196,7 +243,8 @@ class OnnxModel:
             raise ValueError(f"{path}: needs outputs 'force' and 'density' (SPEC §9), has {sorted(outputs)}")
         metadata = dict(session.get_modelmeta().custom_metadata_map)
         sha256 = _sha256(path)
-        domain_text = metadata.get(DOMAIN_KEY) or provenance_domain(path, sha256)
+        domain_text = restrict_domain(metadata.get(DOMAIN_KEY) or provenance_domain(path, sha256),
+                                      provenance_restriction(path, sha256), path)
         domain = parse_domain(domain_text, path)
         model = cls(name=name, path=path, sha256=sha256,
                     params=parse_model_params(metadata.get(PARAMS_KEY), path), metadata=metadata,

@@ -220,3 +220,88 @@ def test_simulate_says_when_answers_leave_the_domain(tmp_path) -> None:
     assert "onnx" in first and OUTSIDE_DOMAIN not in first
     warnings = [line for line in result.output.splitlines() if line.startswith("warning: from step")]
     assert len(warnings) == 1 and f"{OUTSIDE_DOMAIN}: " in warnings[0] and "metallic columns" in warnings[0]
+
+
+# --- a narrowing of the declared domain recorded in the provenance card (domain_restriction) -------------
+
+def _restricted_copy(tmp_path: Path, restriction: dict, sha: str | None = None) -> Path:
+    """compact.onnx copied with its card, the card carrying ``restriction`` (for bytes of sha ``sha``)."""
+    copy = Path(shutil.copy(BUNDLED, tmp_path / "compact.onnx"))
+    record = json.loads(BUNDLED.with_suffix(".json").read_text())
+    record["domain_restriction"] = restriction
+    if sha is not None:
+        record["sha256"] = sha
+    (tmp_path / "compact.json").write_text(json.dumps(record))
+    return copy
+
+
+@needs_bundled
+def test_card_restriction_narrows_the_metallic_bound(tmp_path) -> None:
+    """A card's domain_restriction lowers metallic_columns_max (27 -> 20) and the flag follows it; a
+    restriction above the declared bound keeps the declared one (a restriction never widens)."""
+    model = OnnxModel.load(_restricted_copy(tmp_path, {"metallic_columns_max": 20}), "c", threads=1)
+    assert model.metallic_columns_max == 20 and model.domain == {"lx": (30.0, 30.0), "ly": (28.0, 28.0)}
+    p = HolsteinParams()
+    chosen = _go(p, {"c": model})
+    assert flag_configuration(chosen, _metal(20)[None], p) is chosen
+    flagged = flag_configuration(chosen, _metal(21)[None], p)
+    assert flagged.flagged and f"{OUTSIDE_DOMAIN}: 21 metallic columns, validated up to 20" in flagged.reason
+    wider = OnnxModel.load(_restricted_copy(tmp_path, {"metallic_columns_max": 40}), "c", threads=1)
+    assert wider.metallic_columns_max == 27
+
+
+def test_card_restriction_narrows_ranges_and_refuses_to_widen(ranged) -> None:
+    from neqforce.server.backends.onnx import restrict_domain
+
+    text = json.dumps({"ranges": {"voltage": [2.0, 4.0], "lx": [6, 40]}, "metallic_columns_max": 30})
+    out = json.loads(restrict_domain(text, {"ranges": {"voltage": [2.5, 5.0]}, "metallic_columns_max": 12},
+                                     ranged))
+    assert out["ranges"] == {"voltage": [2.5, 4.0], "lx": [6, 40]} and out["metallic_columns_max"] == 12
+    assert restrict_domain(text, None, ranged) == text
+    for bad, match in [({"ranges": {"g": [1.0, 2.0]}}, "not a ranged parameter"),  # g is fixed: no widening
+                       ({"ranges": {"voltage": [4.5, 5.0]}}, "leaves no values"),
+                       ({"ranges": {"voltage": 3.0}}, "must be"),
+                       ({"metallic_columns_max": -1}, "integer >= 0"),
+                       ({"metallic_columns_max": 2.5}, "integer >= 0")]:
+        with pytest.raises(ValueError, match=match):
+            restrict_domain(text, bad, ranged)
+
+
+@needs_bundled
+def test_card_restriction_of_other_bytes_is_not_applied(tmp_path) -> None:
+    """A restriction in a card naming other bytes is never applied (the load refuses the card's hash)."""
+    copy = _restricted_copy(tmp_path, {"metallic_columns_max": 5}, sha="0" * 64)
+    with pytest.raises(ValueError, match="sha256"):
+        OnnxModel.load(copy, "c", threads=1)
+
+
+def test_shipped_voltage_model_is_restricted_to_its_measured_domain() -> None:
+    """voltage.onnx declares 79 metallic columns (its training frames); its card narrows that to 58, the
+    longest metallic domain of the blind 80x28 set measured within target; GetServerInfo and `neqforce
+    info` show the bound, and an 80x28 request with 65 metallic columns comes back flagged."""
+    from neqforce.client import ForceClient
+    from neqforce.client.jobs import format_server_info
+    from neqforce.models import bundled_model_path
+    from neqforce.physics import cdw_ground_state
+    from neqforce.server.app import ServerConfig, start_server
+
+    path = bundled_model_path()
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert card["domain"]["metallic_columns_max"] == 79
+    assert card["domain_restriction"]["metallic_columns_max"] == 58
+    srv = start_server(ServerConfig(host="127.0.0.1", port=0, models=[path], max_concurrency=2, grace_s=2.0))
+    try:
+        with ForceClient(srv.address, timeout=120.0, retries=0) as client:
+            info = client.server_info()
+            assert info["models"][0]["metallic_columns_max"] == 58
+            assert "validated up to 58 metallic columns" in format_server_info(info)
+            params = HolsteinParams(lx=80, voltage=3.0)
+            for w, flagged in ((50, False), (58, False), (59, True), (65, True)):
+                q = cdw_ground_state(params).copy()
+                q[:w] = -0.35 + 0.05 * np.random.default_rng(w).standard_normal((w, params.ly))
+                r = client.compute_forces(q, params, backend="onnx")
+                assert r.backend == "onnx" and np.all(np.isfinite(r.force))
+                expected = f"{OUTSIDE_DOMAIN}: {w} metallic columns, validated up to 58"
+                assert (expected in r.reason) == flagged, (w, r.reason)
+    finally:
+        srv.stop(grace=1.0)
