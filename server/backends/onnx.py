@@ -106,46 +106,33 @@ def parse_domain(text: str | None, path: Path) -> dict[str, tuple[float, float]]
     return out
 
 
+def _metallic_bound(value: Any, path: Path, where: str) -> int:
+    """``value`` as a metallic-column bound: an integer >= 0, else ValueError naming ``where``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{path}: {where}: metallic_columns_max must be an integer >= 0")
+    return value
+
+
 def parse_metallic_max(text: str | None, path: Path) -> int | None:
     """``metallic_columns_max`` of ``neqforce.domain``: the most metallic columns (SPEC ξ·lx) of the
     configurations the model was validated on, or None (not declared). ValueError when malformed."""
     if not text:
         return None
     value = json.loads(text).get("metallic_columns_max")
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{path}: metadata '{DOMAIN_KEY}': metallic_columns_max must be an integer >= 0")
-    return value
+    return None if value is None else _metallic_bound(value, path, f"metadata '{DOMAIN_KEY}'")
 
 
-def provenance_domain(path: Path, sha256: str) -> str | None:
-    """The ``domain`` of the provenance file next to the model (``compact.json`` for ``compact.onnx``) as
-    JSON text, when that file describes these exact bytes (same sha256); else None. This is how the
-    shipped model, exported before ``neqforce.domain`` existed, declares its domain without new bytes."""
-    prov = path.with_suffix(".json")
+def provenance_record(path: Path, sha256: str) -> dict[str, Any] | None:
+    """The provenance file next to the model (``compact.json`` for ``compact.onnx``) when it describes
+    these exact bytes (same sha256), else None. Its ``domain`` is how the shipped model, exported before
+    ``neqforce.domain`` existed, declares its domain without new bytes; its ``domain_restriction`` narrows
+    the declared domain after export (for example by a blind evaluation), so the evaluated bytes, and
+    their hash, stay unchanged."""
     try:
-        record = json.loads(prov.read_text())
+        record = json.loads(path.with_suffix(".json").read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(record, dict) or record.get("sha256") != sha256 or "domain" not in record:
-        return None
-    return json.dumps(record["domain"])
-
-
-def provenance_restriction(path: Path, sha256: str) -> dict[str, Any] | None:
-    """``domain_restriction`` of the provenance file next to the model when it describes these exact bytes
-    (same sha256), else None: a narrowing of the declared domain measured after export (for example by a
-    blind evaluation), recorded in the card so the evaluated bytes, and their hash, stay unchanged."""
-    prov = path.with_suffix(".json")
-    try:
-        record = json.loads(prov.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(record, dict) or record.get("sha256") != sha256:
-        return None
-    restriction = record.get("domain_restriction")
-    return restriction if isinstance(restriction, dict) else None
+    return record if isinstance(record, dict) and record.get("sha256") == sha256 else None
 
 
 def restrict_domain(text: str | None, restriction: dict[str, Any] | None, path: Path) -> str | None:
@@ -172,8 +159,7 @@ def restrict_domain(text: str | None, restriction: dict[str, Any] | None, path: 
     out = {**base, "ranges": ranges}
     limit = restriction.get("metallic_columns_max")
     if limit is not None:
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-            raise ValueError(f"{path}: domain_restriction: metallic_columns_max must be an integer >= 0")
+        limit = _metallic_bound(limit, path, f"domain_restriction of {card}")
         old = base.get("metallic_columns_max")
         out["metallic_columns_max"] = limit if old is None else min(limit, int(old))
     return json.dumps(out)
@@ -243,8 +229,12 @@ class OnnxModel:
             raise ValueError(f"{path}: needs outputs 'force' and 'density' (SPEC §9), has {sorted(outputs)}")
         metadata = dict(session.get_modelmeta().custom_metadata_map)
         sha256 = _sha256(path)
-        domain_text = restrict_domain(metadata.get(DOMAIN_KEY) or provenance_domain(path, sha256),
-                                      provenance_restriction(path, sha256), path)
+        card = provenance_record(path, sha256) or {}
+        declared = metadata.get(DOMAIN_KEY)
+        if not declared and "domain" in card:
+            declared = json.dumps(card["domain"])
+        restriction = card.get("domain_restriction")
+        domain_text = restrict_domain(declared, restriction if isinstance(restriction, dict) else None, path)
         domain = parse_domain(domain_text, path)
         model = cls(name=name, path=path, sha256=sha256,
                     params=parse_model_params(metadata.get(PARAMS_KEY), path), metadata=metadata,
