@@ -63,6 +63,7 @@ class Interrupts:
         self._pending = False
         self._cancel: Callable[[], Any] | None = None
         self._previous: Any = None
+        self._previous_unraisable: Callable[[Any], None] = sys.unraisablehook
         self._installed = False
 
     # ------------------------------------------------------------------ installation
@@ -77,13 +78,24 @@ class Interrupts:
         except ValueError:  # pragma: no cover - embedded interpreters
             return self
         self._installed = True
+        self._previous_unraisable = sys.unraisablehook
+        sys.unraisablehook = self._unraisable
         _ACTIVE = self
         return self
+
+    def _unraisable(self, unraisable: Any) -> None:
+        """A Ctrl-C that landed inside a finalizer or weakref callback cannot propagate; Python would print
+        it as "Exception ignored … Traceback". It is not lost (``count`` is set and :meth:`check` raises
+        it at the next safe point), so it is not printed; any other unraisable goes to the previous hook."""
+        if isinstance(unraisable.exc_value, KeyboardInterrupt) and self.count:
+            return
+        self._previous_unraisable(unraisable)
 
     def __exit__(self, *exc: object) -> None:
         global _ACTIVE
         if self._installed:
             signal.signal(signal.SIGINT, self._previous)
+            sys.unraisablehook = self._previous_unraisable
             self._installed = False
             _ACTIVE = None
             if self.count and self.bound_exit:

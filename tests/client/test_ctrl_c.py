@@ -87,3 +87,28 @@ def test_a_swallowed_ctrl_c_still_stops_the_run(tmp_path):
     assert traj.checkpoint_step == 5 and not traj.complete
     assert traj.series_step == list(range(6))
     assert np.all(np.isfinite(traj.checkpoint_q))
+
+
+def test_ctrl_c_inside_a_finalizer_is_not_printed_as_a_traceback() -> None:
+    """A Ctrl-C landing in a weakref callback or __del__ reaches sys.unraisablehook (Python would print
+    "Exception ignored … Traceback"); while Interrupts is active and a Ctrl-C was counted it is dropped
+    (check() raises it at the next safe point), other unraisables still reach the previous hook."""
+    import sys
+    import types
+
+    from neqforce.client.interrupt import Interrupts
+
+    seen: list[BaseException] = []
+    before = sys.unraisablehook
+    sys.unraisablehook = lambda u: seen.append(u.exc_value)
+    try:
+        with Interrupts() as guard:
+            guard.count = 1  # as the SIGINT handler leaves it
+            sys.unraisablehook(types.SimpleNamespace(exc_value=KeyboardInterrupt()))
+            other = RuntimeError("finalizer bug")
+            sys.unraisablehook(types.SimpleNamespace(exc_value=other))
+            with pytest.raises(KeyboardInterrupt):
+                guard.check()
+        assert seen == [other]
+    finally:
+        sys.unraisablehook = before
