@@ -3,6 +3,8 @@ column to a perturbation of every column farther than d from it (docs/nonlocalit
 
     python bench/locality_response.py data/vrange data/vhigh --out runs/locality.json
     python bench/locality_response.py data/vrange --voltages 3.0 --frames 1 --distances 8 --out /tmp/x.json
+    python bench/locality_response.py data/vrange data/vhigh --voltages 3.5 --distances 8,12 --sigmas 0.3 \
+        --noise iid,column,staggered,permute --targets 2,5 --out runs/locality_kinds.json
 
 Frames: validation-block frames (never trained on) of 30×28 NEGF-BD trajectories at each voltage whose
 metallic domain is connected to the left electrode and has 6 to lx − 12 columns, evenly spaced over the
@@ -15,6 +17,15 @@ the draws, in the paper's metric (F / 1.494), next to the model's own error on t
 the model's change under the same perturbation (zero for a purely local model once d ≥ r_c; its global
 inputs can still move). A descriptor of radius r_c cannot know what lies beyond r_c: where the exact
 response at d = r_c is comparable to the model's error, more data or width cannot remove that error.
+
+``--noise`` picks what the far columns get (per-site RMS σ for the first three, so they compare):
+``iid`` independent N(0, σ²) per site (the default); ``column`` one N(0, σ²) shift per column (k_y = 0:
+moves the column mean of Q only); ``staggered`` one N(0, σ²) amplitude per column times (-1)^(x+y) (moves
+the column's CDW order only); ``permute`` each far column's even rows shuffled among themselves and its
+odd rows likewise (no σ: every column mean of Q and of the staggered Q kept exactly, the configuration
+detail along y rearranged). A response to ``permute`` or ``iid`` far above ``column`` + ``staggered`` is
+configuration detail that column means cannot carry (the long-range channel of model 0.5 sees column
+statistics only).
 
 Results are cached per (frame, column, d, σ, draw) in the ``--out`` JSON (atomic writes, resumable).
 """
@@ -37,6 +48,28 @@ from neqforce.trajectory import Trajectory
 
 F_NORM = 1.494
 TARGETS = (("metal, wall − 4", -4), ("CDW, wall + 2", 2), ("CDW, wall + 5", 5))
+NOISES = ("iid", "column", "staggered", "permute")
+
+
+def far_perturbation(q: np.ndarray, far: np.ndarray, sigma: float, noise: str,
+                     rng: np.random.Generator) -> np.ndarray:
+    """``q`` with the columns where ``far`` is set perturbed by ``noise`` (module docstring)."""
+    lx, ly = q.shape
+    if noise == "iid":
+        return q + np.where(far[:, None], sigma * rng.standard_normal(q.shape), 0.0)
+    if noise in ("column", "staggered"):
+        shift = sigma * rng.standard_normal((lx, 1))
+        if noise == "staggered":
+            shift = shift * (1 - 2 * ((np.arange(lx)[:, None] + np.arange(ly)[None, :]) % 2))
+        return q + np.where(far[:, None], shift, 0.0)
+    if noise == "permute":
+        out = q.copy()
+        for parity in (0, 1):  # a shuffle within each sublattice row set, independently per column
+            rows = np.arange(parity, ly, 2)
+            keys = rng.random((lx, rows.size)).argsort(axis=1)
+            out[:, rows] = np.where(far[:, None], np.take_along_axis(q[:, rows], keys, axis=1), q[:, rows])
+        return out
+    raise ValueError(f"unknown noise {noise!r} (known: {', '.join(NOISES)})")
 
 
 def pick_frames(trajs: list[Trajectory], voltage: float,
@@ -78,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--distances", default="4,6,8,10,12")
     ap.add_argument("--sigmas", default="0.1,0.3", help="perturbation amplitudes (thermal: sqrt(T/k) ~ 0.32)")
     ap.add_argument("--draws", type=int, default=2)
+    ap.add_argument("--noise", default="iid", help=f"far perturbations, comma-separated: {', '.join(NOISES)}")
+    ap.add_argument("--targets", default="-4,2,5", help="target columns relative to the wall")
     ap.add_argument("--model", type=Path, default=None, help="ONNX model (default: the bundled one)")
     ap.add_argument("--out", type=Path, required=True, help="JSON cache of exact forces (resumable)")
     args = ap.parse_args(argv)
@@ -88,6 +123,11 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: {exc}") from None
     distances = [int(d) for d in args.distances.split(",")]
     sigmas = [float(s) for s in args.sigmas.split(",")]
+    noises = args.noise.split(",")
+    if unknown := [n for n in noises if n not in NOISES]:
+        raise SystemExit(f"error: unknown noise {unknown[0]!r} (known: {', '.join(NOISES)})")
+    wanted = {int(t) for t in args.targets.split(",")}
+    targets = [(name, off) for name, off in TARGETS if off in wanted]
     cache: dict = json.loads(args.out.read_text()) if args.out.exists() else {}
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
@@ -111,21 +151,23 @@ def main(argv: list[str] | None = None) -> int:
             exact0 = np.asarray(cache[base_key])
             model_el0 = model_force(q, v) - elastic_force(q, params)  # the model's electronic force
             x = np.arange(q.shape[0])
-            for name, off in TARGETS:
+            for name, off in targets:
                 x0 = wall + off
                 if not 0 <= x0 < q.shape[0]:
                     continue
                 err = float(np.sqrt(np.mean((model_el0[x0] - exact0[x0]) ** 2)) / F_NORM)
-                for sigma in sigmas:
-                    row = rows.setdefault((name, sigma), {"err": [], **{d: [] for d in distances},
-                                                          **{f"m{d}": [] for d in distances}})
+                for sigma, noise in ((s, n) for n in noises for s in (sigmas if n != "permute" else [0.0])):
+                    row = rows.setdefault((name, sigma, noise), {"err": [], **{d: [] for d in distances},
+                                                                 **{f"m{d}": [] for d in distances}})
                     row["err"].append(err)
                     for d in distances:
                         far = np.abs(x - x0) > d
                         for k in range(args.draws):
-                            rng = np.random.default_rng([fi, x0, d, int(sigma * 1000), k, int(v * 1000)])
-                            qp = q + np.where(far[:, None], sigma * rng.standard_normal(q.shape), 0.0)
-                            key = f"{name_of_file}:{step}:{x0}:{d}:{sigma}:{k}"
+                            rng = np.random.default_rng([fi, x0, d, int(sigma * 1000), k, int(v * 1000),
+                                                         NOISES.index(noise)][:6 if noise == "iid" else 7])
+                            qp = far_perturbation(q, far, sigma, noise, rng)
+                            key = f"{name_of_file}:{step}:{x0}:{d}:{sigma}:{k}" + (
+                                "" if noise == "iid" else f":{noise}")
                             if key not in cache:
                                 cache[key] = exact_column(qp, params, x0).tolist()
                                 atomic_write_text(args.out, json.dumps(cache))
@@ -135,12 +177,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"V = {v:g}: {len(frames)} frames (walls at columns "
               f"{', '.join(str(w) for *_, w in frames)})")
         head = "".join(f"{'d=' + str(d):>9s}" for d in distances)
-        print(f"  {'target':16s}{'σ':>5s}{'model err':>11s}{head}   model change at the same d")
-        for (name, sigma), row in rows.items():
+        print(f"  {'target':16s}{'noise':>10s}{'σ':>5s}{'model err':>11s}{head}   model change at the same d")
+        for (name, sigma, noise), row in rows.items():
             exact = "".join(f"{np.sqrt(np.mean(np.square(row[d]))):9.4f}" for d in distances)
             changes = " ".join(f"{np.sqrt(np.mean(np.square(row[f'm{d}']))):.4f}" for d in distances)
             err_rms = np.sqrt(np.mean(np.square(row["err"])))
-            print(f"  {name:16s}{sigma:5.2f}{err_rms:11.4f}{exact}   {changes}")
+            print(f"  {name:16s}{noise:>10s}{sigma:5.2f}{err_rms:11.4f}{exact}   {changes}")
     return 0
 
 
