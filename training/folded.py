@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .descriptors import offsets
-from .global_features import GlobalFeatures
+from .global_features import GlobalFeatures, n_site
 from .model import ACTIVATIONS, ForceModel, neighbour_sum
 
 
@@ -33,6 +33,9 @@ class FoldedForceModel(nn.Module):
     def __init__(self, model: ForceModel) -> None:
         super().__init__()
         cfg = model.config
+        if model.globals is not None and n_site(model.globals.kind):
+            raise ValueError(f"global features {model.globals.kind!r} have per-site inputs (the row-channel "
+                             "prototype): not exportable to ONNX yet")
         r = self.r_cut = cfg.r_cut
         off = offsets(r)
         w = 2 * r + 1

@@ -48,6 +48,15 @@ RANGE_STATS: tuple[str, ...] = ("M", "qbar", "D", "I")
 _BINS_LR = [(-b, -a) for a, b in RANGE_BINS] + list(RANGE_BINS)
 GLOBAL_FEATURES["voltage+metal+range"] = GLOBAL_FEATURES["voltage+metal"] + tuple(
     f"{st}[{lo}:{hi}]" for lo, hi in _BINS_LR for st in RANGE_STATS)
+#: Row channel (prototype, training only: docs/nonlocality.md §7): per site, bin means along x of two
+#: row statistics at the site's row and the rows ±1, ±2 (each pair averaged: mirror-invariant).
+ROW_OFFSETS: tuple[int, ...] = (0, 1, 2)
+ROW_STATS: tuple[str, ...] = ("s_i*m", "q")
+#: Per-site features of a kind (the rest of its features are per column).
+SITE_FEATURES: dict[str, tuple[str, ...]] = {"voltage+metal+range+rows": tuple(
+    f"row{dy}:{st}[{lo}:{hi}]" for lo, hi in _BINS_LR for dy in ROW_OFFSETS for st in ROW_STATS)}
+GLOBAL_FEATURES["voltage+metal+range+rows"] = (GLOBAL_FEATURES["voltage+metal+range"]
+                                                + SITE_FEATURES["voltage+metal+range+rows"])
 #: Width of the soft metallicity step, in units of q0 (c = 0.9997 at M = 0.1 q0, 5e-5 at M = q0).
 SOFT_WIDTH = 0.05
 #: log c is clamped here so that a fully ordered column gives exp(-30), never log(0) = -inf.
@@ -63,6 +72,11 @@ def n_global(kind: str) -> int:
         known = ", ".join(repr(k) for k in GLOBAL_FEATURES)
         raise ValueError(f"unknown global features {kind!r} (known: {known})")
     return len(GLOBAL_FEATURES[kind])
+
+
+def n_site(kind: str) -> int:
+    """Number of the set's features that vary along y (the last ones); 0 for per-column sets."""
+    return len(SITE_FEATURES.get(kind, ()))
 
 
 def needs_voltage(kind: str) -> bool:
@@ -141,6 +155,30 @@ class GlobalFeatures(nn.Module):
         bottom = csum[:, x + self.range_lo]
         return ((top - bottom) / self.range_width).flatten(2)
 
+    def row_channel(self, q: torch.Tensor) -> torch.Tensor:
+        """Per-site long-range channel (prototype, ``+rows``): for each bin of :data:`RANGE_BINS` (left,
+        right) and each row offset dy of :data:`ROW_OFFSETS`, the bin means along x, on rows y ± dy
+        (averaged), of ``s_i m_j`` (the local order relative to the site's own sublattice sign s_i =
+        (-1)^(x+y): invariant under y-translations) and of ``q``. (B, lx, ly, 72); O(N) per row."""
+        lx, ly = q.shape[1], q.shape[2]
+        m = self.local_order(q)  # (-1)^(x+y) … : s_j m'_j
+        stats = torch.stack([m, q], dim=-1)  # (B, lx, ly, 2)
+        reach = RANGE_BINS[-1][1]
+        padded = nn.functional.pad(stats, (0, 0, 0, 0, reach + 1, reach))
+        csum = torch.cumsum(padded, dim=1)  # (B, lx + 2R + 1, ly, 2)
+        x = torch.arange(lx, device=q.device).unsqueeze(1)
+        binned = (csum[:, x + self.range_hi] - csum[:, x + self.range_lo]) / self.range_width.unsqueeze(-1)
+        # (B, lx, n_bins, ly, 2); the site's own sign turns s_j m into s_i s_j m (relative)
+        y = torch.arange(ly, device=q.device)
+        sign = 1.0 - 2.0 * torch.remainder(x + y.unsqueeze(0), 2).to(q.dtype)  # (lx, ly)
+        rows = []
+        for dy in ROW_OFFSETS:
+            up, down = torch.remainder(y + dy, ly), torch.remainder(y - dy, ly)
+            rows.append(0.5 * (binned[:, :, :, up] + binned[:, :, :, down]))
+        out = torch.stack(rows, dim=3)  # (B, lx, n_bins, n_dy, ly, 2)
+        out = torch.cat([out[..., :1] * sign[None, :, None, None, :, None], out[..., 1:]], dim=-1)
+        return out.permute(0, 1, 4, 2, 3, 5).reshape(q.shape[0], lx, ly, -1)
+
     def _elementwise(self, fn, t: torch.Tensor) -> torch.Tensor:
         """``fn`` (element-wise, transcendental) of a (B, lx) tensor. Batch-invariant copy: each lattice's
         row is padded to a multiple of :data:`ALIGN` columns first, so that every element is computed in
@@ -170,6 +208,6 @@ class GlobalFeatures(nn.Module):
         touch = p[:, -1:].expand(b, lx)
         feats = [ll, p, p * ll, touch, lr, r, r * lr]
         out = torch.cat([v, torch.stack(feats, dim=-1)], dim=-1)
-        if self.kind == "voltage+metal+range":
+        if self.kind.startswith("voltage+metal+range"):
             out = torch.cat([out, self.range_channel(q)], dim=-1)
         return out

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .descriptors import DESCRIPTORS, R_CUT, descriptor_name, n_features, offsets
-from .global_features import GlobalFeatures, n_global, needs_voltage
+from .global_features import GlobalFeatures, n_global, n_site, needs_voltage
 
 Pair = tuple[torch.Tensor, torch.Tensor]
 ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh, "gelu": nn.GELU}
@@ -99,6 +99,9 @@ PRESETS: dict[str, ModelConfig] = {
     # + a long-range channel along x: bin means of column statistics out to 47 columns (nonlocality.md §5)
     "range": ModelConfig(descriptor="paper+elec", hidden=(32, 64), activation="silu", r_cut=8,
                          global_features="voltage+metal+range"),
+    # prototype, training only (no ONNX export): + a per-site row channel (docs/nonlocality.md §7)
+    "rows": ModelConfig(descriptor="paper+elec", hidden=(32, 64), activation="silu", r_cut=8,
+                        global_features="voltage+metal+range+rows"),
 }
 
 
@@ -237,6 +240,8 @@ class ForceModel(nn.Module):
         if self.globals is not None:
             g = self.globals(q, self.voltages(q, voltage))  # (B, lx, n_g)
             s = torch.cat([s, g.unsqueeze(2).expand(-1, -1, q.shape[-1], -1)], dim=-1)
+            if n_site(self.globals.kind):  # per-site inputs (the row channel prototype), last
+                s = torch.cat([s, self.globals.row_channel(q)], dim=-1)
         return s, a
 
     def electronic(self, q: torch.Tensor, voltage: torch.Tensor | None = None) -> torch.Tensor:

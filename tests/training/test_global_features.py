@@ -272,3 +272,30 @@ def test_range_committee_exports_batch_invariant_and_matches_torch(tmp_path):
     with torch.no_grad():
         tf = ens(torch.from_numpy(q), torch.from_numpy(v))[0].numpy()
     np.testing.assert_allclose(f, tf, atol=1e-4)
+
+
+def test_row_channel_prototype_is_mirror_and_translation_invariant_and_not_exported() -> None:
+    """The per-site row channel (docs/nonlocality.md §7) keeps the model's symmetries; export refuses it."""
+    from neqforce.training.folded import FoldedForceModel
+    from neqforce.training.global_features import GlobalFeatures
+    from neqforce.training.model import PRESETS, build_model
+
+    lx, ly = 60, 28
+    x, y = torch.arange(lx)[:, None], torch.arange(ly)[None]
+    g = torch.Generator().manual_seed(3)
+    q = (2.3 * (1 - 2 * ((x + y) % 2)) + 0.3 * torch.randn(lx, ly, generator=g, dtype=torch.float64))[None]
+    gf = GlobalFeatures("voltage+metal+range+rows", 2.3855).double()
+    f = gf.row_channel(q)
+    assert f.shape == (1, lx, ly, 72) and (f[0, 30] != 0).any()
+    assert torch.allclose(torch.roll(f, 1, 2), gf.row_channel(torch.roll(q, 1, 2)), atol=1e-12)
+    mirror = (-torch.arange(ly)) % ly
+    assert torch.allclose(f[:, :, mirror], gf.row_channel(q[:, :, mirror]), atol=1e-12)
+    # a far column shuffled along y moves the row channel of a site 20 columns away, not its column means
+    qs = q.clone()
+    qs[0, 50] = q[0, 50, torch.roll(torch.arange(ly), 2)]
+    assert not torch.allclose(gf.row_channel(qs)[0, 30], f[0, 30])
+    model = build_model(PRESETS["rows"], {"g": 1.5, "k": 1.0, "kappa": 0.18, "voltage": 3.0})
+    s, _ = model.features(q.float())
+    assert s.shape[-1] == model.s_mean.shape[0]
+    with pytest.raises(ValueError, match="not exportable"):
+        FoldedForceModel(model)
