@@ -96,6 +96,7 @@ class RunningServer:
             self._server.stop(grace).wait(grace + STOP_MARGIN_S)
             self.servicer.close()
             self._negf.shutdown()
+            self.servicer.settle(STOP_MARGIN_S)  # requests failed by the shutdown report before it completes
             self._metrics.close()
             self._stopped.set()
             log_event(log, logging.INFO, "shutdown_complete", computing=self.computing)

@@ -82,6 +82,8 @@ class ForceServicer(pb_grpc.ForceServiceServicer):
         self.negf_admission = Admission("negf", cfg.negf_concurrency, cfg.negf_max_queue, metrics)
         self._streams: set[_OpenStream] = set()
         self._lock = threading.Lock()
+        self._handling = 0  # requests inside _handle (computing, or reporting how they ended)
+        self._handled = threading.Condition(self._lock)
         self._info = self._build_info()
         self._routes: dict[tuple, tuple[HolsteinParams, Route, dict[str, float]]] = {}
         self._closed = threading.Event()
@@ -91,6 +93,19 @@ class ForceServicer(pb_grpc.ForceServiceServicer):
     def close(self) -> None:
         """Stop the idle-stream watchdog (on server shutdown)."""
         self._closed.set()
+
+    def settle(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s until every request has finished handling (and logging) except ONNX
+        Runtime calls still computing, which cannot be interrupted. On shutdown, after the NEGF workers are
+        killed, so that the requests they fail report before ``shutdown_complete``. True when settled."""
+        deadline = time.monotonic() + timeout
+        with self._handled:
+            while self._handling > self.onnx_admission.active:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._handled.wait(min(left, 0.05))  # ONNX slots are released elsewhere: poll too
+        return True
 
     @property
     def computing(self) -> int:
@@ -152,6 +167,17 @@ class ForceServicer(pb_grpc.ForceServiceServicer):
     # --- request handling -------------------------------------------------------------------------------
     def _handle(self, request: pb.ComputeForcesRequest, context: grpc.ServicerContext,
                 method: str) -> pb.ComputeForcesResponse:
+        with self._handled:
+            self._handling += 1
+        try:
+            return self._handle_counted(request, context, method)
+        finally:
+            with self._handled:
+                self._handling -= 1
+                self._handled.notify_all()
+
+    def _handle_counted(self, request: pb.ComputeForcesRequest, context: grpc.ServicerContext,
+                        method: str) -> pb.ComputeForcesResponse:
         start = time.perf_counter()
         label = "none"
         try:

@@ -158,3 +158,50 @@ def test_daemon_thread_pool_runs_work_and_is_not_joined() -> None:
     with pytest.raises(RuntimeError):
         pool.submit(print)
     blocker.set()
+
+
+def test_a_request_failed_by_shutdown_reports_before_shutdown_complete(monkeypatch) -> None:
+    """A handler thread that is slow to report the failure of its NEGF call (killed by the shutdown) still
+    logs it before ``shutdown_complete``: stop() waits for it (bounded). Made deterministic by delaying the
+    handler's log call — the race a fresh-clone CI hit twice in ~10 runs."""
+    from neqforce.physics import HolsteinParams
+    from neqforce.server import app as app_module
+    from neqforce.server import service as service_module
+    from neqforce.server.app import start_server
+    from neqforce.server.config import ServerConfig
+
+    order: list[str] = []
+    real_app_log, real_service_log = app_module.log_event, service_module.log_event
+
+    def app_log(logger, level, event, **fields):
+        order.append(event)
+        real_app_log(logger, level, event, **fields)
+
+    def slow_service_log(logger, level, event, **fields):
+        if event == "request_failed":
+            time.sleep(0.5)  # the handler thread descheduled between the failure and its report
+        order.append(event)
+        real_service_log(logger, level, event, **fields)
+
+    monkeypatch.setattr(app_module, "log_event", app_log)
+    monkeypatch.setattr(service_module, "log_event", slow_service_log)
+    srv = start_server(ServerConfig(host="127.0.0.1", port=0, models=[], grace_s=0.5, negf_max_sites=2500))
+    try:
+        p = HolsteinParams(lx=50, ly=50)
+        q = np.random.default_rng(0).normal(0.0, 1.0, p.shape)
+        with grpc.insecure_channel(srv.address) as ch:
+            call = pb_grpc.ForceServiceStub(ch).ComputeForces.future(
+                _request(q, p, pb.BACKEND_NEGF), timeout=600)
+            deadline = time.monotonic() + 30
+            while srv.servicer.negf_admission.active == 0 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert srv.servicer.negf_admission.active == 1 and not call.done()
+            start = time.monotonic()
+            srv.stop()
+            took = time.monotonic() - start
+            with pytest.raises(grpc.RpcError):
+                call.result(timeout=30)
+    finally:
+        srv.stop()
+    assert order.index("request_failed") < order.index("shutdown_complete"), order
+    assert took < 0.5 + 2.0 + 3.0, took
