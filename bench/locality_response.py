@@ -163,11 +163,11 @@ def main(argv: list[str] | None = None) -> int:
                     for d in distances:
                         far = np.abs(x - x0) > d
                         for k in range(args.draws):
-                            rng = np.random.default_rng([fi, x0, d, int(sigma * 1000), k, int(v * 1000),
-                                                         NOISES.index(noise)][:6 if noise == "iid" else 7])
-                            qp = far_perturbation(q, far, sigma, noise, rng)
-                            key = f"{name_of_file}:{step}:{x0}:{d}:{sigma}:{k}" + (
-                                "" if noise == "iid" else f":{noise}")
+                            seed = [fi, x0, d, int(sigma * 1000), k, int(v * 1000)]
+                            key = f"{name_of_file}:{step}:{x0}:{d}:{sigma}:{k}"
+                            if noise != "iid":  # iid keeps §5's seeds and cache keys
+                                seed, key = seed + [NOISES.index(noise)], f"{key}:{noise}"
+                            qp = far_perturbation(q, far, sigma, noise, np.random.default_rng(seed))
                             if key not in cache:
                                 cache[key] = exact_column(qp, params, x0).tolist()
                                 atomic_write_text(args.out, json.dumps(cache))

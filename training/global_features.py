@@ -139,21 +139,27 @@ class GlobalFeatures(nn.Module):
 
     def range_channel(self, q: torch.Tensor) -> torch.Tensor:
         """Bin means of (M, qbar, D, I) at the offsets of :data:`RANGE_BINS`, left bins then right ones,
-        (B, lx, 48) (module docstring). Bin sums are differences of one cumulative sum along x (in x
-        order for each lattice: batch-invariant)."""
-        lx = q.shape[1]
+        (B, lx, 48) (module docstring)."""
         m = self.local_order(q)
         mean_m = self._mean_y(m)
         stats = torch.stack([self._mean_y(m.abs()), self._mean_y(q), self._mean_y(m * m) - mean_m * mean_m,
                              torch.ones_like(mean_m)], dim=-1)  # (B, lx, 4)
+        return self._bin_means(stats).flatten(2)
+
+    def _bin_means(self, t: torch.Tensor) -> torch.Tensor:
+        """Means of ``t`` (B, lx, …) over the columns x + lo … x + hi of every bin (left bins, then right
+        ones; columns beyond an electrode count as 0), (B, lx, n_bins, …). Bin sums are differences of one
+        cumulative sum along x (in x order for each lattice: batch-invariant)."""
+        lx, rest = t.shape[1], t.dim() - 2
         reach = RANGE_BINS[-1][1]
-        padded = nn.functional.pad(stats, (0, 0, reach + 1, reach))  # a leading 0 row for the cumsum
-        csum = torch.cumsum(padded, dim=1)  # row j: sum of columns ≤ j - R - 1, (B, lx + 2R + 1, 4)
+        padded = nn.functional.pad(t, (0, 0) * rest + (reach + 1, reach))  # a leading 0 row for the cumsum
+        csum = torch.cumsum(padded, dim=1)  # row j: sum of columns ≤ j - R - 1, (B, lx + 2R + 1, …)
         # columns x + lo … x + hi sit at padded rows x + lo + R + 1 … x + hi + R + 1: one gather per end
-        x = torch.arange(lx, device=q.device).unsqueeze(1)
-        top = csum[:, x + self.range_hi]  # (B, lx, n_bins, 4)
+        x = torch.arange(lx, device=t.device).unsqueeze(1)
+        top = csum[:, x + self.range_hi]  # (B, lx, n_bins, …)
         bottom = csum[:, x + self.range_lo]
-        return ((top - bottom) / self.range_width).flatten(2)
+        width = self.range_width.reshape(-1, *([1] * rest))  # (n_bins, 1, …)
+        return (top - bottom) / width
 
     def row_channel(self, q: torch.Tensor) -> torch.Tensor:
         """Per-site long-range channel (prototype, ``+rows``): for each bin of :data:`RANGE_BINS` (left,
@@ -162,13 +168,9 @@ class GlobalFeatures(nn.Module):
         (-1)^(x+y): invariant under y-translations) and of ``q``. (B, lx, ly, 72); O(N) per row."""
         lx, ly = q.shape[1], q.shape[2]
         m = self.local_order(q)  # (-1)^(x+y) … : s_j m'_j
-        stats = torch.stack([m, q], dim=-1)  # (B, lx, ly, 2)
-        reach = RANGE_BINS[-1][1]
-        padded = nn.functional.pad(stats, (0, 0, 0, 0, reach + 1, reach))
-        csum = torch.cumsum(padded, dim=1)  # (B, lx + 2R + 1, ly, 2)
+        binned = self._bin_means(torch.stack([m, q], dim=-1))  # (B, lx, n_bins, ly, 2)
+        # the site's own sign turns s_j m into s_i s_j m (relative)
         x = torch.arange(lx, device=q.device).unsqueeze(1)
-        binned = (csum[:, x + self.range_hi] - csum[:, x + self.range_lo]) / self.range_width.unsqueeze(-1)
-        # (B, lx, n_bins, ly, 2); the site's own sign turns s_j m into s_i s_j m (relative)
         y = torch.arange(ly, device=q.device)
         sign = 1.0 - 2.0 * torch.remainder(x + y.unsqueeze(0), 2).to(q.dtype)  # (lx, ly)
         rows = []
