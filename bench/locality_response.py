@@ -126,7 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     noises = args.noise.split(",")
     if unknown := [n for n in noises if n not in NOISES]:
         raise SystemExit(f"error: unknown noise {unknown[0]!r} (known: {', '.join(NOISES)})")
-    wanted = {int(t) for t in args.targets.split(",")}
+    known = {off for _, off in TARGETS}
+    try:
+        wanted = {int(t) for t in args.targets.split(",")}
+    except ValueError:
+        raise SystemExit(f"error: --targets takes integers, got {args.targets!r}") from None
+    if wanted - known:
+        raise SystemExit(f"error: --targets {sorted(wanted - known)} : no such target (known offsets from the wall: {sorted(known)})")
     targets = [(name, off) for name, off in TARGETS if off in wanted]
     cache: dict = json.loads(args.out.read_text()) if args.out.exists() else {}
     args.out.parent.mkdir(parents=True, exist_ok=True)
