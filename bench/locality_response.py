@@ -132,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         raise SystemExit(f"error: --targets takes integers, got {args.targets!r}") from None
     if wanted - known:
-        raise SystemExit(f"error: --targets {sorted(wanted - known)} : no such target (known offsets from the wall: {sorted(known)})")
+        raise SystemExit(f"error: --targets {sorted(wanted - known)}: no such target "
+                         f"(known offsets from the wall: {sorted(known)})")
     targets = [(name, off) for name, off in TARGETS if off in wanted]
     cache: dict = json.loads(args.out.read_text()) if args.out.exists() else {}
     args.out.parent.mkdir(parents=True, exist_ok=True)
