@@ -58,6 +58,9 @@ LOG = "learn.jsonl"
 FORMAT = "neqforce.learn/1"
 
 
+LEARN_PRESETS = ("voltage", "range")  # exportable presets with a voltage input
+
+
 @dataclass
 class LearnOptions:
     """Everything ``neqforce learn`` can be told (see the module docstring)."""
@@ -114,6 +117,10 @@ def _check(opts: LearnOptions) -> None:
         raise ValueError("give the NEGF-BD data the committee trains on (one or more dataset folders)")
     if opts.model is not None and not Path(opts.model).is_file():
         raise ValueError(f"model file not found: {opts.model}")
+    preset = opts.train.get("preset", "voltage")
+    if preset not in LEARN_PRESETS:
+        raise ValueError(f"--preset must be one of {', '.join(LEARN_PRESETS)} (a committee with a voltage "
+                         f"input that exports to ONNX), got {preset!r}")
     from neqforce.client.sweep_grid import grid_points, parse_grid
 
     if not grid_points(parse_grid(opts.grid)):
@@ -217,6 +224,10 @@ def explore(opts: LearnOptions, model: Path, folder: Path, echo: Echo) -> list[C
     """ML-BD at every target point with ``model`` (the sweep engine, explicit ONNX backend) into
     ``folder``; returns every explored frame with the committee's largest per-site spread on it."""
     from neqforce.client.sweep import SweepOptions, run_path, run_sweep
+    preset = opts.train.get("preset", "voltage")
+    if preset not in LEARN_PRESETS:
+        raise ValueError(f"--preset must be one of {', '.join(LEARN_PRESETS)} (a committee with a voltage "
+                         f"input that exports to ONNX), got {preset!r}")
     from neqforce.client.sweep_grid import grid_points, parse_grid
 
     sweep = SweepOptions(out=folder, grid=dict(opts.grid), seeds=opts.seeds, steps=opts.steps, dt=opts.dt,

@@ -34,6 +34,8 @@ def learn_cmd(
     workers: int = typer.Option(None, help="Embedded Dask workers (default: one per core)."),
     scheduler: str = typer.Option(None, help="Existing Dask scheduler, tcp://HOST:PORT."),
     spread_target: float = typer.Option(None, help="Calibration target, force RMSE (default 0.0259)."),
+    preset: str = typer.Option("voltage", help="Training preset of the members: 'voltage' or 'range' "
+                               "(the bundled model's; docs/ml_model.md, 'Presets')."),
     epochs: int = typer.Option(30, help="Training epochs per member."),
     hidden: str = typer.Option("", help="Override hidden widths, e.g. '32,64'."),
     r_cut: int = typer.Option(0, help="Override the cutoff radius (0: preset)."),
@@ -50,6 +52,8 @@ def learn_cmd(
         from neqforce.training.learn import LearnOptions, run_learn
 
         train: dict = {"epochs": epochs, "batch_size": batch_size, "patience": patience}
+        if preset != "voltage":  # recorded only when not the default: older learn folders still resume
+            train["preset"] = preset
         if hidden:
             train["hidden"] = [int(h) for h in hidden.split(",")]
         if r_cut:

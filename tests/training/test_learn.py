@@ -189,6 +189,24 @@ def test_bad_options_are_one_line_errors(data, tmp_path):
     assert "Traceback" not in res.output
     res = _learn(data, tmp_path / "y", "--threshold", "-1")
     assert res.exit_code != 0 and "error: --threshold" in res.output
+    res = _learn(data, tmp_path / "z", "--preset", "rows")  # no ONNX export: cannot explore
+    assert res.exit_code == 2 and "error: --preset must be one of voltage, range" in res.output
+    assert "Traceback" not in res.output and not (tmp_path / "z").exists()
+
+
+def test_range_preset_trains_the_committee_with_the_long_range_channel(data, tmp_path):
+    """``--preset range`` (the bundled model's recipe) reaches the members and the exported graph."""
+    from neqforce.training.checkpoint import read_checkpoint
+    from neqforce.training.learn import model_path
+
+    out = tmp_path / "r"
+    res = _learn(data, out, "--max-iterations", "0", "--preset", "range")
+    assert res.exit_code == 0, res.output
+    for i in range(2):
+        config = read_checkpoint(out / "init" / "train" / f"m{i}" / "model.pt")["config"]
+        assert config["global_features"] == "voltage+metal+range"
+    assert model_path(out, 0).is_file()
+    assert json.loads((out / "learn.json").read_text())["request"]["train"]["preset"] == "range"
 
 
 def test_server_info_shows_the_committee_spread_threshold(one_iteration):
