@@ -194,7 +194,7 @@ HIGH_SPREAD = "HIGH_SPREAD"
 
 
 def spread_check(chosen: Route, requested: int, std_max: float, negf_refusal: str | None) -> Route:
-    """After an ONNX answer with committee spread ``std_max`` (largest per-site std, force units):
+    """After an ONNX answer with committee spread ``std_max`` (largest per-site spread, force units):
     ``chosen`` itself when the model has no calibrated threshold or the spread is within it; over it, an
     exact-NEGF route when the request was AUTO and NEGF accepts it (``negf_refusal`` None), otherwise
     ``chosen`` flagged, its reason saying why (``negf_refusal``: why NEGF refuses the request)."""

@@ -1,7 +1,8 @@
 """Calibration of a committee's spread threshold on validation frames (metadata ``neqforce.committee``).
 
 A committee (an ensemble of 2+ members exported together) predicts, per site, the mean force and the
-spread σ_i = std over members of their forces (ddof 0, force units). The spread is useful only if a large
+spread σ_i: the std over members of their forces (ddof 0, force units), its variance averaged over the site
+and its nearest same-sublattice sites (``model.local_spread``). The spread is useful only if a large
 σ_i means a large error; the threshold turns it into a decision the server can make per request.
 
 Method (on the **validation** frames of the members' training trajectories, the blocks held out for early
@@ -28,6 +29,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+#: Committee spread definition (metadata ``neqforce.committee`` → ``spread``).
+SPREAD_DEFINITION = ("per-site committee spread: sqrt of the members' force variance (ddof 0) averaged over "
+                     "the site and its 8 nearest same-sublattice sites inside the device ((±1,±1), (±2,0), "
+                     "(0,±2); y periodic), force units")
 #: Default accuracy target: RMSE of the force equal to the issue's MSE target 3e-4 in the paper's
 #: normalized metric, with the fixed normalization F_norm = 1.494: sqrt(3e-4) * 1.494.
 F_NORM = 1.494
@@ -75,7 +80,7 @@ def spread_threshold(spread: np.ndarray, error: np.ndarray, target_rmse: float =
             else "no bin exceeds the target: largest validation spread")
     return {"spread_threshold": threshold if exceeded else float(s[-1]), "threshold_rule": rule,
             "target_rmse_force": float(target_rmse), "bins": table, "spearman_sites": spearman(s, e),
-            "n_sites": int(s.size), "spread": "per-site std (ddof 0) of the members' forces, force units"}
+            "n_sites": int(s.size), "spread": SPREAD_DEFINITION}
 
 
 def calibrate_committee(model, ck: dict, data: str | os.PathLike[str] | Sequence[str],
@@ -84,10 +89,23 @@ def calibrate_committee(model, ck: dict, data: str | os.PathLike[str] | Sequence
     validation frames of the training trajectories ``ck['train_ids']`` found in ``data``."""
     import torch
 
+    def predict(q: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with torch.no_grad():
+            qt, vt = torch.from_numpy(q), torch.from_numpy(v)
+            return model(qt, vt)[0].numpy(), model.spread(qt, vt).numpy()
+
+    return calibrate_predictions(predict, ck.get("train_ids") or [], data, target_rmse, bins)
+
+
+def calibrate_predictions(predict, train_ids: Sequence[str], data: str | os.PathLike[str] | Sequence[str],
+                          target_rmse: float = TARGET_RMSE_FORCE, bins: int = 20) -> dict:
+    """The calibration record of a committee given as ``predict(q, voltage) -> (force, spread)`` (numpy,
+    (B, lx, ly)), on the validation frames of the training trajectories ``train_ids`` found in ``data``
+    (the blocks training held out for early stopping): a torch committee or an ONNX graph alike."""
     from .data import frame_groups, qualify_ids, training_validation_mask, traj_id
     from .dataset import load_dataset
 
-    train_ids = set(ck.get("train_ids") or [])
+    train_ids = set(train_ids)
     trajs = [t for t in qualify_ids(load_dataset(data)) if traj_id(t) in train_ids]
     if not trajs:
         raise ValueError("calibration data holds none of the model's training trajectories "
@@ -96,17 +114,14 @@ def calibrate_committee(model, ck: dict, data: str | os.PathLike[str] | Sequence
     for fr in frame_groups(trajs):
         fr = fr.subset(training_validation_mask(fr.step))  # as training does
         n_frames += len(fr)
-        with torch.no_grad():
-            for i in range(0, len(fr), 64):
-                q = torch.from_numpy(fr.q[i:i + 64])
-                v = torch.from_numpy(fr.voltage[i:i + 64])
-                force = model(q, v)[0].numpy().astype(np.float64)
-                spread = model.spread(q, v).numpy().astype(np.float64)
-                err = np.abs(force - fr.force[i:i + 64])
-                spreads.append(spread.ravel())
-                errors.append(err.ravel())
-                frame_max.append(spread.reshape(len(spread), -1).max(axis=1))
-                frame_rmse.append(np.sqrt(np.mean(err.reshape(len(err), -1) ** 2, axis=1)))
+        for i in range(0, len(fr), 64):
+            force, spread = predict(fr.q[i:i + 64], fr.voltage[i:i + 64])
+            force, spread = np.asarray(force, np.float64), np.asarray(spread, np.float64)
+            err = np.abs(force - fr.force[i:i + 64])
+            spreads.append(spread.ravel())
+            errors.append(err.ravel())
+            frame_max.append(spread.reshape(len(spread), -1).max(axis=1))
+            frame_rmse.append(np.sqrt(np.mean(err.reshape(len(err), -1) ** 2, axis=1)))
     sites = spread_threshold(np.concatenate(spreads), np.concatenate(errors), target_rmse, bins)
     record = frame_spread_threshold(np.concatenate(frame_max), np.concatenate(frame_rmse), target_rmse)
     record.update(site_spread_threshold=sites["spread_threshold"],
@@ -129,5 +144,5 @@ def frame_spread_threshold(frame_max_spread: np.ndarray, frame_rmse: np.ndarray,
     return {"spread_threshold": threshold if exceeded else float(s[-1]), "threshold_rule": rule,
             "target_rmse_force": float(target_rmse), "frame_bins": table, "spearman_frames": spearman(s, e),
             "n_frames": int(s.size),
-            "spread": "threshold on force_std_max, the largest per-site std (ddof 0) of the members' forces "
-                      "in a lattice, force units"}
+            "spread": "threshold on force_std_max, the largest per-site committee spread in a lattice "
+                      "(force units); per-site: " + SPREAD_DEFINITION}

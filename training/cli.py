@@ -152,8 +152,32 @@ def export_cmd(
         _fail(exc)
 
 
+def respread_cmd(
+    model: Path = typer.Argument(..., help="Committee .onnx exported before package 0.5.2 (force_std = the "
+                                 "members' per-site std)."),
+    out: Path = typer.Option(..., "--out", help="Output .onnx file."),
+    calibrate: list[Path] = typer.Option(None, help="Dataset(s) the members were trained on: recalibrate the "
+                                         "spread threshold on their validation frames (repeatable; without "
+                                         "it the threshold is dropped)."),
+) -> None:
+    """Give an exported committee the current spread (members' variance averaged over same-sublattice
+    neighbours; docs/ml_model.md, 'Committee spread') without retraining: force and density unchanged."""
+    try:
+        from neqforce.training.respread import respread
+
+        path, record = respread(model, out, [str(c) for c in calibrate] if calibrate else None)
+        thr = record.get("spread_threshold")
+        typer.echo(f"wrote {path}: force and density bit-for-bit those of {model}; spread threshold "
+                   + (f"{thr:.4g} (force units; Spearman(spread, error) on validation sites "
+                      f"{record['spearman_sites']:.3f}, frames {record['spearman_frames']:.3f})"
+                      if thr is not None else "not calibrated (pass --calibrate DATA)"))
+    except (ValueError, KeyError, OSError) as exc:
+        _fail(exc)
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``train``, ``evaluate`` and ``export`` to the ``neqforce`` app."""
+    """Add ``train``, ``evaluate``, ``export`` and ``respread`` to the ``neqforce`` app."""
     app.command("train")(train_cmd)
     app.command("evaluate")(evaluate_cmd)
     app.command("export")(export_cmd)
+    app.command("respread")(respread_cmd)

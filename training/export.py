@@ -3,9 +3,10 @@
 The exported graph is :class:`~neqforce.training.folded.FoldedForceModel`: input ``q`` float32
 [batch, lx, ly] (all dynamic), outputs ``force`` and ``density`` of the same shape; the descriptor,
 the network and the exact elastic term are all inside the graph. A model with global inputs also takes
-``voltage`` float32 [batch]; an ensemble of 2+ members (a committee) also outputs ``force_std`` (per-site
-std of the members' forces) and stores ``neqforce.committee`` (its calibrated spread threshold,
-:mod:`neqforce.training.calibration`). Metadata (``metadata_props``):
+``voltage`` float32 [batch]; an ensemble of 2+ members (a committee) also outputs ``force_std`` (the
+members' per-site std, its variance averaged over same-sublattice neighbours: ``model.local_spread``) and
+stores ``neqforce.committee`` (its calibrated spread threshold, :mod:`neqforce.training.calibration`).
+Metadata (``metadata_props``):
 ``neqforce.params``, ``neqforce.descriptor``, ``neqforce.metrics``, ``neqforce.dataset_sha256``,
 ``neqforce.version`` (SPEC §9), plus ``neqforce.architecture``, ``neqforce.training`` and
 ``neqforce.domain`` (JSON: the validity domain, see :func:`model_domain`), ``neqforce.reference``
@@ -30,6 +31,7 @@ from neqforce import __version__
 from neqforce.server.backends.integrity import REFERENCE_KEY
 from neqforce.server.backends.onnx import BATCH_INVARIANT_KEY
 
+from .calibration import SPREAD_DEFINITION
 from .checkpoint import load_model
 from .folded import FoldedEnsemble, FoldedForceModel
 from .idealized import dynamics_like_lattices
@@ -275,8 +277,8 @@ def export_checkpoint(checkpoint: str | os.PathLike[str] | list, out: str | os.P
         ck = {**ck, "metrics": {**ck.get("metrics", {}), "test": metrics}}
     meta = model_metadata(ck)
     if len(loaded) > 1:
-        committee: dict = {"members": len(loaded), "spread_threshold": None,
-                           "spread": "per-site std (ddof 0) of the members' forces, force units"}
+        committee: dict = {"members": len(loaded), "spread_threshold": None, "spread": SPREAD_DEFINITION,
+                           "spread_definition": SPREAD_DEFINITION}
         if calibrate:
             from .calibration import TARGET_RMSE_FORCE, calibrate_committee
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from .descriptors import offsets
 from .global_features import GlobalFeatures, n_site
-from .model import ACTIVATIONS, ForceModel, neighbour_sum
+from .model import ACTIVATIONS, ForceModel, local_spread, neighbour_sum
 
 
 class FoldedForceModel(nn.Module):
@@ -157,8 +157,8 @@ class FoldedForceModel(nn.Module):
 
 class FoldedEnsemble(nn.Module):
     """Mean electronic force of several folded models (one neighbour gather per cutoff, global features
-    computed once) + elastic term; with 2+ members also the committee spread ``force_std`` (per-site std,
-    ddof 0, of the members' forces; force units)."""
+    computed once) + elastic term; with 2+ members also the committee spread ``force_std``
+    (:func:`~neqforce.training.model.local_spread` of the members' per-site std, ddof 0; force units)."""
 
     def __init__(self, models: list[ForceModel]) -> None:
         super().__init__()
@@ -196,4 +196,4 @@ class FoldedEnsemble(nn.Module):
         if not self.committee:
             return force, 0.5 + el / self.g
         std = (els - el.unsqueeze(0)).pow(2).mean(0).sqrt()
-        return force, 0.5 + el / self.g, std
+        return force, 0.5 + el / self.g, local_spread(std)

@@ -258,9 +258,34 @@ class ForceModel(nn.Module):
         return el + self.elastic(q), 0.5 + el / self.g
 
 
+#: Offsets (dx, dy) of the committee spread's neighbourhood: the site and its 8 nearest sites of the same
+#: sublattice. The members' std at one site has only M − 1 degrees of freedom (a noisy estimate of the
+#: error scale); the error scale varies smoothly within a sublattice but not between the two
+#: (docs/ml_model.md, "Committee spread"), so the variance is averaged over these sites.
+SPREAD_OFFSETS = ((0, 0), (-1, -1), (-1, 1), (1, -1), (1, 1), (-2, 0), (2, 0), (0, -2), (0, 2))
+
+
+def local_spread(std: torch.Tensor) -> torch.Tensor:
+    """Committee spread (B, lx, ly) from the members' per-site std (B, lx, ly): sqrt of the mean of std² over
+    :data:`SPREAD_OFFSETS` (x: open, offsets outside the device are left out of the mean; y periodic).
+    Fixed-order sums of gathered planes: every lattice of a batch gets the floats it gets alone."""
+    var = std * std
+    lx, ly = var.shape[-2], var.shape[-1]
+    padded = nn.functional.pad(var, (0, 0, 2, 2))
+    inside = nn.functional.pad(torch.ones_like(var[:1]), (0, 0, 2, 2))
+    y = torch.arange(ly, device=var.device)
+    total = torch.zeros_like(var)
+    count = torch.zeros_like(var[:1])
+    for dx, dy in SPREAD_OFFSETS:
+        cols = torch.remainder(y + dy, ly)
+        total = total + padded[:, 2 + dx:2 + dx + lx][:, :, cols]
+        count = count + inside[:, 2 + dx:2 + dx + lx][:, :, cols]
+    return torch.sqrt(total / count)
+
+
 class EnsembleForceModel(nn.Module):
     """Mean of the electronic forces of several :class:`ForceModel` (same physics) + elastic term; the
-    committee spread is the per-site standard deviation (ddof 0) of the members' forces."""
+    committee spread is :func:`local_spread` of the per-site std (ddof 0) of the members' forces."""
 
     def __init__(self, members: list[ForceModel]) -> None:
         super().__init__()
@@ -280,8 +305,8 @@ class EnsembleForceModel(nn.Module):
         return self.member_electronic(q, voltage).mean(0)
 
     def spread(self, q: torch.Tensor, voltage: torch.Tensor | None = None) -> torch.Tensor:
-        """Committee spread: per-site std (ddof 0) of the members' forces, force units, (B, lx, ly)."""
-        return self.member_electronic(q, voltage).std(0, unbiased=False)
+        """Committee spread (:func:`local_spread` of the members' std), force units, (B, lx, ly)."""
+        return local_spread(self.member_electronic(q, voltage).std(0, unbiased=False))
 
     def forward(self, q: torch.Tensor, voltage: torch.Tensor | None = None) -> Pair:
         first = self.members[0]

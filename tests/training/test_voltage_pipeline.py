@@ -21,6 +21,7 @@ from typer.testing import CliRunner  # noqa: E402
 from neqforce.cli import app  # noqa: E402
 from neqforce.client.client import decode, encode_q  # noqa: E402
 from neqforce.physics import HolsteinParams, bulk_cdw_amplitude  # noqa: E402
+from neqforce.training.model import local_spread  # noqa: E402
 from neqforce.v1 import force_service_pb2 as pb  # noqa: E402
 from neqforce.v1 import force_service_pb2_grpc as pb_grpc  # noqa: E402
 
@@ -141,7 +142,7 @@ def served(committee):
     srv.stop(grace=0.0)
 
 
-def test_served_voltage_input_changes_the_answer_and_force_std_is_the_members_std(served, committee):
+def test_served_voltage_input_changes_the_answer_and_force_std_is_the_members_spread(served, committee):
     stub, _ = served
     q = _metal_left(8, 6, 3, seed=1)
     members = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in committee["members"]]
@@ -153,7 +154,9 @@ def test_served_voltage_input_changes_the_answer_and_force_std_is_the_members_st
         outs = np.stack([s.run(["force"], {"q": q[None].astype(np.float32),
                                            "voltage": np.array([v], np.float32)})[0][0] for s in members])
         np.testing.assert_allclose(force, outs.mean(0), atol=1e-5)
-        np.testing.assert_allclose(std, outs.std(0), atol=1e-5)
+        # the members' std, its variance averaged over same-sublattice neighbours (model.local_spread)
+        expected = local_spread(torch.from_numpy(outs.astype(np.float64).std(0))[None])[0].numpy()
+        np.testing.assert_allclose(std, expected, atol=1e-5)
         assert r.force_std_max == pytest.approx(float(std.max()), rel=1e-6)
         answers[v] = force
     assert np.abs(answers[2.5] - answers[3.5]).max() > 1e-4
