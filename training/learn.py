@@ -184,7 +184,8 @@ def _train_member(data: list[str], run: str, train_opts: Any) -> str:
 def train_committee(opts: LearnOptions, folder: Path, data: list[str], target: Path, echo: Echo) -> dict:
     """Train ``members`` members on ``data`` in ``folder/m{i}`` (resumed from their last epoch; a finished
     member is kept) and export them as one committee to ``target`` with a calibrated spread threshold.
-    Returns {"validation_mse": mean over members (paper units), "threshold": the calibrated one}."""
+    Returns {"validation_mse": mean over members (paper metric, F_norm = 1.494), "threshold": the calibrated
+    one}."""
     from .checkpoint import read_checkpoint
     from .export import export_checkpoint
     from .train import train
@@ -211,7 +212,10 @@ def train_committee(opts: LearnOptions, folder: Path, data: list[str], target: P
         if not cks[i].exists():
             echo(f"  training member {i + 1}/{opts.members} in {cks[i].parent}")
             train(data, cks[i].parent, _train_options(opts, i), resume=True, log=lambda s: None)
-    val = [float(read_checkpoint(c)["metrics"]["validation_mse"]) for c in cks]
+    # fixed normalization F_norm = 1.494 (comparable between iterations whose data differ); checkpoints of
+    # older packages only have the data-dependent one
+    metrics = [read_checkpoint(c)["metrics"] for c in cks]
+    val = [float(m.get("validation_mse_fnorm", m["validation_mse"])) for m in metrics]
     if not target.exists():
         export_checkpoint([str(c) for c in cks], target, calibrate=data, spread_target=opts.spread_target)
     com = json.loads(_load_model(target).metadata.get("neqforce.committee", "{}"))

@@ -29,6 +29,7 @@ import torch
 from neqforce import __version__
 from neqforce.physics import DEFAULT_V, bulk_cdw_amplitude, metallic_columns
 
+from .calibration import F_NORM
 from .checkpoint import read_checkpoint, save_checkpoint
 from .data import (
     Frames,
@@ -278,7 +279,10 @@ def train(data: str | os.PathLike[str] | Sequence[str], out: str | os.PathLike[s
 
     model.load_state_dict(best_state)
     model.to("cpu").eval()
-    metrics: dict = {"validation_mse": best_val * y_scale2 / f_max_train**2}
+    # validation_mse: normalized by the largest |F| of this training data (the paper's [-1, 1] scaling, data
+    # dependent); validation_mse_fnorm: by the fixed F_norm, comparable between datasets (docs/ml_model.md)
+    metrics: dict = {"validation_mse": best_val * y_scale2 / f_max_train**2,
+                     "validation_mse_fnorm": best_val * y_scale2 / F_NORM**2, "f_norm": F_NORM}
     if test_t:
         tests = frame_groups(test_t, max_step=opts.max_step)
         metrics["test"] = grouped_metrics([(predict_forces(model, te.q, te.voltage), te) for te in tests])

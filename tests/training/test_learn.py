@@ -122,6 +122,10 @@ def test_iteration_retrains_reexports_and_logs(one_iteration):
     selection = json.loads((out / "it000" / "selection.json").read_text())
     assert rec["frames_labelled"] == len(selection["frames"]) > 0
     assert rec["negf_core_hours"] > 0 and np.isfinite(rec["validation_mse"])
+    # the logged validation MSE uses the fixed normalization, not the largest |F| of the grown data
+    members = [read_checkpoint(out / "it000" / "train" / f"m{i}" / "model.pt")["metrics"] for i in range(2)]
+    assert rec["validation_mse"] == pytest.approx(np.mean([m["validation_mse_fnorm"] for m in members]))
+    assert all(m["f_norm"] == 1.494 for m in members)
     assert set(rec["max_spread"]) == {"lx=8_voltage=2.5", "lx=8_voltage=3.5", "lx=10_voltage=2.5",
                                       "lx=10_voltage=3.5"}
     assert "iteration 0: explored" in one_iteration["output"] and "core-h" in one_iteration["output"]
