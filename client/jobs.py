@@ -282,6 +282,7 @@ def _run_simulation(opts: SimulateOptions, echo: Echo) -> SimulationReport:
 
     wall0 = time.monotonic()
     created = False
+    creating = False  # _create was entered: a Ctrl-C inside it can leave the new file without ``sim``
     relax_s = 0.0
     run_info: dict[str, Any] = {"steps_before": sim.last_step if sim is not None else -1, "bd_s": 0.0}
     try:
@@ -294,14 +295,15 @@ def _run_simulation(opts: SimulateOptions, echo: Echo) -> SimulationReport:
                 t0 = time.monotonic()
                 q0 = load_q0()
                 relax_s = time.monotonic() - t0
+                creating = True
                 sim = _create(path, params, q0, opts)
                 created = True
                 run_info["steps_before"] = -1
             _run_steps(sim, conn, info, opts, echo, run_info)
     except KeyboardInterrupt as exc:
         if sim is None or (created and sim.last_step < 0):
-            if created:
-                sim.path.unlink(missing_ok=True)  # nothing computed: leave no half-started run
+            if created or creating:
+                path.unlink(missing_ok=True)  # nothing computed: leave no half-started run
             raise
         n = sim.last_step
         echo(f"interrupted: steps 0..{n} are saved in {path}; writing ξ(t)" + (" and figures" if opts.plots
@@ -314,8 +316,8 @@ def _run_simulation(opts: SimulateOptions, echo: Echo) -> SimulationReport:
             sim.path.unlink(missing_ok=True)  # one step of a run that will not be continued as it is
         raise
     except BaseException:
-        if sim is not None and created and sim.last_step < 0:
-            sim.path.unlink(missing_ok=True)
+        if (sim is None and creating) or (sim is not None and created and sim.last_step < 0):
+            path.unlink(missing_ok=True)
         elif sim is not None and sim.last_step >= 0:
             write_xi_csv(outputs.xi_csv, sim.trajectory)
             echo(f"steps 0..{sim.last_step} are saved in {path}; after fixing the problem, "

@@ -112,3 +112,24 @@ def test_ctrl_c_inside_a_finalizer_is_not_printed_as_a_traceback() -> None:
         assert seen == [other]
     finally:
         sys.unraisablehook = before
+
+
+def test_ctrl_c_while_the_run_file_is_being_created_leaves_no_file(tmp_path, linear_model, monkeypatch):
+    """The race a random Ctrl-C once hit in CI: the interrupt lands inside the creation of the run file
+    (the file exists, the run object not yet). "nothing was saved" must then be true: no file."""
+    import neqforce.client.jobs as jobs
+
+    real = jobs._create
+
+    def create_then_interrupt(path, *args, **kwargs):
+        real(path, *args, **kwargs)
+        assert path.exists()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(jobs, "_create", create_then_interrupt)
+    opts = jobs.SimulateOptions(out=tmp_path / "r", params={"lx": 8, "ly": 6}, steps=5,
+                                model=str(linear_model), progress=False, plots=False)
+    with pytest.raises(KeyboardInterrupt) as info:
+        jobs.run_simulation(opts, echo=lambda _: None)
+    assert getattr(info.value, "report", None) is None  # the CLI then says "nothing was saved"
+    assert not (tmp_path / "r" / "trajectory.h5").exists()
