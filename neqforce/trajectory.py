@@ -216,6 +216,23 @@ def _capacity(rows: int, minimum: int) -> int:
     return max(minimum, 1 << max(0, 2 * rows - 1).bit_length())
 
 
+#: Most bytes of frames, and most series rows (32 bytes each), a run's file preallocates for the rows its
+#: plan (n_steps) will record.
+PLANNED_FRAME_BYTES = 64 << 20
+PLANNED_SERIES_ROWS = 1 << 18
+
+
+def _room(traj: Trajectory, n_series: int, n_frames: int) -> tuple[int, int]:
+    """Row capacity (series, frames) of a file in progress: room for the rows so far and as many again,
+    and at least for every row the run's plan will record (frames up to :data:`PLANNED_FRAME_BYTES`),
+    so a run that goes as planned (within those bounds) is never rewritten to grow."""
+    lx, ly = traj.params.shape
+    steps = max(0, int(traj.n_steps))
+    frames = min(steps // max(1, int(traj.save_every)) + 1, PLANNED_FRAME_BYTES // (24 * lx * ly))
+    series = min(steps + 1, PLANNED_SERIES_ROWS)
+    return max(_capacity(n_series, 1024), series), max(_capacity(n_frames, 16), frames)
+
+
 def _resume_q(traj: Trajectory) -> np.ndarray:
     return (np.asarray(traj.checkpoint_q, dtype=np.float64) if traj.checkpoint_q is not None
             else np.full(traj.params.shape, np.nan))
@@ -256,7 +273,7 @@ def write_trajectory(path: str | os.PathLike[str], traj: Trajectory) -> _Layout 
     lx, ly = traj.params.shape
     n_series, n_frames = len(traj.series_step), len(traj.frame_step)
     compact = bool(traj.complete)
-    cap_s, cap_f = (n_series, n_frames) if compact else (_capacity(n_series, 1024), _capacity(n_frames, 16))
+    cap_s, cap_f = (n_series, n_frames) if compact else _room(traj, n_series, n_frames)
     state = _state_json(traj)
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         a = f.attrs
@@ -274,8 +291,9 @@ def write_trajectory(path: str | os.PathLike[str], traj: Trajectory) -> _Layout 
         for group, rows, cap in groups:
             for name, value in rows.items():
                 if compact:
-                    f.create_dataset(f"{group}/{name}", data=value,
-                                     compression="gzip" if value.ndim == 3 and value.size else None)
+                    frames = value.ndim == 3 and value.size > 0  # byte shuffle: smaller and faster
+                    f.create_dataset(f"{group}/{name}", data=value, compression="gzip" if frames else None,
+                                     shuffle=frames)
                     continue
                 full = np.zeros((cap, *value.shape[1:]), dtype=value.dtype)  # allocated now: contiguous
                 full[:len(value)] = value

@@ -175,9 +175,26 @@ def respread_cmd(
         _fail(exc)
 
 
+def reexport_cmd(
+    model: Path = typer.Argument(..., help="Model .onnx exported before package 0.5.3 (the gather graph)."),
+    out: Path = typer.Option(..., "--out", help="Output .onnx file."),
+) -> None:
+    """Write an exported model with the current inference graph (convolutions; docs/ml_model.md, 'Inference
+    graph and export'): the same weights and metadata, checked against the source with ONNX Runtime."""
+    try:
+        from neqforce.training.reexport import TOL, reexport
+
+        path, err = reexport(model, out)
+        typer.echo(f"wrote {path}: every output within {err:.1e} of {model} (relative to max(1, max|F|); "
+                   f"tolerance {TOL:.0e}), same weights and metadata")
+    except (ValueError, KeyError, OSError) as exc:
+        _fail(exc)
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``train``, ``evaluate``, ``export`` and ``respread`` to the ``neqforce`` app."""
+    """Add ``train``, ``evaluate``, ``export``, ``respread`` and ``reexport`` to the ``neqforce`` app."""
     app.command("train")(train_cmd)
     app.command("evaluate")(evaluate_cmd)
     app.command("export")(export_cmd)
     app.command("respread")(respread_cmd)
+    app.command("reexport")(reexport_cmd)

@@ -61,13 +61,17 @@ class ModelConfig:
         return descriptor_name(self.descriptor, self.r_cut)
 
     def graph_macs_per_site(self) -> int:
-        """Multiply-adds per site of the exported (folded) graph: one (R × n_off) first-layer GEMM on
-        the raw neighbour values, R = H (linear) + H (G_A'' via f_ref) [+ H (A'' average) | + K] + 1."""
-        off = offsets(self.r_cut)
-        n_off, n_a = off.n_paper, n_features(self.descriptor, self.r_cut)[1]
+        """Multiply-adds per site of the exported (folded) graph as ONNX Runtime runs it
+        (training/folded.py): the convolution along x of the 1 + r planes Q, S_dy with the H rows of the
+        line and pair-sum weights, and of the r planes A_dy with the R_a = H (G_A'') [+ H (A'' average) |
+        + K] difference rows, zero taps outside the disk included ((2 r + 1) taps per plane), then the
+        hidden layers. Shared by the members of a committee and not counted: the y stencil and the f_ref
+        row, ~(1 + 2r)(2r + 1) + r(2r + 1) per site; global inputs are per column, not per site."""
+        r = self.r_cut
+        n_a = n_features(self.descriptor, r)[1]
         h = self.hidden[0]
-        rows = 2 * h + 1 + (h if n_a and not self.anti_rank else 0) + (self.anti_rank if n_a else 0)
-        macs = rows * n_off + (self.anti_rank * h if n_a else 0)  # global inputs: per column, not per site
+        rows_a = h + (h if n_a and not self.anti_rank else 0) + (self.anti_rank if n_a else 0)
+        macs = (h * (1 + r) + rows_a * r) * (2 * r + 1) + (self.anti_rank * h if n_a else 0)
         widths = [*self.hidden, 1]
         for a, b in zip(widths[:-1], widths[1:], strict=True):
             macs += a * b

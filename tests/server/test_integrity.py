@@ -25,9 +25,13 @@ def _forces(reference: dict) -> np.ndarray:
 
 
 def _corrupt(path: Path, fill: bytes = b"\xff" * 64) -> None:
-    """Overwrite 64 bytes in the middle of the file (inside the weights); the file stays valid protobuf."""
+    """Overwrite 64 bytes in the middle of the largest weight tensor of the file; the file stays valid
+    protobuf (only the tensor's raw bytes change)."""
     data = bytearray(path.read_bytes())
-    middle = len(data) // 2
+    largest = max(onnx.load(str(path)).graph.initializer, key=lambda t: len(t.raw_data))
+    start = data.find(largest.raw_data)
+    assert start >= 0 and len(largest.raw_data) >= 2 * len(fill)
+    middle = start + len(largest.raw_data) // 2
     data[middle:middle + len(fill)] = fill
     path.write_bytes(bytes(data))
     onnx.load(str(path))  # still parses
