@@ -107,6 +107,9 @@ def dask_client(scheduler: str | None = None, *, n_workers: int | None = None, e
     try:
         workers = client.nthreads()
         link = client.dashboard_link
+        port = client.scheduler_info().get("services", {}).get("dashboard") if cluster is not None else None
+        if port:  # the embedded cluster serves it on loopback only; Dask's link names the machine's address
+            link = f"http://127.0.0.1:{port}/status"
         note = "" if importlib.util.find_spec("bokeh") else " (install bokeh to serve it)"
         echo(f"{where}: {len(workers)} worker(s), {sum(workers.values())} thread(s); "
              f"dashboard {link}{note}")

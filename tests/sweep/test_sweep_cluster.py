@@ -35,7 +35,8 @@ def reference(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
 
 def test_embedded_sweep_outputs(reference):
     out, r = reference
-    assert "embedded Dask LocalCluster (2 worker processes" in r.stdout and "dashboard http://" in r.stdout
+    assert "embedded Dask LocalCluster (2 worker processes" in r.stdout
+    assert "dashboard http://127.0.0.1:" in r.stdout  # served on loopback: the link says so
     lx_lo, lx_hi = json.loads(bundled_model_path().with_suffix(".json").read_text())["domain"]["ranges"]["lx"]
     for v in ("2.5", "3"):
         line = next(x for x in r.stdout.splitlines() if x.strip().startswith(f"voltage = {v}:"))
