@@ -15,7 +15,10 @@ Voltage-range models and committees (docs/ml_model.md): a graph that declares th
 fed ``--voltage`` (one value per lattice of the batch, as the server does); a graph with the committee
 output ``force_std`` is timed computing ``force`` + ``force_std`` (what the server runs on every request
 to such a model); the cost of the spread is printed as the ratio to ``force`` alone, the two calls
-interleaved on the same session (minimum of each: on a shared machine both see the same load).
+interleaved on the same session (minimum of each: on a shared machine both see the same load). With
+``--extra`` models, the rows of the first table are timed one model after the other (minutes apart on a
+busy machine); the last table times all of them side by side at 30×28, called in turn, which is the one to
+compare graphs with.
 """
 
 from __future__ import annotations
@@ -177,6 +180,21 @@ def main() -> None:
                                        min_time=0.0 if heavy else 2.0, max_repeat=3 if heavy else 200)
                     spread.append((name, f"{lx}x{ly}", *pair))
 
+        # the models side by side at 30x28, called in turn: minutes of machine noise hit all of them alike
+        side = [(name, path) for name, path in models if not name.startswith("paper")]
+        if len(side) > 1:
+            q = configuration(30, 28)[None].astype(np.float32)
+            calls = []
+            for _, path in side:
+                sess = session(path, args.threads)
+                outs = ["force", "force_std"] if has_force_std(sess) else ["force"]
+                inputs = feeds(sess, q, args.voltage)
+                calls.append(lambda s=sess, o=outs, x=inputs: s.run(o, x))
+            side_by_side = list(zip([n for n, _ in side], interleaved(calls, min_time=4.0, max_repeat=400),
+                                    strict=True))
+        else:
+            side_by_side = []
+
     print(f"{'model':<48} {'lattice':>10} {'time/eval':>12} {'sites/s':>12} {'vs NEGF 30x28':>14}")
     for name, lat, t in rows:
         lx, ly = (int(v) for v in lat.split("x"))
@@ -188,6 +206,13 @@ def main() -> None:
         print("\ncost of the committee spread: force alone vs force + force_std, interleaved, min of each")
         for n, lat, t_f, t_fs in spread:
             print(f"  {n:<44} {lat:>10} {t_f * 1e3:10.3f} ms {t_fs * 1e3:10.3f} ms {t_fs / t_f:7.3f}x")
+
+    if side_by_side:
+        base = side_by_side[0][1]
+        print("\nthe models side by side at 30x28 (called in turn, min of each; with force_std where the "
+              "graph has it)")
+        for n, t in side_by_side:
+            print(f"  {n:<44} {t * 1e3:10.3f} ms {t / base:7.3f}x the bundled model")
 
     # accuracy/cost trade-off: test metrics stored in each model (held-out trajectories, [-1, 1] units)
     print(f"\n{'model':<34} {'MAC/site':>9} {'MSE':>9} {'sigma':>7} {'MSE L':>9} {'MSE bulk':>9} "
