@@ -114,9 +114,11 @@ class ChunkResult:
 #: pieces of at most this many sites (at least one lattice each). Measured per site with the bundled
 #: committee, one intra-op thread, 16 lattices in pieces of 1/2/4/8/16: pieces of ~2 000–3 500 sites are
 #: fastest — smaller ones pay ONNX Runtime's per-node overhead (~300 nodes after its graph optimizations,
-#: most of them small), larger ones leave the cache (the per-site work gathers the (2 r_c + 1)² square of
-#: neighbour values, ~1 kB of float32 per site at r_c = 8). At 30×28 that is 4 lattices per call, ~15 %
-#: faster per lattice than one; at 80×28 and 120×28 one; at 12×10, 30. A model not checked for batch
+#: most of them small), larger ones leave the cache (the gather graph of package < 0.5.3 copied the
+#: (2 r_c + 1)² square of neighbour values, ~1 kB of float32 per site at r_c = 8). At 30×28 that is 4
+#: lattices per call, ~15 % faster per lattice than one; at 80×28 and 120×28 one; at 12×10, 30. Re-measured
+#: with the convolution graph of 0.5.3 (1/2/4/8/16 per call: 1.15/1.05/1.00/1.02/1.02 ms per lattice): the
+#: same choice. A model not checked for batch
 #: invariance (exported before the check existed) is evaluated one lattice per call, as ``simulate``'s
 #: server evaluates it, so that replicas stay bit-for-bit their ``simulate`` runs.
 SITES_PER_CALL = 3600
