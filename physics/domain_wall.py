@@ -7,7 +7,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import brentq
 from scipy.special import psi
 
 from .lattice import neighbour_sum, staggered_sign
@@ -49,6 +48,8 @@ def _bulk_amplitude(t: float, g: float, k: float, kappa: float, gamma: float, te
     upper = g / stiffness  # |n - 1/2| <= 1/2
     if stiffness <= 0 or residual(1e-6) <= 0:
         return 0.0
+    from scipy.optimize import brentq  # here: importing scipy.optimize costs every CLI start ~0.3 s
+
     return float(brentq(residual, 1e-6, upper, xtol=1e-13))
 
 
