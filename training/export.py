@@ -1,6 +1,6 @@
 """ONNX export of a trained force model (SPEC §9 contract) with a built-in ONNX Runtime check.
 
-The exported graph is :class:`~neqforce.training.folded.FoldedForceModel`: input ``q`` float32
+The exported graph is :class:`~neqforce.training.folded.FoldedEnsemble`: input ``q`` float32
 [batch, lx, ly] (all dynamic), outputs ``force`` and ``density`` of the same shape; the descriptor,
 the network and the exact elastic term are all inside the graph. A model with global inputs also takes
 ``voltage`` float32 [batch]; an ensemble of 2+ members (a committee) also outputs ``force_std`` (the
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -28,12 +27,13 @@ import numpy as np
 import torch
 
 from neqforce import __version__
+from neqforce.atomic import atomic_path
 from neqforce.server.backends.integrity import REFERENCE_KEY
 from neqforce.server.backends.onnx import BATCH_INVARIANT_KEY
 
 from .calibration import SPREAD_DEFINITION
 from .checkpoint import load_model
-from .folded import FoldedEnsemble, FoldedForceModel
+from .folded import FoldedEnsemble
 from .idealized import dynamics_like_lattices
 from .model import EnsembleForceModel, ForceModel
 
@@ -148,33 +148,37 @@ def check_onnx(path: str | os.PathLike[str], model: ForceModel, shapes=CHECK_SHA
     return worst
 
 
+def write_graph(folded: FoldedEnsemble, path: str) -> tuple[list[str], list[str]]:
+    """``torch.onnx.export`` of a folded model to ``path`` with the contract's names (SPEC §9: ``q``
+    [, ``voltage``] → ``force``, ``density`` [, ``force_std``]) and dynamic batch, lx, ly; returns (input
+    names, output names)."""
+    lattice = {0: "batch", 1: "lx", 2: "ly"}
+    inputs = ["q", "voltage"] if folded.takes_voltage else ["q"]
+    outputs = ["force", "density"] + (["force_std"] if folded.committee else [])
+    axes = {name: lattice for name in ["q", *outputs]}
+    if folded.takes_voltage:
+        axes["voltage"] = {0: "batch"}
+    example = (torch.zeros(2, 8, 6),) + ((torch.full((2,), 3.0),) if folded.takes_voltage else ())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # the TorchScript exporter handles the symbolic (lx, ly) index arithmetic of the model
+        torch.onnx.export(folded, example, path, input_names=inputs, output_names=outputs,
+                          dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+    return inputs, outputs
+
+
 def export_onnx(model: ForceModel, out: str | os.PathLike[str], metadata: dict[str, str] | None = None,
                 check: bool = True) -> tuple[Path, float]:
     """Write ``model`` as ONNX (atomic rename) with metadata; returns (path, max ORT-vs-torch error)."""
     import onnx
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
-    if isinstance(model, EnsembleForceModel):
-        folded: torch.nn.Module = FoldedEnsemble(list(model.members)).eval()
-    else:
-        folded = FoldedForceModel(model).eval()
-    lattice = {0: "batch", 1: "lx", 2: "ly"}
-    inputs = ["q", "voltage"] if folded.takes_voltage else ["q"]
-    outputs = ["force", "density"] + (["force_std"] if getattr(folded, "committee", False) else [])
-    axes = {name: lattice for name in ["q", *outputs]}
-    if folded.takes_voltage:
-        axes["voltage"] = {0: "batch"}
-    example = (torch.zeros(2, 8, 6),) + ((torch.full((2,), 3.0),) if folded.takes_voltage else ())
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=out.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            # the TorchScript exporter handles the symbolic (lx, ly) index arithmetic of the descriptor
-            torch.onnx.export(folded, example, tmp, input_names=inputs, output_names=outputs,
-                              dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+    # one member: (force, density), what a single model exports; 2+: a committee with force_std
+    folded = FoldedEnsemble(list(model.members) if isinstance(model, EnsembleForceModel) else [model]).eval()
+    with atomic_path(out) as path:  # a temporary file beside ``out``, renamed over it at the end
+        tmp = str(path)
+        inputs, outputs = write_graph(folded, tmp)
         proto = onnx.load(tmp)
         proto.doc_string = (f"neqforce surrogate: {', '.join(inputs)} -> {', '.join(outputs)} "
                             "(descriptor + MLP + exact elastic term; SPEC section 9, docs/physics.md)")
@@ -188,11 +192,6 @@ def export_onnx(model: ForceModel, out: str | os.PathLike[str], metadata: dict[s
                               BATCH_INVARIANT_KEY: json.dumps(check_batch_invariance(tmp))})
         onnx.save(proto, tmp)
         err = check_onnx(tmp, model) if check else float("nan")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a model file is meant to be shared
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return out, err
 
 

@@ -48,7 +48,6 @@ class FoldedForceModel(nn.Module):
         self.r_cut = cfg.r_cut
         off = offsets(cfg.r_cut)
         n_line, n_pair = len(off.line), len(off.top)
-        self.register_buffer("dist", torch.arange(cfg.r_cut, dtype=torch.int64), persistent=False)
         with torch.no_grad():
             first = model.net.first
             n_s, n_desc = model.s_mean.shape[0], model.n_desc  # all invariant inputs / descriptor ones
@@ -98,14 +97,6 @@ class FoldedForceModel(nn.Module):
             return None
         v = self.v_default.expand(q.shape[0]) if voltage is None else voltage
         return self.globals(q, v)
-
-    def column_weights(self, lx: int, dtype: torch.dtype) -> torch.Tensor | None:
-        """First-layer weight of the electrode one-hots of every column, (H, lx); None without them."""
-        if not self.has_elec:
-            return None
-        x = torch.arange(lx, device=self.w_elec.device).unsqueeze(1)
-        onehot = torch.cat([(x == self.dist).to(dtype), ((lx - 1 - x) == self.dist).to(dtype)], 1)
-        return torch.matmul(self.w_elec, onehot.t())
 
     def tail(self, z: torch.Tensor, m_a: torch.Tensor) -> torch.Tensor:
         """Electronic force g (n_i − 1/2), (B, N), from the first layer's pre-activation ``z`` (B, H, N)

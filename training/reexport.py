@@ -10,7 +10,7 @@ opposite on the difference block), exports it, and checks the new file against t
 Runtime on random and dynamics-like lattices (force, density and force_std within ``tol`` of the largest
 |force|, float32 rounding), measures its batch invariance again, recomputes its reference answer and keeps
 every other metadata entry (the committee's threshold included: the spread is the same function); the
-source's hash goes into ``neqforce.reexport``. The file is written atomically.
+source's hash goes into ``neqforce.reexport``. The file is written atomically (``neqforce.atomic``).
 """
 
 from __future__ import annotations
@@ -18,27 +18,26 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from neqforce import __version__
+from neqforce.atomic import atomic_path
 
 from .calibration import SPREAD_DEFINITION
 from .descriptors import offsets
 from .export import (
     BATCH_INVARIANT_KEY,
     COMMITTEE_KEY,
-    OPSET,
     REFERENCE_KEY,
     _add_metadata,
     _reference_answer,
     check_batch_invariance,
     onnx_feeds,
     random_lattices,
+    write_graph,
 )
 from .folded import FoldedEnsemble
 from .idealized import dynamics_like_lattices
@@ -158,21 +157,9 @@ def reexport(src: str | os.PathLike[str], out: str | os.PathLike[str],
     if ens.committee and (committee or {}).get("spread_definition") != SPREAD_DEFINITION:
         raise ValueError(f"{src}: its committee spread predates package 0.5.2; run `neqforce respread` "
                          "first (the new graph computes the current spread)")
-    inputs = ["q", "voltage"] if ens.takes_voltage else ["q"]
-    outputs = ["force", "density"] + (["force_std"] if ens.committee else [])
-    lattice = {0: "batch", 1: "lx", 2: "ly"}
-    axes = {name: lattice for name in ["q", *outputs]}
-    if ens.takes_voltage:
-        axes["voltage"] = {0: "batch"}
-    example = (torch.zeros(2, 8, 6),) + ((torch.full((2,), 3.0),) if ens.takes_voltage else ())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=out.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(ens, example, tmp, input_names=inputs, output_names=outputs, dynamic_axes=axes,
-                              opset_version=OPSET, dynamo=False)
+    with atomic_path(out) as path:  # a temporary file beside ``out``, renamed over it at the end
+        tmp = str(path)
+        write_graph(ens, tmp)
         proto = onnx.load(tmp)
         proto.doc_string = old.doc_string
         del proto.metadata_props[:]
@@ -195,9 +182,4 @@ def reexport(src: str | os.PathLike[str], out: str | os.PathLike[str],
         _add_metadata(proto, {REFERENCE_KEY: _reference_answer(tmp, voltage),
                               BATCH_INVARIANT_KEY: json.dumps(check_batch_invariance(tmp))})
         onnx.save(proto, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return out, err

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from neqforce.atomic import atomic_path
+
 from .calibration import SPREAD_DEFINITION, TARGET_RMSE_FORCE, calibrate_predictions
 from .export import (
     BATCH_INVARIANT_KEY,
@@ -126,10 +128,8 @@ def respread(src: str | os.PathLike[str], out: str | os.PathLike[str],
     del merged.metadata_props[:]
     onnx.checker.check_model(merged)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=out.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(out) as path:  # a temporary file beside ``out``, renamed over it at the end
+        tmp = str(path)
         onnx.save(merged, tmp)
         err = check_respread(src, tmp)
         if not err <= tol:
@@ -154,11 +154,6 @@ def respread(src: str | os.PathLike[str], out: str | os.PathLike[str],
         meta[BATCH_INVARIANT_KEY] = json.dumps(check_batch_invariance(tmp))
         _add_metadata(merged, meta)
         onnx.save(merged, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return out, record
 
 
