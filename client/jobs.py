@@ -23,6 +23,7 @@ import numpy as np
 
 from neqforce.physics import HolsteinParams, check_configuration
 from neqforce.physics.ground_state import cache_path, is_cached
+from neqforce.runlock import FolderLock
 
 from .cost import COST_LIMIT_S, CostRefused, format_duration, project_cost, refusal_message, refuse
 from .embedded import connect
@@ -253,11 +254,12 @@ def run_simulation(opts: SimulateOptions, echo: Echo = print) -> SimulationRepor
     KeyboardInterrupt is re-raised after the trajectory (and the CSV) hold every step done; the
     report of an interrupted run is attached to the exception as ``exc.report``.
     """
-    with guarded():
-        return _run_simulation(opts, echo)
+    traj = RunOutputs.at(opts.out).trajectory  # one writer per trajectory file (.NAME.lock beside it)
+    with guarded(), FolderLock(traj.parent, "--out", name=f".{traj.name}.lock", target=traj) as lock:
+        return _run_simulation(opts, echo, lock)
 
 
-def _run_simulation(opts: SimulateOptions, echo: Echo) -> SimulationReport:
+def _run_simulation(opts: SimulateOptions, echo: Echo, lock: FolderLock) -> SimulationReport:
     check_options(opts)
     outputs = RunOutputs.at(opts.out)
     path = outputs.trajectory
@@ -274,6 +276,10 @@ def _run_simulation(opts: SimulateOptions, echo: Echo) -> SimulationReport:
         params, load_q0 = _initial_state(opts, echo)
         sim = None
     check_output_folder(outputs)
+    lock.acquire()  # one writer per folder (taken at the start when the folder existed)
+    if sim is None and path.exists() and not opts.overwrite:  # written meanwhile by another process
+        raise ValueError(f"{path} already exists (add --resume to continue it, --overwrite to start over, "
+                         f"or choose another --out)")
     if sim is not None and sim.complete:
         echo(f"{path} is already complete ({sim.trajectory.n_steps} steps); rewriting ξ(t) and figures")
         return _finish(sim, outputs, opts, echo, wall=0.0)

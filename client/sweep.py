@@ -32,6 +32,7 @@ import numpy as np
 
 from neqforce.atomic import atomic_write_text
 from neqforce.physics import HolsteinParams
+from neqforce.runlock import FolderLock
 from neqforce.trajectory import read_trajectory, software_versions
 
 from .sweep_grid import GridPoint, grid_points, parse_grid
@@ -330,7 +331,13 @@ def _now() -> str:
 # ------------------------------------------------------------------------------------------ running
 def run_sweep(opts: SweepOptions, echo: Echo = print) -> SweepReport:
     """Run (or resume) the sweep of ``opts``; KeyboardInterrupt is re-raised after every task has
-    checkpointed (or was stopped), with the report attached as ``exc.report``."""
+    checkpointed (or was stopped), with the report attached as ``exc.report``. One sweep at a time writes
+    a folder (:class:`neqforce.runlock.FolderLock`: a second one is refused with one line)."""
+    with FolderLock(Path(opts.out), "--out") as lock:
+        return _run_sweep(opts, echo, lock)
+
+
+def _run_sweep(opts: SweepOptions, echo: Echo, lock: FolderLock) -> SweepReport:
     _check_options(opts)
     grid = parse_grid(opts.grid)
     points = grid_points(grid)
@@ -365,6 +372,7 @@ def run_sweep(opts: SweepOptions, echo: Echo = print) -> SweepReport:
             if opts.scheduler is not None:
                 check_costs(points, routes, remaining, parallel, opts, echo)
             out.mkdir(parents=True, exist_ok=True)
+            lock.acquire()  # before touching anything (taken at the start when the folder existed)
             _remove_stale_temporaries(out)
             manifest.write()
             returned = False  # every task returned: its runs' states are in the manifest already
