@@ -24,6 +24,7 @@ import numpy as np
 from neqforce.physics import HolsteinParams, check_configuration
 from neqforce.physics.ground_state import cache_path, is_cached
 from neqforce.runlock import FolderLock
+from neqforce.trajectory import TrajectoryMoved
 
 from .cost import COST_LIMIT_S, CostRefused, format_duration, project_cost, refusal_message, refuse
 from .embedded import connect
@@ -321,7 +322,9 @@ def _run_simulation(opts: SimulateOptions, echo: Echo, lock: FolderLock) -> Simu
         if created and sim is not None:
             sim.path.unlink(missing_ok=True)  # one step of a run that will not be continued as it is
         raise
-    except BaseException:
+    except BaseException as exc:
+        if isinstance(exc, TrajectoryMoved):  # the file at ``path`` is not this run's any more: leave it
+            raise
         if (sim is None and creating) or (sim is not None and created and sim.last_step < 0):
             path.unlink(missing_ok=True)
         elif sim is not None and sim.last_step >= 0:

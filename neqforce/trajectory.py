@@ -59,6 +59,16 @@ class TrajectoryError(ValueError):
     """A trajectory file that is not one, or whose contents contradict each other (one-line message)."""
 
 
+class TrajectoryMoved(TrajectoryError):
+    """The file a run writes was moved, removed or replaced by someone else while the run was writing it:
+    the run stops without writing into whatever is at its path now."""
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
 def step_times(steps: np.ndarray | list[int], dt: float) -> np.ndarray:
     """t = step·dt (1/gamma), rounded to the precision of dt (+6 digits): 0.3, not 0.30000000000000004."""
     decimals = max(0, int(np.ceil(-np.log10(dt)))) + 6 if dt > 0 else 12
@@ -153,6 +163,9 @@ class TrajectoryWriter:
         self.path = Path(path)
         self.traj = trajectory
         self._layout = layout
+        #: (device, inode) of the file this writer last wrote or read at ``path``; None before the first
+        #: write of a new run (which may replace an existing file: --overwrite)
+        self._file: tuple[int, int] | None = None
         self._started = time.monotonic()
         self._wall_before = float(trajectory.extra.get("wall_time_s", 0.0))
 
@@ -160,7 +173,9 @@ class TrajectoryWriter:
     def resume(cls, path: str | os.PathLike[str]) -> TrajectoryWriter:
         """Reopen an interrupted run; continue from ``writer.traj.checkpoint_step``."""
         traj, layout = _read(Path(path))
-        return cls(path, traj, layout)
+        writer = cls(path, traj, layout)
+        writer._file = _identity(Path(path))
+        return writer
 
     def record(self, step: int, q: np.ndarray, force: np.ndarray, density: np.ndarray | None,
                xi: float, force_std_max: float = float("nan")) -> None:
@@ -188,6 +203,7 @@ class TrajectoryWriter:
         marker (O(new rows)); when the space is full (or there is no ``/2`` file yet) the whole file is
         rewritten atomically with twice the room, so the cost per checkpoint stays O(1) on average.
         """
+        self._check_same_file()
         t = self.traj
         t.complete = complete
         t.extra["wall_time_s"] = self._wall_before + time.monotonic() - self._started
@@ -195,8 +211,24 @@ class TrajectoryWriter:
         if (complete or lay is None or not self.path.exists() or len(t.series_step) > lay.series_capacity
                 or len(t.frame_step) > lay.frame_capacity or len(_state_json(t)) > STATE_CAPACITY):
             self._layout = write_trajectory(self.path, t)
+            self._file = _identity(self.path)
         else:
             self._layout = _write_in_place(self.path, t, lay)
+
+    def _check_same_file(self) -> None:
+        """TrajectoryMoved unless ``path`` is still the file this writer wrote (a folder renamed under a
+        running run, or its file replaced, must not make it write into someone else's file)."""
+        if self._file is None:
+            return
+        try:
+            now: tuple[int, int] | None = _identity(self.path)
+        except FileNotFoundError:
+            now = None
+        if now != self._file:
+            what = "removed or moved" if now is None else "replaced"
+            raise TrajectoryMoved(f"{self.path} was {what} while this run was writing it; stopping without "
+                                  f"writing there (the run's last checkpoint is in the file that was at that "
+                                  f"path)")
 
 
 #: Bytes reserved for the run's changing state (n_steps, backend, model, complete, extra) as JSON.

@@ -3,6 +3,7 @@ one line (neqforce.runlock), and the running one finishes intact."""
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -96,3 +97,32 @@ def test_sweep_refused_while_its_folder_is_written(tmp_path: Path) -> None:
     assert r.returncode == 2, r.stderr
     assert "is being written by another neqforce process" in r.stderr and "Traceback" not in r.stderr
     assert not (out / "runs").exists()
+
+
+def test_run_stops_when_its_folder_is_renamed_and_reused(tmp_path: Path) -> None:
+    """A run whose folder is moved away while it writes, with a new run started under the old name, must
+    not write its checkpoints into the new run's file: it stops with one line; both files stay intact."""
+    out, moved = tmp_path / "run", tmp_path / "moved"
+    cmd = [EXE, "simulate", "--backend", "negf", "--lx", "10", "--ly", "8", "--steps", "100000",
+           "--out", str(out), "--no-plots", "--no-progress", "--checkpoint-every", "5"]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / "trajectory.h5").exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert first.poll() is None
+        out.rename(moved)
+        second = _neqforce("simulate", *TINY, "--steps", "3", "--out", str(out))  # a new run, old name
+        assert second.returncode == 0, second.stderr
+        _, err = first.communicate(timeout=60)  # its next checkpoint finds the path taken
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 2, err
+    # its next checkpoint came before the new run's file existed ("removed or moved") or after ("replaced")
+    assert re.search(r"was (removed or moved|replaced) while this run was writing it", err), err
+    assert "Traceback" not in err
+    assert read_trajectory(out / "trajectory.h5").params.shape == (6, 4)  # the new run's, intact
+    old = read_trajectory(moved / "trajectory.h5")  # the first run's checkpoints went with its folder
+    assert old.params.shape == (10, 8) and old.series_step[-1] >= 0
