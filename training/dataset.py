@@ -39,6 +39,7 @@ from neqforce.physics import (
     domain_wall_position,
     negf_forces,
 )
+from neqforce.runlock import FolderLock
 from neqforce.trajectory import Trajectory, TrajectoryWriter, read_trajectory, software_versions
 
 MANIFEST = "dataset.json"
@@ -206,12 +207,18 @@ def generate_dataset(out_dir: str | os.PathLike[str], spec: DatasetSpec, workers
     BLAS thread each), or on the cluster at ``scheduler``. Runs already complete are skipped (no
     cluster is started when all are); interrupted ones resume from their checkpoint.
     """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with FolderLock(out, "output folder"):  # one generation writes a folder at a time
+        return _generate(out, spec, workers, show_progress, scheduler, echo)
+
+
+def _generate(out: Path, spec: DatasetSpec, workers: int, show_progress: bool, scheduler: str | None,
+              echo: Callable[[str], None] | None) -> Path:
     from tqdm import tqdm
 
     from neqforce.client.sweep_cluster import TaskChannel, dask_client
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     manifest = {
         "format": FORMAT, "preset": spec.preset, "params": spec.params.to_dict(), "dt": spec.dt,
         "save_every": spec.save_every, "runs": [asdict(r) | {"file": f"{r.name}.h5"} for r in spec.runs],

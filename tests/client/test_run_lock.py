@@ -126,3 +126,14 @@ def test_run_stops_when_its_folder_is_renamed_and_reused(tmp_path: Path) -> None
     assert read_trajectory(out / "trajectory.h5").params.shape == (6, 4)  # the new run's, intact
     old = read_trajectory(moved / "trajectory.h5")  # the first run's checkpoints went with its folder
     assert old.params.shape == (10, 8) and old.series_step[-1] >= 0
+
+
+def test_dataset_generation_refused_while_its_folder_is_written(tmp_path: Path) -> None:
+    from neqforce.physics import HolsteinParams
+    from neqforce.training.dataset import DatasetSpec, RunSpec, generate_dataset
+
+    spec = DatasetSpec(params=HolsteinParams(lx=6, ly=4), runs=(RunSpec(voltage=3.0, seed=0, n_steps=2),))
+    with FolderLock(tmp_path, "output folder"):
+        with pytest.raises(FolderBusy, match="choose another output folder"):
+            generate_dataset(tmp_path, spec, workers=1, show_progress=False)
+    assert not list(tmp_path.glob("*.h5"))
