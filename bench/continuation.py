@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, default=None, help="ONNX model to score (default: the bundled one)")
     ap.add_argument("--f-norm", type=float, default=1.494, help="fixed normalization of the force metric")
     ap.add_argument("--every", type=int, default=50, help="print ξ every this many steps")
+    ap.add_argument("--frames", action="store_true", help="also print every exact frame's errors and spread")
     args = ap.parse_args(argv)
 
     exact, ml = _trajectory(args.negf), _trajectory(args.model_run)
@@ -116,6 +117,13 @@ def main(argv: list[str] | None = None) -> int:
         above = "" if threshold is None else f", {int(np.sum(per_frame > threshold))} above the threshold"
         print(f"committee spread on those frames: largest per frame {per_frame.min():.3f}–"
               f"{per_frame.max():.3f}{above}")
+        if args.frames:
+            print(f"{'step':>6s} {'metal':>6s} {'MSE all':>9s} {'MSE wall':>9s} {'spread':>7s}")
+            for i in range(len(q)):
+                e = region_errors(pred[i:i + 1], force[i:i + 1], metal[i:i + 1], args.f_norm)
+                flag = " flagged" if threshold is not None and per_frame[i] > threshold else ""
+                print(f"{int(steps[i]):6d} {int(metal[i].sum()):6d} {e['all']:9.2e} {e['near wall']:9.2e} "
+                      f"{per_frame[i]:7.3f}{flag}")
     return 0
 
 
