@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from neqforce.atomic import atomic_write_text
+from neqforce.runlock import FolderLock
 from neqforce.trajectory import read_trajectory, software_versions
 
 from .learn_frames import (
@@ -293,11 +294,17 @@ def _line(rec: dict[str, Any]) -> str:
 
 
 def run_learn(opts: LearnOptions, echo: Echo = print) -> LearnReport:
-    """Run (or resume) the loop of ``opts`` (module docstring); returns what every iteration did."""
+    """Run (or resume) the loop of ``opts`` (module docstring); returns what every iteration did. One loop
+    writes a folder at a time (:class:`neqforce.runlock.FolderLock`: a second one is refused, one line)."""
     _check(opts)
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     opts.out = out
+    with FolderLock(out, "--out"):
+        return _run_learn(opts, out, echo)
+
+
+def _run_learn(opts: LearnOptions, out: Path, echo: Echo) -> LearnReport:
     state = _load_state(out, opts)
     _write_state(out, state)
     data = [str(d) for d in opts.data]

@@ -329,3 +329,14 @@ def test_selection_trust_window_and_spaced_pick():
     assert select_frames(cands, 0.02, 100, max_spread=1.0, pick="spaced") == cands[1:7]
     with pytest.raises(ValueError, match="pick"):
         select_frames(cands, 0.02, 3, pick="random")
+
+
+def test_a_second_loop_on_the_same_out_is_refused(data, tmp_path):
+    from neqforce.runlock import FolderLock
+
+    out = tmp_path / "busy"
+    out.mkdir()
+    with FolderLock(out, "--out"):
+        res = _learn(data, out)
+    assert res.exit_code == 2 and "is being written by another neqforce process" in res.output
+    assert "Traceback" not in res.output and not (out / "models").exists()
