@@ -255,14 +255,22 @@ def run_simulation(opts: SimulateOptions, echo: Echo = print) -> SimulationRepor
     KeyboardInterrupt is re-raised after the trajectory (and the CSV) hold every step done; the
     report of an interrupted run is attached to the exception as ``exc.report``.
     """
-    traj = RunOutputs.at(opts.out).trajectory  # one writer per trajectory file (.NAME.lock beside it)
-    with guarded(), FolderLock(traj.parent, "--out", name=f".{traj.name}.lock", target=traj) as lock:
-        return _run_simulation(opts, echo, lock)
-
-
-def _run_simulation(opts: SimulateOptions, echo: Echo, lock: FolderLock) -> SimulationReport:
-    check_options(opts)
     outputs = RunOutputs.at(opts.out)
+    traj = outputs.trajectory  # one writer per trajectory file (.NAME.lock beside it)
+    with guarded(), FolderLock(traj.parent, "--out", name=f".{traj.name}.lock", target=traj) as lock:
+        return _run_simulation(opts, outputs, echo, lock)
+
+
+def _refuse_existing(path: Path, opts: SimulateOptions) -> None:
+    """ValueError when a new run (no --resume) would replace ``path`` without --overwrite."""
+    if path.exists() and not opts.overwrite:
+        raise ValueError(f"{path} already exists (add --resume to continue it, --overwrite to start over, "
+                         f"or choose another --out)")
+
+
+def _run_simulation(opts: SimulateOptions, outputs: RunOutputs, echo: Echo,
+                    lock: FolderLock) -> SimulationReport:
+    check_options(opts)
     path = outputs.trajectory
     if opts.resume:
         if not path.exists():
@@ -271,16 +279,13 @@ def _run_simulation(opts: SimulateOptions, echo: Echo, lock: FolderLock) -> Simu
         _check_resume_consistent(sim, opts)
         params, load_q0 = sim.params, None
     else:
-        if path.exists() and not opts.overwrite:
-            raise ValueError(f"{path} already exists (add --resume to continue it, --overwrite to start "
-                             f"over, or choose another --out)")
+        _refuse_existing(path, opts)
         params, load_q0 = _initial_state(opts, echo)
         sim = None
     check_output_folder(outputs)
-    lock.acquire()  # one writer per folder (taken at the start when the folder existed)
-    if sim is None and path.exists() and not opts.overwrite:  # written meanwhile by another process
-        raise ValueError(f"{path} already exists (add --resume to continue it, --overwrite to start over, "
-                         f"or choose another --out)")
+    lock.acquire()  # one writer per trajectory file (taken at the start when the folder existed)
+    if sim is None:
+        _refuse_existing(path, opts)  # again under the lock: another process may have written it meanwhile
     if sim is not None and sim.complete:
         echo(f"{path} is already complete ({sim.trajectory.n_steps} steps); rewriting ξ(t) and figures")
         return _finish(sim, outputs, opts, echo, wall=0.0)

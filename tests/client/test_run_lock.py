@@ -24,6 +24,17 @@ def _neqforce(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([EXE, *args], capture_output=True, text=True, timeout=timeout)
 
 
+def _start_long_run(out: Path, *extra: str) -> subprocess.Popen:
+    """A real NEGF simulate that runs until stopped, returned once its trajectory file exists."""
+    cmd = [EXE, "simulate", "--backend", "negf", "--lx", "10", "--ly", "8", "--steps", "100000",
+           "--out", str(out), "--no-plots", "--no-progress", *extra]
+    run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (out / "trajectory.h5").exists() and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return run
+
+
 def test_second_lock_refused_until_released(tmp_path: Path) -> None:
     with FolderLock(tmp_path, "--out") as first:
         assert first.held
@@ -67,13 +78,8 @@ def test_other_trajectory_files_of_one_folder_are_independent(tmp_path: Path) ->
 def test_two_real_simulate_processes_on_one_out(tmp_path: Path) -> None:
     """A second process (even with --overwrite) must not write into a running run's file."""
     out = tmp_path / "run"
-    cmd = [EXE, "simulate", "--backend", "negf", "--lx", "10", "--ly", "8", "--steps", "100000",
-           "--out", str(out), "--no-plots", "--no-progress"]
-    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = _start_long_run(out)
     try:
-        deadline = time.monotonic() + 60
-        while not (out / "trajectory.h5").exists() and first.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
         assert first.poll() is None, "the first run ended before the test could race it"
         second = _neqforce("simulate", *TINY, "--steps", "3", "--out", str(out), "--overwrite")
         assert second.returncode == 2, second.stderr
@@ -103,13 +109,8 @@ def test_run_stops_when_its_folder_is_renamed_and_reused(tmp_path: Path) -> None
     """A run whose folder is moved away while it writes, with a new run started under the old name, must
     not write its checkpoints into the new run's file: it stops with one line; both files stay intact."""
     out, moved = tmp_path / "run", tmp_path / "moved"
-    cmd = [EXE, "simulate", "--backend", "negf", "--lx", "10", "--ly", "8", "--steps", "100000",
-           "--out", str(out), "--no-plots", "--no-progress", "--checkpoint-every", "5"]
-    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = _start_long_run(out, "--checkpoint-every", "5")
     try:
-        deadline = time.monotonic() + 60
-        while not (out / "trajectory.h5").exists() and first.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
         time.sleep(0.5)
         assert first.poll() is None
         out.rename(moved)
