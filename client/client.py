@@ -224,7 +224,10 @@ class ForceClient:
                    "domain": {r.name: [r.min, r.max] for r in m.domain},
                    "force_std_threshold": m.force_std_threshold,
                    "metallic_columns_max": (m.metallic_columns_max if m.HasField("metallic_columns_max")
-                                            else None)} for m in info.models]
+                                            else None),
+                   "cdw_remnant": ({"metallic_columns_over": m.cdw_remnant.metallic_columns_over,
+                                    "non_metallic_columns_min": m.cdw_remnant.non_metallic_columns_min}
+                                   if m.HasField("cdw_remnant") else None)} for m in info.models]
         backends = [{"backend": _BACKEND_NAMES.get(b.backend, str(b.backend)), "available": b.available,
                      "detail": b.detail, "execution_providers": list(b.execution_providers)}
                     for b in info.backends]

@@ -549,6 +549,11 @@ def format_server_info(info: dict[str, Any]) -> str:
         if m.get("metallic_columns_max") is not None:
             lines.append(f"    metallic    validated up to {m['metallic_columns_max']} metallic columns "
                          "(more: the answer is flagged OUTSIDE_DOMAIN)")
+        if m.get("cdw_remnant"):
+            rule = m["cdw_remnant"]
+            lines.append(f"    remnant     with more than {rule['metallic_columns_over']} metallic columns, "
+                         f"validated only while >= {rule['non_metallic_columns_min']} columns of CDW remain "
+                         "(fewer: flagged OUTSIDE_DOMAIN)")
         if m.get("force_std_threshold"):
             lines.append(f"    spread      committee; threshold {m['force_std_threshold']:.4g} (force units: "
                          "above it AUTO recomputes with exact NEGF, or flags the answer)")

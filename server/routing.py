@@ -7,8 +7,9 @@ lies in [min, max]. AUTO uses only covering models, else exact NEGF; the reason 
 outside. Explicit ONNX: a fixed-parameter mismatch is FAILED_PRECONDITION (other physics); a request whose
 fixed parameters match but a ranged one lies outside is answered, and its reason starts with
 ``OUTSIDE_DOMAIN`` (an extrapolation the model was not validated for, see docs/nonlocality.md).
-A model may also declare ``metallic_columns_max``: an ONNX answer on a configuration with more metallic
-columns gets ``OUTSIDE_DOMAIN`` appended to its reason (:func:`flag_configuration`, after the compute).
+A model may also declare ``metallic_columns_max`` and a ``cdw_remnant`` rule: an ONNX answer on a
+configuration with more metallic columns, or with a long metallic domain and a CDW remnant shorter than the
+rule's, gets ``OUTSIDE_DOMAIN`` appended to its reason (:func:`flag_configuration`, after the compute).
 Every answer outside the validated domain is also ``flagged`` (response field). A committee model with a
 calibrated spread threshold (``neqforce.committee``): an answer whose largest per-site spread exceeds it
 goes to exact NEGF under AUTO when NEGF accepts the lattice, else it is flagged ``HIGH_SPREAD``
@@ -165,28 +166,59 @@ def metallic_column_count(q: np.ndarray, q0_bulk: float) -> np.ndarray:
     return np.count_nonzero(_metallic(q, q0_bulk), axis=-1)
 
 
+def _first_outside(model: OnnxModel, lx: int) -> int | None:
+    """Fewest metallic columns that put a lattice of ``lx`` columns outside ``model``'s configuration
+    domain, or None when no count can. Both rules are thresholds on the count: more than
+    ``metallic_columns_max``, or more than ``metallic_columns_over`` while fewer than
+    ``non_metallic_columns_min`` columns stay non-metallic (the CDW-remnant rule)."""
+    firsts = []
+    if model.metallic_columns_max is not None:
+        firsts.append(model.metallic_columns_max + 1)
+    if model.cdw_remnant is not None:
+        over, keep = model.cdw_remnant
+        firsts.append(max(over + 1, lx - keep + 1))
+    first = min(firsts, default=lx + 1)
+    return first if first <= lx else None
+
+
+def _outside_why(model: OnnxModel, lx: int, worst: int) -> str:
+    """Which rule a lattice of ``lx`` columns with ``worst`` metallic ones breaks, in words."""
+    parts = []
+    if model.metallic_columns_max is not None and worst > model.metallic_columns_max:
+        parts.append(f"validated up to {model.metallic_columns_max} (a longer metallic domain, or touchdown at "
+                     "the right electrode, than the model's error was measured on; docs/nonlocality.md)")
+    if model.cdw_remnant is not None:
+        over, keep = model.cdw_remnant
+        if worst > over and lx - worst < keep:
+            parts.append(f"only {lx - worst} non-metallic: with more than {over} metallic columns the model "
+                         f"was validated only where at least {keep} columns of CDW remain (a long metallic "
+                         "domain next to a short CDW remnant; docs/ml_model.md)")
+    return "; ".join(parts)
+
+
 def flag_configuration(chosen: Route, q: np.ndarray, params: HolsteinParams) -> Route:
-    """``chosen`` with ``OUTSIDE_DOMAIN`` appended to its reason when an ONNX model with a declared
-    ``metallic_columns_max`` answers a lattice (inside its lattice domain) holding more metallic columns
-    than it was validated on: touchdown at the right electrode, where the exact force is nonlocal
-    (docs/nonlocality.md). O(N) on the request, only for such models; otherwise ``chosen`` itself."""
+    """``chosen`` with ``OUTSIDE_DOMAIN`` appended to its reason when an ONNX model answers a lattice
+    (inside its lattice domain) whose metallic columns put it outside the configurations its error was
+    measured on: more than ``metallic_columns_max`` (touchdown at the right electrode, where the exact
+    force is nonlocal; docs/nonlocality.md), or a long metallic domain next to a CDW remnant shorter than
+    its ``cdw_remnant`` rule allows. O(N) on the request, only for models declaring a rule; otherwise
+    ``chosen`` itself."""
     model = chosen.model
-    if model is None or model.metallic_columns_max is None or chosen.reason.startswith(OUTSIDE_DOMAIN):
+    if model is None or chosen.reason.startswith(OUTSIDE_DOMAIN):
         return chosen
-    lx, limit = q.shape[-2], model.metallic_columns_max
-    if limit >= lx:
+    lx = q.shape[-2]
+    first = _first_outside(model, lx)
+    if first is None:
         return chosen
     q0_bulk = _q0_bulk(params)
-    k = lx - limit  # with more than `limit` metallic columns any k columns hold one: check the last k
+    k = lx - first + 1  # with `first` or more metallic columns any k columns hold one: check the last k
     if k + 1 < lx and not _metallic(q[..., lx - k - 1:, :], q0_bulk)[..., 1:].any():  # (+1 for neighbours)
         return chosen
     worst = int(np.max(metallic_column_count(q, q0_bulk)))
-    if worst <= limit:
+    if worst < first:
         return chosen
     return dataclasses.replace(chosen, reason=f"{chosen.reason}; {OUTSIDE_DOMAIN}: {worst} metallic columns, "
-                               f"validated up to {model.metallic_columns_max} (a longer metallic domain, or "
-                               "touchdown at the right electrode, than the model's error was measured on; "
-                               "docs/nonlocality.md)", flagged=True)
+                               f"{_outside_why(model, lx, worst)}", flagged=True)
 
 
 #: Word in the reason of an ONNX answer whose committee spread exceeds the model's calibrated threshold.

@@ -364,7 +364,10 @@ class ForceServicer(pb_grpc.ForceServiceServicer):
                                domain=[pb.ParameterRange(name=n, min=lo, max=hi)
                                        for n, (lo, hi) in m.domain.items()],
                                force_std_threshold=m.spread_threshold or 0.0,
-                               metallic_columns_max=m.metallic_columns_max)
+                               metallic_columns_max=m.metallic_columns_max,
+                               cdw_remnant=None if m.cdw_remnant is None else pb.CdwRemnantRule(
+                                   metallic_columns_over=m.cdw_remnant[0],
+                                   non_metallic_columns_min=m.cdw_remnant[1]))
                   for m in self.models.values()]
         limits = pb.Limits(max_sites=cfg.max_sites, negf_max_sites=cfg.negf_max_sites,
                            max_concurrency=cfg.max_concurrency, max_queue=cfg.max_queue,

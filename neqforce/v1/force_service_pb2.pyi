@@ -110,7 +110,7 @@ class BackendInfo(_message.Message):
     def __init__(self, backend: _Optional[_Union[Backend, str]] = ..., available: _Optional[bool] = ..., detail: _Optional[str] = ..., execution_providers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "path", "sha256", "parameters", "descriptor_name", "metrics_json", "dataset_sha256", "model_version", "execution_providers", "domain", "force_std_threshold", "metallic_columns_max")
+    __slots__ = ("name", "path", "sha256", "parameters", "descriptor_name", "metrics_json", "dataset_sha256", "model_version", "execution_providers", "domain", "force_std_threshold", "metallic_columns_max", "cdw_remnant")
     class ParametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -130,6 +130,7 @@ class ModelInfo(_message.Message):
     DOMAIN_FIELD_NUMBER: _ClassVar[int]
     FORCE_STD_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     METALLIC_COLUMNS_MAX_FIELD_NUMBER: _ClassVar[int]
+    CDW_REMNANT_FIELD_NUMBER: _ClassVar[int]
     name: str
     path: str
     sha256: str
@@ -142,7 +143,16 @@ class ModelInfo(_message.Message):
     domain: _containers.RepeatedCompositeFieldContainer[ParameterRange]
     force_std_threshold: float
     metallic_columns_max: int
-    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ..., sha256: _Optional[str] = ..., parameters: _Optional[_Mapping[str, float]] = ..., descriptor_name: _Optional[str] = ..., metrics_json: _Optional[str] = ..., dataset_sha256: _Optional[str] = ..., model_version: _Optional[str] = ..., execution_providers: _Optional[_Iterable[str]] = ..., domain: _Optional[_Iterable[_Union[ParameterRange, _Mapping]]] = ..., force_std_threshold: _Optional[float] = ..., metallic_columns_max: _Optional[int] = ...) -> None: ...
+    cdw_remnant: CdwRemnantRule
+    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ..., sha256: _Optional[str] = ..., parameters: _Optional[_Mapping[str, float]] = ..., descriptor_name: _Optional[str] = ..., metrics_json: _Optional[str] = ..., dataset_sha256: _Optional[str] = ..., model_version: _Optional[str] = ..., execution_providers: _Optional[_Iterable[str]] = ..., domain: _Optional[_Iterable[_Union[ParameterRange, _Mapping]]] = ..., force_std_threshold: _Optional[float] = ..., metallic_columns_max: _Optional[int] = ..., cdw_remnant: _Optional[_Union[CdwRemnantRule, _Mapping]] = ...) -> None: ...
+
+class CdwRemnantRule(_message.Message):
+    __slots__ = ("metallic_columns_over", "non_metallic_columns_min")
+    METALLIC_COLUMNS_OVER_FIELD_NUMBER: _ClassVar[int]
+    NON_METALLIC_COLUMNS_MIN_FIELD_NUMBER: _ClassVar[int]
+    metallic_columns_over: int
+    non_metallic_columns_min: int
+    def __init__(self, metallic_columns_over: _Optional[int] = ..., non_metallic_columns_min: _Optional[int] = ...) -> None: ...
 
 class ParameterRange(_message.Message):
     __slots__ = ("name", "min", "max")

@@ -122,6 +122,38 @@ def parse_metallic_max(text: str | None, path: Path) -> int | None:
     return None if value is None else _metallic_bound(value, path, f"metadata '{DOMAIN_KEY}'")
 
 
+#: Key of the domain's CDW-remnant rule: ``{"metallic_columns_over": a, "non_metallic_columns_min": b}``.
+REMNANT_KEY = "cdw_remnant"
+
+
+def _remnant_rule(value: Any, path: Path, where: str) -> tuple[int, int]:
+    """``value`` as a CDW-remnant rule (metallic_columns_over, non_metallic_columns_min), else ValueError."""
+    try:
+        over, keep = value["metallic_columns_over"], value["non_metallic_columns_min"]
+        extra = set(value) - {"metallic_columns_over", "non_metallic_columns_min", "basis"}
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: {where}: {REMNANT_KEY} must be {{\"metallic_columns_over\": a, "
+                         f"\"non_metallic_columns_min\": b}}: missing {exc}") from None
+    if extra:
+        raise ValueError(f"{path}: {where}: {REMNANT_KEY} has unknown fields {sorted(extra)}")
+    for name, v in (("metallic_columns_over", over), ("non_metallic_columns_min", keep)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"{path}: {where}: {REMNANT_KEY}.{name} must be an integer >= 0")
+    return over, keep
+
+
+def parse_remnant(text: str | None, path: Path) -> tuple[int, int] | None:
+    """The CDW-remnant rule of ``neqforce.domain`` (``cdw_remnant``): a lattice holding more than
+    ``metallic_columns_over`` metallic columns is inside the domain only while at least
+    ``non_metallic_columns_min`` of its columns are not metallic — a long metallic domain next to a short
+    CDW remnant at the right electrode is a regime the model's error was measured outside of (docs/ml_model.md,
+    "60×28: the stall is real"). None when not declared; ValueError when malformed."""
+    if not text:
+        return None
+    value = json.loads(text).get(REMNANT_KEY)
+    return None if value is None else _remnant_rule(value, path, f"metadata '{DOMAIN_KEY}'")
+
+
 def provenance_record(path: Path, sha256: str) -> dict[str, Any] | None:
     """The provenance file next to the model (``compact.json`` for ``compact.onnx``) when it describes
     these exact bytes (same sha256), else None. Its ``domain`` is how the shipped model, exported before
@@ -137,7 +169,8 @@ def provenance_record(path: Path, sha256: str) -> dict[str, Any] | None:
 
 def restrict_domain(text: str | None, restriction: dict[str, Any] | None, path: Path) -> str | None:
     """The domain JSON text ``text`` narrowed by ``restriction`` (``{"ranges": {name: [min, max]},
-    "metallic_columns_max": n}``, either optional): ranges intersected, the smaller metallic bound kept.
+    "metallic_columns_max": n, "cdw_remnant": {...}}``, each optional): ranges intersected, the smaller
+    metallic bound kept, of two remnant rules the smaller metallic length and the longer remnant.
     A restriction can only narrow; ValueError when it is malformed or leaves a range empty."""
     if not restriction:
         return text
@@ -162,6 +195,13 @@ def restrict_domain(text: str | None, restriction: dict[str, Any] | None, path: 
         limit = _metallic_bound(limit, path, f"domain_restriction of {card}")
         old = base.get("metallic_columns_max")
         out["metallic_columns_max"] = limit if old is None else min(limit, int(old))
+    rule = restriction.get(REMNANT_KEY)
+    if rule is not None:  # stricter of the two: the smaller metallic length, the longer remnant
+        over, keep = _remnant_rule(rule, path, f"domain_restriction of {card}")
+        if base.get(REMNANT_KEY) is not None:
+            old_over, old_keep = _remnant_rule(base[REMNANT_KEY], path, f"metadata '{DOMAIN_KEY}'")
+            over, keep = min(over, old_over), max(keep, old_keep)
+        out[REMNANT_KEY] = {"metallic_columns_over": over, "non_metallic_columns_min": keep}
     return json.dumps(out)
 
 
@@ -195,6 +235,8 @@ class OnnxModel:
     domain: dict[str, tuple[float, float]] = field(default_factory=dict)
     #: Most metallic columns validated (``neqforce.domain`` ``metallic_columns_max``); None = not declared.
     metallic_columns_max: int | None = None
+    #: CDW-remnant rule (metallic_columns_over, non_metallic_columns_min) of ``neqforce.domain``; None = none.
+    cdw_remnant: tuple[int, int] | None = None
     #: Global inputs the graph declares (names of GLOBAL_INPUTS, e.g. ["voltage"]).
     global_inputs: list[str] = field(default_factory=list)
     #: Whether the graph outputs the committee spread ``force_std``.
@@ -240,6 +282,7 @@ class OnnxModel:
                     params=parse_model_params(metadata.get(PARAMS_KEY), path), metadata=metadata,
                     session=session, domain=domain,
                     metallic_columns_max=parse_metallic_max(domain_text, path),
+                    cdw_remnant=parse_remnant(domain_text, path),
                     global_inputs=sorted(i.name for i in extra), committee="force_std" in outputs,
                     spread_threshold=parse_spread_threshold(metadata.get(COMMITTEE_KEY), path))
         # warm-up (the first run allocates) on the reference lattice; sha256 and output vs the references

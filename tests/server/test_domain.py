@@ -146,7 +146,15 @@ def test_ranged_parameter_replaces_the_fixed_value(ranged) -> None:
 @pytest.mark.parametrize("domain", ['{"ranges": {"lx": [40, 30]}}', '{"ranges": {"Voltage": [1, 2]}}',
                                     '{"lx": [1, 2]}', "not json", '{"ranges": [1, 2]}',
                                     '{"ranges": {}, "metallic_columns_max": -1}',
-                                    '{"ranges": {}, "metallic_columns_max": 2.5}'])
+                                    '{"ranges": {}, "metallic_columns_max": 2.5}',
+                                    '{"ranges": {}, "cdw_remnant": {"metallic_columns_over": 30}}',
+                                    '{"ranges": {}, "cdw_remnant": {"metallic_columns_over": 30, '
+                                    '"non_metallic_columns_min": -2}}',
+                                    '{"ranges": {}, "cdw_remnant": {"metallic_columns_over": 3.5, '
+                                    '"non_metallic_columns_min": 2}}',
+                                    '{"ranges": {}, "cdw_remnant": {"metallic_columns_over": 3, '
+                                    '"non_metallic_columns_min": 2, "remnant": 4}}',
+                                    '{"ranges": {}, "cdw_remnant": [30, 22]}'])
 def test_malformed_domain_is_refused_at_load(model_dir, tmp_path, domain) -> None:
     base = build_contract_model(tmp_path / "base.onnx", PARAMS.physical())
     path = _with_domain(base, tmp_path / "bad.onnx", domain)
@@ -262,9 +270,59 @@ def test_card_restriction_narrows_ranges_and_refuses_to_widen(ranged) -> None:
                        ({"ranges": {"voltage": [4.5, 5.0]}}, "leaves no values"),
                        ({"ranges": {"voltage": 3.0}}, "must be"),
                        ({"metallic_columns_max": -1}, "integer >= 0"),
-                       ({"metallic_columns_max": 2.5}, "integer >= 0")]:
+                       ({"metallic_columns_max": 2.5}, "integer >= 0"),
+                       ({"cdw_remnant": {"metallic_columns_over": 1}}, "non_metallic_columns_min"),
+                       ({"cdw_remnant": {"metallic_columns_over": 1, "non_metallic_columns_min": True}},
+                        "integer >= 0")]:
         with pytest.raises(ValueError, match=match):
             restrict_domain(text, bad, ranged)
+
+
+@needs_bundled
+def test_card_remnant_rule_flags_a_long_domain_next_to_a_short_cdw(tmp_path) -> None:
+    """A card's cdw_remnant rule (more than 10 metallic columns only while >= 12 stay non-metallic) flags a
+    30x28 lattice from 19 metallic columns on (30 - 19 = 11 < 12), not at 18, and says which rule; a
+    lattice too short to break it (lx = 30 with over = 29) is never flagged."""
+    rule = {"metallic_columns_over": 10, "non_metallic_columns_min": 12}
+    model = OnnxModel.load(_restricted_copy(tmp_path, {"cdw_remnant": rule}), "c", threads=1)
+    assert model.cdw_remnant == (10, 12) and model.metallic_columns_max == 27
+    p = HolsteinParams()
+    chosen = _go(p, {"c": model})
+    for w in (0, 10, 11, 18):
+        assert flag_configuration(chosen, _metal(w)[None], p) is chosen, w
+    for w in (19, 25):
+        flagged = flag_configuration(chosen, np.stack([_metal(5), _metal(w)]), p)
+        assert flagged.flagged and f"{OUTSIDE_DOMAIN}: {w} metallic columns, only {30 - w} non-metallic" \
+            in flagged.reason and "at least 12 columns of CDW remain" in flagged.reason
+        assert "validated up to 27" not in flagged.reason
+    both = flag_configuration(chosen, _metal(28)[None], p)  # beyond both rules: both named
+    assert "validated up to 27" in both.reason and "only 2 non-metallic" in both.reason
+    rng = np.random.default_rng(5)  # metallic columns anywhere (the check looks at the tail first)
+    for n_metal in (17, 18, 19, 20, 18):
+        q = _metal(0)
+        q[rng.choice(30, size=n_metal, replace=False)] = -0.35
+        count = int(metallic_column_count(q[None], 2.3855)[0])
+        assert (flag_configuration(chosen, q[None], p) is not chosen) == (count >= 19), (n_metal, count)
+    short = OnnxModel.load(_restricted_copy(tmp_path, {"metallic_columns_max": 30, "cdw_remnant": {
+        "metallic_columns_over": 29, "non_metallic_columns_min": 2}}), "c", threads=1)
+    chosen = _go(p, {"c": short})
+    assert flag_configuration(chosen, _metal(27)[None], p) is chosen  # 27 <= 29 and <= declared 27
+
+
+def test_card_remnant_rule_only_narrows(ranged) -> None:
+    """Of a declared and a restricting remnant rule the stricter parts win: the smaller metallic length
+    and the longer remnant; a restriction adds a rule where none was declared."""
+    from neqforce.server.backends.onnx import parse_remnant, restrict_domain
+
+    declared = json.dumps({"ranges": {"lx": [6, 40]},
+                           "cdw_remnant": {"metallic_columns_over": 20, "non_metallic_columns_min": 10}})
+    out = restrict_domain(declared, {"cdw_remnant": {"metallic_columns_over": 25, "non_metallic_columns_min": 15,
+                                                     "basis": "why"}}, ranged)
+    assert parse_remnant(out, ranged) == (20, 15)
+    added = restrict_domain(json.dumps({"ranges": {}}), {"cdw_remnant": {
+        "metallic_columns_over": 3, "non_metallic_columns_min": 4}}, ranged)
+    assert parse_remnant(added, ranged) == (3, 4) and parse_remnant(declared, ranged) == (20, 10)
+    assert parse_remnant(json.dumps({"ranges": {}}), ranged) is None
 
 
 @needs_bundled
@@ -278,7 +336,8 @@ def test_card_restriction_of_other_bytes_is_not_applied(tmp_path) -> None:
 def test_shipped_voltage_model_is_restricted_to_its_measured_domain() -> None:
     """voltage.onnx declares 79 metallic columns (its training frames); its card narrows that to 58, the
     longest metallic domain of the blind 80x28 set measured within target; GetServerInfo and `neqforce
-    info` show the bound, and an 80x28 request with 65 metallic columns comes back flagged."""
+    info` show the bound, and an 80x28 request with 65 metallic columns comes back flagged. Its card's
+    CDW-remnant rule (measured at 60x28) flags a 60x28 lattice with more than 38 metallic columns."""
     from neqforce.client import ForceClient
     from neqforce.client.jobs import format_server_info
     from neqforce.models import bundled_model_path
@@ -302,6 +361,18 @@ def test_shipped_voltage_model_is_restricted_to_its_measured_domain() -> None:
                 r = client.compute_forces(q, params, backend="onnx")
                 assert r.backend == "onnx" and np.all(np.isfinite(r.force))
                 expected = f"{OUTSIDE_DOMAIN}: {w} metallic columns, validated up to 58"
+                assert (expected in r.reason) == flagged, (w, r.reason)
+            # the CDW-remnant rule: on 60x28 a domain of more than 38 columns leaves fewer than 22 of CDW
+            assert info["models"][0]["cdw_remnant"] == {"metallic_columns_over": 30,
+                                                        "non_metallic_columns_min": 22}
+            assert "validated only while >= 22 columns of CDW remain" in format_server_info(info)
+            params = HolsteinParams(lx=60, voltage=3.0)
+            for w, flagged in ((30, False), (38, False), (39, True), (48, True)):
+                q = cdw_ground_state(params).copy()
+                q[:w] = -0.35 + 0.05 * np.random.default_rng(w).standard_normal((w, params.ly))
+                r = client.compute_forces(q, params)  # AUTO: the flag, not a fallback
+                assert r.backend == "onnx" and r.flagged == flagged, (w, r.reason)
+                expected = f"{OUTSIDE_DOMAIN}: {w} metallic columns, only {60 - w} non-metallic"
                 assert (expected in r.reason) == flagged, (w, r.reason)
     finally:
         srv.stop(grace=1.0)
