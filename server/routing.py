@@ -185,8 +185,8 @@ def _outside_why(model: OnnxModel, lx: int, worst: int) -> str:
     """Which rule a lattice of ``lx`` columns with ``worst`` metallic ones breaks, in words."""
     parts = []
     if model.metallic_columns_max is not None and worst > model.metallic_columns_max:
-        parts.append(f"validated up to {model.metallic_columns_max} (a longer metallic domain, or touchdown at "
-                     "the right electrode, than the model's error was measured on; docs/nonlocality.md)")
+        parts.append(f"validated up to {model.metallic_columns_max} (a longer metallic domain, or touchdown "
+                     "at the right electrode, than the model's error was measured on; docs/nonlocality.md)")
     if model.cdw_remnant is not None:
         over, keep = model.cdw_remnant
         if worst > over and lx - worst < keep:

@@ -146,8 +146,8 @@ def parse_remnant(text: str | None, path: Path) -> tuple[int, int] | None:
     """The CDW-remnant rule of ``neqforce.domain`` (``cdw_remnant``): a lattice holding more than
     ``metallic_columns_over`` metallic columns is inside the domain only while at least
     ``non_metallic_columns_min`` of its columns are not metallic — a long metallic domain next to a short
-    CDW remnant at the right electrode is a regime the model's error was measured outside of (docs/ml_model.md,
-    "60×28: the stall is real"). None when not declared; ValueError when malformed."""
+    CDW remnant at the right electrode is a regime the model's error was measured outside of
+    (docs/ml_model.md, "60×28: the stall is real"). None when not declared; ValueError when malformed."""
     if not text:
         return None
     value = json.loads(text).get(REMNANT_KEY)

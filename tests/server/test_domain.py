@@ -316,8 +316,8 @@ def test_card_remnant_rule_only_narrows(ranged) -> None:
 
     declared = json.dumps({"ranges": {"lx": [6, 40]},
                            "cdw_remnant": {"metallic_columns_over": 20, "non_metallic_columns_min": 10}})
-    out = restrict_domain(declared, {"cdw_remnant": {"metallic_columns_over": 25, "non_metallic_columns_min": 15,
-                                                     "basis": "why"}}, ranged)
+    rule = {"metallic_columns_over": 25, "non_metallic_columns_min": 15, "basis": "why"}
+    out = restrict_domain(declared, {"cdw_remnant": rule}, ranged)
     assert parse_remnant(out, ranged) == (20, 15)
     added = restrict_domain(json.dumps({"ranges": {}}), {"cdw_remnant": {
         "metallic_columns_over": 3, "non_metallic_columns_min": 4}}, ranged)
