@@ -96,6 +96,8 @@ def test_every_configuration_is_inside_the_declared_domain() -> None:
         assert domain["ranges"]["lx"][0] <= lx <= domain["ranges"]["lx"][1], name
         assert w <= domain["metallic_columns_max"], name
         assert w <= measured, name  # the bound measured on the blind long-device set
+        rule = card["domain_restriction"]["cdw_remnant"]  # no short CDW remnant next to a long domain
+        assert not (w > rule["metallic_columns_over"] and lx - w < rule["non_metallic_columns_min"]), name
 
 
 def test_normalization_constant_is_the_recorded_one() -> None:
