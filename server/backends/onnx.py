@@ -128,12 +128,14 @@ REMNANT_KEY = "cdw_remnant"
 
 def _remnant_rule(value: Any, path: Path, where: str) -> tuple[int, int]:
     """``value`` as a CDW-remnant rule (metallic_columns_over, non_metallic_columns_min), else ValueError."""
+    shape = f"{REMNANT_KEY} must be {{\"metallic_columns_over\": a, \"non_metallic_columns_min\": b}}"
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: {where}: {shape}, got {type(value).__name__}")
     try:
         over, keep = value["metallic_columns_over"], value["non_metallic_columns_min"]
-        extra = set(value) - {"metallic_columns_over", "non_metallic_columns_min", "basis"}
-    except (KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: {where}: {REMNANT_KEY} must be {{\"metallic_columns_over\": a, "
-                         f"\"non_metallic_columns_min\": b}}: missing {exc}") from None
+    except KeyError as exc:
+        raise ValueError(f"{path}: {where}: {shape}: missing {exc}") from None
+    extra = set(value) - {"metallic_columns_over", "non_metallic_columns_min", "basis"}
     if extra:
         raise ValueError(f"{path}: {where}: {REMNANT_KEY} has unknown fields {sorted(extra)}")
     for name, v in (("metallic_columns_over", over), ("non_metallic_columns_min", keep)):
