@@ -32,18 +32,32 @@ def _lorentzian_occupation(energy: np.ndarray, gamma: float, temperature: float)
     return 0.5 - psi(0.5 + (gamma + 1j * energy) / (2.0 * math.pi * temperature)).imag / math.pi
 
 
+def _band_energies(t: float, nk: int) -> tuple[np.ndarray, np.ndarray]:
+    """eps_k = -2t (cos kx + cos ky) on the nk × nk midpoint grid k = 2π (n + 1/2) / nk, as distinct
+    points with weights summing to 1 (the mean over the grid is the weighted sum). For even nk the grid's
+    symmetries are used: cos k_n = cos k_(nk-1-n) and kx ↔ ky, so nk/2 (nk/2 + 1)/2 points stand for nk²
+    (~8× fewer digamma evaluations per gap-equation residual; the same mean up to rounding)."""
+    c = np.cos(2.0 * math.pi * (np.arange(nk) + 0.5) / nk)
+    if nk % 2 == 0:
+        a, b = np.triu_indices(nk // 2)
+        weight = np.where(a == b, 1.0, 2.0)
+    else:
+        a, b = (i.ravel() for i in np.indices((nk, nk)))
+        weight = np.ones(a.size)
+    return -2.0 * t * (c[a] + c[b]), weight / weight.sum()
+
+
 @functools.lru_cache(maxsize=64)
 def _bulk_amplitude(t: float, g: float, k: float, kappa: float, gamma: float, temperature: float,
                     nk: int) -> float:
-    kk = 2.0 * math.pi * (np.arange(nk) + 0.5) / nk
-    eps = -2.0 * t * (np.cos(kk)[:, None] + np.cos(kk)[None, :])
+    eps, weight = _band_energies(t, nk)
     stiffness = k - 4.0 * kappa
 
     def residual(q0: float) -> float:
         delta = g * q0
         e = np.sqrt(eps * eps + delta * delta)
         occ = _lorentzian_occupation(-e, gamma, temperature) - _lorentzian_occupation(e, gamma, temperature)
-        dn = np.mean(np.where(e > 0, delta / (2.0 * np.where(e > 0, e, 1.0)), 0.0) * occ)
+        dn = np.sum(weight * np.where(e > 0, delta / (2.0 * np.where(e > 0, e, 1.0)), 0.0) * occ)
         return g * dn - stiffness * q0
 
     upper = g / stiffness  # |n - 1/2| <= 1/2
