@@ -48,10 +48,10 @@ def prepare(args: argparse.Namespace) -> None:
     """Per held-out/training frame: member 0's last hidden layer h, the committee force F̂, the residual."""
     import torch
 
-    from training.checkpoint import load_model
-    from training.data import frame_groups, qualify_ids, training_validation_mask, validation_mask
-    from training.dataset import load_dataset
-    from training.evaluate import load_any
+    from neqforce.training.checkpoint import load_model
+    from neqforce.training.data import frame_groups, qualify_ids, training_validation_mask, validation_mask
+    from neqforce.training.dataset import load_dataset
+    from neqforce.training.evaluate import load_any
 
     torch.set_num_threads(args.threads)
     trajs = qualify_ids(load_dataset([str(Path(args.data) / p) for p in PACKS]))
@@ -86,17 +86,9 @@ def prepare(args: argparse.Namespace) -> None:
 
 
 def _hidden(model, q, v):
-    """The member's last hidden layer (B, lx, ly, 64) (SymmetrizedMLP up to its last linear layer)."""
-    net = model.net
+    """The member's last hidden layer (B, lx, ly, 64)."""
     s, a = model.features(q, v)
-    s, a = (s - model.s_mean) / model.s_std, a / model.a_std
-    z = net.first(s)
-    if net.first_anti is None:
-        h = net.act(z)
-    else:
-        za = net.first_anti(a)
-        h = net.act(z + za) + net.act(z - za)
-    return net.rest[:-1](h)
+    return model.net.hidden((s - model.s_mean) / model.s_std, a / model.a_std)
 
 
 def _stage(torch, n_h: int, reach: int, channels: int, rows: int):

@@ -185,7 +185,9 @@ class SymmetrizedMLP(nn.Module):
         layers.append(nn.Linear(hidden[-1], 1))
         self.rest = nn.Sequential(*layers)
 
-    def forward(self, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    def hidden(self, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """The last hidden layer's activations (…, hidden[-1]): a learned, a → -a invariant summary of the
+        site's inputs, which the output layer maps linearly to the force."""
         if self.anti_proj is not None:
             u = self.anti_proj(a)
             s = torch.cat([s, u * u], dim=-1)
@@ -195,7 +197,10 @@ class SymmetrizedMLP(nn.Module):
         else:
             za = self.first_anti(a)
             h = self.act(z + za) + self.act(z - za)
-        return self.rest(h).squeeze(-1)
+        return self.rest[:-1](h)
+
+    def forward(self, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        return self.rest[-1](self.hidden(s, a)).squeeze(-1)
 
 
 class ForceModel(nn.Module):
