@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -30,6 +30,25 @@ PHYS_HELP = {
     "gamma_bath": "Bath broadening of every site (0.001).",
 }
 _SERVER = "Server"
+
+# Options shared by `simulate` and `forces` (one definition each; typer reads the Annotated metadata).
+VoltageOpt = Annotated[float | None, typer.Option("--voltage", "-V", rich_help_panel=_PHYS,
+                                                  help=PHYS_HELP["voltage"])]
+TemperatureOpt = Annotated[float | None, typer.Option("--temperature", "-T", rich_help_panel=_PHYS,
+                                                      help=PHYS_HELP["temperature"])]
+HoppingOpt = Annotated[float | None, typer.Option("--t", rich_help_panel=_PHYS, help=PHYS_HELP["t"])]
+CouplingOpt = Annotated[float | None, typer.Option("--g", rich_help_panel=_PHYS, help=PHYS_HELP["g"])]
+StiffnessOpt = Annotated[float | None, typer.Option("--k", rich_help_panel=_PHYS, help=PHYS_HELP["k"])]
+KappaOpt = Annotated[float | None, typer.Option("--kappa", rich_help_panel=_PHYS, help=PHYS_HELP["kappa"])]
+GammaLeadOpt = Annotated[float | None, typer.Option("--gamma-lead", rich_help_panel=_PHYS,
+                                                    help=PHYS_HELP["gamma_lead"])]
+GammaBathOpt = Annotated[float | None, typer.Option("--gamma-bath", rich_help_panel=_PHYS,
+                                                    help=PHYS_HELP["gamma_bath"])]
+TlsCaOpt = Annotated[Path | None, typer.Option("--tls-ca", rich_help_panel=_SERVER,
+                                               help="PEM CA certificate: connect with TLS.")]
+TimeoutOpt = Annotated[float, typer.Option(rich_help_panel=_SERVER,
+                                           help="Seconds to wait for one response (exact NEGF of 3000+ "
+                                                "sites takes about a minute per core).")]
 
 
 def _error(message: str, code: int = EXIT_USAGE) -> typer.Exit:
@@ -121,28 +140,21 @@ def register(app: typer.Typer) -> None:
                                                "one on a free loopback port)."),
         token: str | None = typer.Option(None, envvar="NEQFORCE_TOKEN", rich_help_panel=_SERVER,
                                          help="Bearer token of the server (env NEQFORCE_TOKEN)."),
-        tls_ca: Path | None = typer.Option(None, "--tls-ca", rich_help_panel=_SERVER,
-                                           help="PEM CA certificate: connect with TLS."),
+        tls_ca: TlsCaOpt = None,
         model: Path | None = typer.Option(None, rich_help_panel=_SERVER,
                                           help="ONNX model for the embedded server (default: the bundled "
                                                "model, or exact NEGF only if there is none)."),
-        timeout: float = typer.Option(300.0, rich_help_panel=_SERVER,
-                                      help="Seconds to wait for one response (exact NEGF of 3000+ sites "
-                                           "takes about a minute per core)."),
+        timeout: TimeoutOpt = 300.0,
         lx: int | None = typer.Option(None, rich_help_panel=_PHYS, help="Sites along x (transport) (30)."),
         ly: int | None = typer.Option(None, rich_help_panel=_PHYS, help="Sites along y (periodic) (28)."),
-        voltage: float | None = typer.Option(None, "--voltage", "-V", rich_help_panel=_PHYS,
-                                             help=PHYS_HELP["voltage"]),
-        temperature: float | None = typer.Option(None, "--temperature", "-T", rich_help_panel=_PHYS,
-                                                 help=PHYS_HELP["temperature"]),
-        t: float | None = typer.Option(None, "--t", rich_help_panel=_PHYS, help=PHYS_HELP["t"]),
-        g: float | None = typer.Option(None, "--g", rich_help_panel=_PHYS, help=PHYS_HELP["g"]),
-        k: float | None = typer.Option(None, "--k", rich_help_panel=_PHYS, help=PHYS_HELP["k"]),
-        kappa: float | None = typer.Option(None, "--kappa", rich_help_panel=_PHYS, help=PHYS_HELP["kappa"]),
-        gamma_lead: float | None = typer.Option(None, "--gamma-lead", rich_help_panel=_PHYS,
-                                                help=PHYS_HELP["gamma_lead"]),
-        gamma_bath: float | None = typer.Option(None, "--gamma-bath", rich_help_panel=_PHYS,
-                                                help=PHYS_HELP["gamma_bath"]),
+        voltage: VoltageOpt = None,
+        temperature: TemperatureOpt = None,
+        t: HoppingOpt = None,
+        g: CouplingOpt = None,
+        k: StiffnessOpt = None,
+        kappa: KappaOpt = None,
+        gamma_lead: GammaLeadOpt = None,
+        gamma_bath: GammaBathOpt = None,
     ) -> None:
         """Brownian-dynamics quench of the CDW (docs/physics.md) with forces from a server; writes an HDF5
         trajectory, ξ(t) as CSV, and density/ξ(t) figures. Ctrl-C saves; --resume continues."""
@@ -195,25 +207,18 @@ def register(app: typer.Typer) -> None:
                                           help="HOST:PORT of a running server (default: embedded)."),
         token: str | None = typer.Option(None, envvar="NEQFORCE_TOKEN", rich_help_panel=_SERVER,
                                          help="Bearer token (env NEQFORCE_TOKEN)."),
-        tls_ca: Path | None = typer.Option(None, "--tls-ca", rich_help_panel=_SERVER,
-                                           help="PEM CA certificate: connect with TLS."),
+        tls_ca: TlsCaOpt = None,
         model: Path | None = typer.Option(None, rich_help_panel=_SERVER,
                                           help="ONNX model for the embedded server."),
-        timeout: float = typer.Option(300.0, rich_help_panel=_SERVER,
-                                      help="Seconds to wait for one response (exact NEGF of 3000+ sites "
-                                           "takes about a minute per core)."),
-        voltage: float | None = typer.Option(None, "--voltage", "-V", rich_help_panel=_PHYS,
-                                             help=PHYS_HELP["voltage"]),
-        temperature: float | None = typer.Option(None, "--temperature", "-T", rich_help_panel=_PHYS,
-                                                 help=PHYS_HELP["temperature"]),
-        t: float | None = typer.Option(None, "--t", rich_help_panel=_PHYS, help=PHYS_HELP["t"]),
-        g: float | None = typer.Option(None, "--g", rich_help_panel=_PHYS, help=PHYS_HELP["g"]),
-        k: float | None = typer.Option(None, "--k", rich_help_panel=_PHYS, help=PHYS_HELP["k"]),
-        kappa: float | None = typer.Option(None, "--kappa", rich_help_panel=_PHYS, help=PHYS_HELP["kappa"]),
-        gamma_lead: float | None = typer.Option(None, "--gamma-lead", rich_help_panel=_PHYS,
-                                                help=PHYS_HELP["gamma_lead"]),
-        gamma_bath: float | None = typer.Option(None, "--gamma-bath", rich_help_panel=_PHYS,
-                                                help=PHYS_HELP["gamma_bath"]),
+        timeout: TimeoutOpt = 300.0,
+        voltage: VoltageOpt = None,
+        temperature: TemperatureOpt = None,
+        t: HoppingOpt = None,
+        g: CouplingOpt = None,
+        k: StiffnessOpt = None,
+        kappa: KappaOpt = None,
+        gamma_lead: GammaLeadOpt = None,
+        gamma_bath: GammaBathOpt = None,
     ) -> None:
         """Forces F_i (and densities n_i) of one configuration, from a server; lattice size from the array;
         physics: stored in an .h5 input, else the defaults (in parentheses), overridden by the options."""
