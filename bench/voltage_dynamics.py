@@ -9,7 +9,17 @@ force from the model, nothing replayed), seeds ``--first-seed`` … (default 100
 its noise with the NEGF run — its "twin" — and 1001–1007 are independent; no seed of any training
 trajectory). Both sides go through the same library metrics (:func:`neqforce.physics.run_metrics`:
 nucleation time, wall speed over the ξ window, times to ξ = 0.5 and 0.9). Prints one table per quantity:
-NEGF value, ML twin, ML ensemble mean ± standard error, and the ratio ML mean / NEGF.
+NEGF value, ML twin, ML ensemble mean ± standard error, and the ratio ML mean / NEGF. Last, the threshold
+voltage of each side: where the fraction of runs that switched (ξ reached 0.5) crosses 1/2, interpolated
+between voltages — the definition of ``neqforce sweep`` (:func:`neqforce.client.sweep_summary.threshold`).
+
+A folder may also be a ``neqforce sweep --backend negf`` output (its ``runs/*/seed*/trajectory.h5``), so
+NEGF-BD runs at extra voltages join the dataset runs, e.g. a finer grid near the threshold:
+
+    neqforce sweep --voltage 2.8125,2.875,2.9375 --seeds 3 --first-seed 1002 --steps 400 --backend negf \
+        --out runs/thr_negf
+    python bench/voltage_dynamics.py data/heldout3 data/heldout4 data/heldout5 runs/thr_negf \
+        --model neqforce/models/voltage.onnx --first-seed 1002 --seeds 16 --out runs/vdyn_thr
 """
 
 from __future__ import annotations
@@ -44,7 +54,9 @@ def metrics_of(path: Path) -> tuple[float, int, dict[str, float]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("negf", nargs="+", type=Path, help="folders of NEGF-BD trajectories (V*.h5)")
+    ap.add_argument("negf", nargs="+", type=Path,
+                    help="folders of NEGF-BD trajectories (datasets: V*.h5; sweeps: "
+                         "runs/*/seed*/trajectory.h5)")
     ap.add_argument("--model", type=Path, required=True)
     ap.add_argument("--out", type=Path, default=Path("runs/vdyn"))
     ap.add_argument("--seeds", type=int, default=8)
@@ -55,7 +67,7 @@ def main() -> None:
     negf: dict[float, list[tuple[int, dict]]] = {}
     lattice, steps = None, 0
     for folder in args.negf:
-        for f in sorted(folder.glob("*.h5")):
+        for f in sorted(folder.glob("*.h5")) + sorted(folder.glob("runs/*/seed*/trajectory.h5")):
             t = read_trajectory(f)
             if not t.complete or t.backend != "negf":
                 continue
@@ -94,8 +106,27 @@ def main() -> None:
                   f"{sem:.3f} ({fin.size}/{mv.size}) | {ratio:.3f}")
             summary.setdefault(str(v), {})[q] = {"negf": nv, "ml_twin": twin, "ml_mean": mean, "ml_sem": sem,
                                                  "ml_n": int(fin.size), "ratio": ratio}
+    summary["threshold"] = thresholds(volts, negf, ml)
     (args.out / "voltage_dynamics.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
     print(f"\nwrote {args.out / 'voltage_dynamics.json'}")
+
+
+def thresholds(volts: list[float], negf: dict, ml: dict) -> dict:
+    """Switched fraction per voltage and the threshold voltage of each side (printed)."""
+    from neqforce.client.sweep_summary import threshold
+
+    print("\nswitched (ξ reached 0.5): NEGF | ML")
+    out: dict = {}
+    for side, runs in (("negf", negf), ("ml", ml)):
+        fractions = [float(np.mean([np.isfinite(m["t_xi50"]) for _, m in runs.get(v, [])])) for v in volts]
+        value, text = threshold(volts, fractions)
+        out[side] = {"fractions": fractions, "threshold": value, "text": text}
+    for i, v in enumerate(volts):
+        fn, fm = out["negf"]["fractions"][i], out["ml"]["fractions"][i]
+        print(f"  V = {v:<7g} {fn:.3f} ({len(negf[v])}) | {fm:.3f} ({len(ml.get(v, []))})")
+    diff = out["ml"]["threshold"] - out["negf"]["threshold"]
+    print(f"threshold voltage: NEGF {out['negf']['text']}, ML {out['ml']['text']}, ML − NEGF {diff:+.3f}")
+    return out
 
 
 if __name__ == "__main__":
