@@ -61,10 +61,14 @@ def prepare(args: argparse.Namespace) -> None:
     committee = load_any(args.model, threads=args.threads)
     member, _ = load_model(args.member)
     out: dict[str, np.ndarray] = {}
-    for gi, fr in enumerate(frame_groups(trajs)):
+    groups = [(fr, trajs) for fr in frame_groups(trajs)]
+    for folder in args.extra:  # training-only frames: never held out, never in a block
+        extra = qualify_ids(load_dataset(str(folder)))
+        groups += [(fr, extra) for fr in frame_groups(extra)]
+    for gi, (fr, source) in enumerate(groups):
         t0 = time.time()
-        ids = [t for t in trajs if t.params.shape == fr.params.shape]
-        packs = np.array([pack_of[ids[k].extra["file"]] for k in fr.traj])
+        ids = [t for t in source if t.params.shape == fr.params.shape]
+        packs = np.array([pack_of.get(ids[k].extra["file"], "extra") for k in fr.traj])
         fhat = committee.predict(fr.q, fr.voltage).astype(np.float32)
         hs = []
         with torch.no_grad():
@@ -76,8 +80,9 @@ def prepare(args: argparse.Namespace) -> None:
         out[f"g{gi}_fhat"] = fhat
         out[f"g{gi}_force"] = fr.force.astype(np.float32)
         out[f"g{gi}_voltage"] = fr.voltage.astype(np.float32)
-        out[f"g{gi}_hold"] = training_validation_mask(fr.step)
-        out[f"g{gi}_block"] = validation_mask(fr.step) & np.isin(packs, BLOCK_PACKS)
+        extra = source is not trajs
+        out[f"g{gi}_hold"] = np.zeros(len(fr.q), bool) if extra else training_validation_mask(fr.step)
+        out[f"g{gi}_block"] = validation_mask(fr.step) & np.isin(packs, BLOCK_PACKS) & (not extra)
         print(f"group {fr.params.shape}: {len(fr.q)} frames, {time.time() - t0:.0f} s", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(str(args.out) + ".tmp.npz")
@@ -186,6 +191,8 @@ def fit(args: argparse.Namespace) -> None:
     with torch.no_grad():
         for g, d in data.items():
             idx = np.flatnonzero(d["hold"])
+            if not idx.size:  # training-only frames (prepare --extra)
+                continue
             preds = np.concatenate([run(g, idx[i:i + 32])[0].numpy() for i in range(0, len(idx), 32)])
             err0 = (d["fhat"][idx] - d["force"][idx]) / F_MAX
             err1 = (d["fhat"][idx] + preds - d["force"][idx]) / F_MAX
@@ -220,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default="data")
     p.add_argument("--model", default="neqforce/models/voltage.onnx")
     p.add_argument("--member", default="runs/RR/m0/model.pt")
+    p.add_argument("--extra", type=Path, action="append", default=[],
+                   help="labelled-frames folder added to the training frames only (bench/splice_far.py)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--threads", type=int, default=1)
     f = sub.add_parser("fit")
