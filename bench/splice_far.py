@@ -22,16 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
-PACKS = ("vrange", "learned", "vhigh", "learned80", "learned120", "learned120b", "idealized",
-         "idealized_long", "remnant60")  # the group the held-out mask is computed on (as training does)
-SOURCE_PACKS = ("vrange", "learned", "vhigh")
+# 0.6's training packs (the group the held-out mask is computed on, as training does) and the NEGF-BD ones
+from far_message import BLOCK_PACKS as SOURCE_PACKS  # bench/ is on sys.path when run
+from far_message import PACKS
 
 
-def splice_plan(q: np.ndarray, voltage: np.ndarray, traj: np.ndarray, wall: np.ndarray, n: int, near: int,
+def splice_plan(voltage: np.ndarray, traj: np.ndarray, wall: np.ndarray, n: int,
                 rng: np.random.Generator) -> list[tuple[int, int]]:
     """``n`` pairs (A, B) of frame indices: same voltage, different trajectory, walls within one column."""
     pairs: list[tuple[int, int]] = []
-    order = rng.permutation(len(q))
+    order = rng.permutation(len(voltage))
     for a in order:
         ok = np.flatnonzero((voltage == voltage[a]) & (traj != traj[a]) & (np.abs(wall - wall[a]) <= 1))
         if ok.size:
@@ -78,8 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     inside = (wall >= 2) & (wall <= 28 - args.near)  # a wall with CDW ahead of it
     idx = np.flatnonzero(inside)
     rng = np.random.default_rng(args.seed)
-    pairs = splice_plan(q[idx], group.voltage[train][idx], group.traj[train][idx], wall[idx], args.frames,
-                        args.near, rng)
+    pairs = splice_plan(group.voltage[train][idx], group.traj[train][idx], wall[idx], args.frames, rng)
     print(f"{len(idx)} source frames at V = {volts}; {len(pairs)} spliced frames", flush=True)
     frames = []
     for a, b in pairs:
