@@ -22,9 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-# 0.6's training packs (the group the held-out mask is computed on, as training does) and the NEGF-BD ones
-from far_message import BLOCK_PACKS as SOURCE_PACKS  # bench/ is on sys.path when run
-from far_message import PACKS
+# 0.6's training packs (the group the held-out mask is computed on, as training does) and its NEGF-BD ones;
+# the same lists as bench/far_message.py (bench scripts stay standalone: no imports between them)
+PACKS = ("vrange", "learned", "vhigh", "learned80", "learned120", "learned120b", "idealized",
+         "idealized_long", "remnant60")
+SOURCE_PACKS = ("vrange", "learned", "vhigh")
 
 
 def splice_plan(voltage: np.ndarray, traj: np.ndarray, wall: np.ndarray, n: int,
