@@ -56,6 +56,9 @@ def train_cmd(
     max_step: int = typer.Option(0, min=0, help="Use frames up to this BD step only (0: all)."),
     max_minutes: float = typer.Option(0.0, min=0.0, help="Stop after this many minutes (0: no limit)."),
     threads: int = typer.Option(0, min=0, help="torch CPU threads (0: default)."),
+    weight_long: float = typer.Option(1.0, min=0.0, help="Loss weight of the sites of lattices longer than "
+                                      "the shortest one in the data (1: every site alike; the validation "
+                                      "loss stays per-site)."),
     resume: bool = typer.Option(False, help="Continue from OUT/last.pt."),
     allow_incomplete: bool = typer.Option(False, help="Train on trajectories still being generated "
                                           "(the model records the dataset as partial)."),
@@ -79,7 +82,7 @@ def train_cmd(
             test_ids=tuple(s.strip() for s in test_ids.split(",") if s.strip()), voltage=voltage,
             voltage_range=v_range,
             stride=stride, max_step=max_step or None, max_minutes=max_minutes, threads=threads,
-            allow_incomplete=allow_incomplete)
+            allow_incomplete=allow_incomplete, weight_long=weight_long)
         train([str(d) for d in data], out, opts, resume=resume, log=typer.echo)
     except (ValueError, KeyError, OSError) as exc:
         _fail(exc)

@@ -75,6 +75,7 @@ class TrainOptions:
     max_minutes: float = 0.0  # 0: no limit
     threads: int = 0  # torch intra-op threads (0: torch default)
     allow_incomplete: bool = False  # train on trajectories still being generated (recorded as such)
+    weight_long: float = 1.0  # loss weight of the sites of lattices longer than the shortest one
 
 
 def pick_device(name: str) -> torch.device:
@@ -174,6 +175,18 @@ def predict_forces(model: ForceModel, q: np.ndarray, voltage: np.ndarray | None 
     return torch.cat(out).numpy().astype(np.float64)
 
 
+def long_site_weights(groups: Sequence[Frames], vmasks: Sequence[np.ndarray],
+                      weight_long: float) -> torch.Tensor:
+    """Loss weight of every training site, in the order :func:`split_features` writes them: ``weight_long``
+    for the sites of frames on lattices longer (lx) than the shortest lattice of the data, 1 elsewhere.
+    Restores the share of long devices in the loss when more short-device data is added."""
+    lx_min = min(fr.params.lx for fr in groups)
+    parts = [torch.full((int((~m).sum()) * fr.params.lx * fr.params.ly,),
+                        weight_long if fr.params.lx > lx_min else 1.0)
+             for fr, m in zip(groups, vmasks, strict=True)]
+    return torch.cat(parts)
+
+
 def max_metallic_columns(frames: Sequence[Frames]) -> int:
     """Most metallic columns (SPEC ξ·lx) of any frame: the metallic-length extent of the training data."""
     worst = 0
@@ -239,6 +252,11 @@ def train(data: str | os.PathLike[str] | Sequence[str], out: str | os.PathLike[s
     yn_tr = (y_tr - model.y_mean) / model.y_std
     yn_va = (y_va - model.y_mean) / model.y_std
     log(f"features: {tuple(s_tr.shape)} + {tuple(a_tr.shape)} in {time.time() - t0:.1f} s")
+    w_tr = None
+    if opts.weight_long != 1.0:
+        w_tr = long_site_weights(groups, vmasks, opts.weight_long)
+        share = float(w_tr[w_tr != 1.0].sum() / w_tr.sum()) if opts.weight_long > 0 else 0.0
+        log(f"long-lattice sites weighted {opts.weight_long:g}: {share:.1%} of the training loss")
 
     model.to(dev).train()
     opt = torch.optim.Adam(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
@@ -267,7 +285,11 @@ def train(data: str | os.PathLike[str] | Sequence[str], out: str | os.PathLike[s
         for i in range(0, n_tr, opts.batch_size):
             idx = perm[i:i + opts.batch_size]
             p = model.head(s_tr[idx].to(dev), a_tr[idx].to(dev))
-            loss = torch.mean((p - yn_tr[idx].to(dev)) ** 2)
+            if w_tr is None:
+                loss = torch.mean((p - yn_tr[idx].to(dev)) ** 2)
+            else:  # weighted mean: the long lattices' share of the loss (validation stays per-site)
+                w = w_tr[idx].to(dev)
+                loss = torch.sum(w * (p - yn_tr[idx].to(dev)) ** 2) / w.sum().clamp_min(1e-12)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -256,3 +256,21 @@ def test_sweep_in_worker_forces_feed_the_voltage(committee):
                                    requested="onnx")(q)
         expected = sess.run(["force"], {"q": q.astype(np.float32), "voltage": np.array([v], np.float32)})[0]
         np.testing.assert_allclose(force, expected, atol=1e-6)
+
+
+def test_weight_long_changes_the_trained_member(committee, voltage_data, tmp_path):
+    """Member 0's command with --weight-long 3 (the 10x6 sites weighted): recorded, reported, and a
+    different model than the unweighted member 0 with the same seed."""
+    from neqforce.training.checkpoint import read_checkpoint
+
+    run = tmp_path / "w"
+    res = CliRunner().invoke(app, ["train", *voltage_data, "--out", str(run), "--preset", "voltage",
+                                   "--epochs", "3", "--hidden", "12,8", "--r-cut", "4", "--threads", "1",
+                                   "--seed", "0", "--test-ids", TEST_ID, "--batch-size", "256",
+                                   "--weight-long", "3"])
+    assert res.exit_code == 0, res.output
+    assert "long-lattice sites weighted 3" in res.output
+    ck, ref = read_checkpoint(run / "model.pt"), read_checkpoint(committee["checkpoints"][0])
+    assert ck["options"]["weight_long"] == 3.0 and ref["options"]["weight_long"] == 1.0
+    assert any(not torch.equal(ck["state_dict"][k], ref["state_dict"][k]) for k in ref["state_dict"]
+               if k.startswith("net."))
