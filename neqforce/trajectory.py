@@ -399,7 +399,35 @@ def read_trajectory(path: str | os.PathLike[str]) -> Trajectory:
     return _read(Path(path))[0]
 
 
+#: Reads of a file whose writer checkpointed meanwhile before :func:`_read` gives up.
+READ_ATTEMPTS = 20
+
+
+def _commit_marker(path: Path) -> tuple[int, ...] | None:
+    """The ``checkpoint/commit`` marker as a fresh open reads it now (None: no marker, or unreadable)."""
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            marker = f.get("checkpoint/commit")
+            return None if marker is None else tuple(int(x) for x in np.ravel(marker[()]))
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+
+
+class _Torn(TrajectoryError):
+    """The run checkpointed while the resume and run state were read: read again."""
+
+
 def _read(path: Path) -> tuple[Trajectory, _Layout | None]:
+    """Read a trajectory, consistently even while its run is checkpointing it (see :func:`_read_open`)."""
+    for attempt in range(READ_ATTEMPTS):
+        try:
+            return _read_once(path)
+        except _Torn:
+            time.sleep(0.001 * attempt)
+    raise TrajectoryError(f"{path}: the run checkpointed during each of {READ_ATTEMPTS} reads; read it again")
+
+
+def _read_once(path: Path) -> tuple[Trajectory, _Layout | None]:
     if not path.exists():
         raise TrajectoryError(f"trajectory file not found: {path}")
     try:
@@ -416,6 +444,10 @@ def _read(path: Path) -> tuple[Trajectory, _Layout | None]:
 
 
 def _read_open(path: Path, f: h5py.File) -> tuple[Trajectory, _Layout | None]:
+    """The trajectory and its row layout. A ``/2`` file's marker names the slot of the resume and run state;
+    a running writer rewrites a slot only after the marker has left it, so the marker is read again through a
+    fresh open right after the slot (a seqlock): if it moved, the slot may be torn (:class:`_Torn`). Rows
+    below the marker's counts are never rewritten, so the rest of the read needs no check."""
     a = f.attrs
     fmt = a.get("format")
     if isinstance(fmt, bytes):
@@ -435,11 +467,14 @@ def _read_open(path: Path, f: h5py.File) -> tuple[Trajectory, _Layout | None]:
             raise TrajectoryError(f"{path}: checkpoint/commit names slot {slot} (must be 0 or 1)")
         if not 0 < n_state <= STATE_CAPACITY:
             raise TrajectoryError(f"{path}: checkpoint/commit gives a run state of {n_state} bytes")
+        state = bytes(f["checkpoint/state"][slot, :n_state])
+        q = f["checkpoint/slots"][slot]
+        if _commit_marker(path) != tuple(int(x) for x in commit):
+            raise _Torn(f"{path}: checkpointed while read")
         try:
-            mutable = json.loads(bytes(f["checkpoint/state"][slot, :n_state]))
+            mutable = json.loads(state)
         except ValueError:
             raise TrajectoryError(f"{path}: the run state (checkpoint/state) is not valid JSON") from None
-        q = f["checkpoint/slots"][slot]
         offsets = _offsets(f)
         if offsets is not None:
             layout = _Layout(offsets, len(f["series/step"]), len(f["frames/step"]), n_series, n_frames, slot)

@@ -229,3 +229,27 @@ def test_sigkill_during_checkpoints_leaves_a_consistent_file(tmp_path):
         assert traj.series_xi == [s * 1e-3 for s in range(traj.checkpoint_step + 1)]
         last = traj.checkpoint_step
     assert last > 0
+
+
+def test_reading_while_the_run_checkpoints_is_consistent(tmp_path):
+    """A reader polling a file whose run does nothing but checkpoint (each of the two slots reused every
+    other checkpoint): every read succeeds and is one checkpoint — resume state and series agree. Before
+    the reader's seqlock, a read took the run state of a slot being rewritten within a second."""
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "live.h5"
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        last, reads, t_end = -1, 0, time.monotonic() + 6.0
+        while time.monotonic() < t_end:
+            traj = read_trajectory(path)
+            np.testing.assert_array_equal(traj.checkpoint_q, np.full((6, 4), float(traj.checkpoint_step)))
+            assert len(traj.series_xi) == traj.checkpoint_step + 1 and traj.checkpoint_step >= last
+            last, reads = traj.checkpoint_step, reads + 1
+        assert reads > 20 and last > 100, (reads, last)
+    finally:
+        proc.kill()
+        proc.wait()
