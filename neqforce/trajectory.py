@@ -413,6 +413,49 @@ def _commit_marker(path: Path) -> tuple[int, ...] | None:
         return None
 
 
+def _check_commit(path: Path, commit: np.ndarray) -> np.ndarray:
+    """``commit`` if it is a well-formed marker ``[step, n_series, n_frames, slot, n_state]``."""
+    if commit.shape != (5,):
+        raise TrajectoryError(f"{path}: checkpoint/commit must hold 5 integers, has shape {commit.shape}")
+    if int(commit[3]) not in (0, 1):
+        raise TrajectoryError(f"{path}: checkpoint/commit names slot {int(commit[3])} (must be 0 or 1)")
+    if not 0 < int(commit[4]) <= STATE_CAPACITY:
+        raise TrajectoryError(f"{path}: checkpoint/commit gives a run state of {int(commit[4])} bytes")
+    return commit
+
+
+def _raw_layout_ok(f: h5py.File, shape: tuple[int, int]) -> bool:
+    """Whether the checkpoint datasets have the dtypes and shapes :func:`_write_in_place` writes."""
+    slots, state, commit = f["checkpoint/slots"], f["checkpoint/state"], f["checkpoint/commit"]
+    return (slots.dtype == np.dtype("<f8") and slots.shape == (2, *shape) and state.dtype == np.uint8
+            and state.shape == (2, STATE_CAPACITY) and commit.dtype == np.dtype("<i8")
+            and commit.shape == (5,))
+
+
+def _read_slot_raw(path: Path, offsets: dict[str, int], shape: tuple[int, int]
+                   ) -> tuple[np.ndarray, bytes, np.ndarray]:
+    """Marker, run state and resume Q of a file laid out for in-place checkpoints, read as raw bytes at
+    their offsets (the bytes :func:`_write_in_place` writes; no HDF5 cache in between): marker, slot,
+    marker again, all within microseconds. A moved marker means a checkpoint overlapped (:class:`_Torn`)."""
+    n_q = int(np.prod(shape)) * 8
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        def marker() -> np.ndarray:
+            return np.frombuffer(os.pread(fd, 40, offsets["checkpoint/commit"]), dtype="<i8").astype(np.int64)
+
+        commit = _check_commit(path, marker())
+        slot, n_state = int(commit[3]), int(commit[4])
+        state = os.pread(fd, n_state, offsets["checkpoint/state"] + slot * STATE_CAPACITY)
+        raw_q = os.pread(fd, n_q, offsets["checkpoint/slots"] + slot * n_q)
+        if not np.array_equal(marker(), commit):
+            raise _Torn(f"{path}: checkpointed while read")
+    finally:
+        os.close(fd)
+    if len(state) != n_state or len(raw_q) != n_q:
+        raise TrajectoryError(f"{path}: damaged or incomplete trajectory file (checkpoint slot cut short)")
+    return commit, state, np.frombuffer(raw_q, dtype="<f8").reshape(shape).astype(np.float64)
+
+
 class _Torn(TrajectoryError):
     """The run checkpointed while the resume and run state were read: read again."""
 
@@ -445,8 +488,9 @@ def _read_once(path: Path) -> tuple[Trajectory, _Layout | None]:
 
 def _read_open(path: Path, f: h5py.File) -> tuple[Trajectory, _Layout | None]:
     """The trajectory and its row layout. A ``/2`` file's marker names the slot of the resume and run state;
-    a running writer rewrites a slot only after the marker has left it, so the marker is read again through a
-    fresh open right after the slot (a seqlock): if it moved, the slot may be torn (:class:`_Torn`). Rows
+    a running writer rewrites a slot only after the marker has left it, so the marker is read again right
+    after the slot (a seqlock; raw bytes at their offsets, :func:`_read_slot_raw`, or through a fresh open for
+    a compact file): if it moved, the slot may be torn (:class:`_Torn`). Rows
     below the marker's counts are never rewritten, so the rest of the read needs no check."""
     a = f.attrs
     fmt = a.get("format")
@@ -459,23 +503,21 @@ def _read_open(path: Path, f: h5py.File) -> tuple[Trajectory, _Layout | None]:
                "complete": bool(a["complete"]), "extra": json.loads(a["extra"])}
     layout = None
     if fmt == FORMAT:
-        commit = np.asarray(f["checkpoint/commit"][()], dtype=np.int64)
-        if commit.shape != (5,):
-            raise TrajectoryError(f"{path}: checkpoint/commit must hold 5 integers, has shape {commit.shape}")
+        offsets = _offsets(f)
+        if offsets is not None and _raw_layout_ok(f, params.shape):
+            commit, state, q = _read_slot_raw(path, offsets, params.shape)
+        else:  # compact (a complete run, never written in place again) or an unusual layout
+            commit = _check_commit(path, np.asarray(f["checkpoint/commit"][()], dtype=np.int64))
+            slot, n_state = int(commit[3]), int(commit[4])
+            state = bytes(f["checkpoint/state"][slot, :n_state])
+            q = f["checkpoint/slots"][slot]
+            if _commit_marker(path) != tuple(int(x) for x in commit):
+                raise _Torn(f"{path}: checkpointed while read")
         step, n_series, n_frames, slot, n_state = (int(x) for x in commit)
-        if slot not in (0, 1):
-            raise TrajectoryError(f"{path}: checkpoint/commit names slot {slot} (must be 0 or 1)")
-        if not 0 < n_state <= STATE_CAPACITY:
-            raise TrajectoryError(f"{path}: checkpoint/commit gives a run state of {n_state} bytes")
-        state = bytes(f["checkpoint/state"][slot, :n_state])
-        q = f["checkpoint/slots"][slot]
-        if _commit_marker(path) != tuple(int(x) for x in commit):
-            raise _Torn(f"{path}: checkpointed while read")
         try:
             mutable = json.loads(state)
         except ValueError:
             raise TrajectoryError(f"{path}: the run state (checkpoint/state) is not valid JSON") from None
-        offsets = _offsets(f)
         if offsets is not None:
             layout = _Layout(offsets, len(f["series/step"]), len(f["frames/step"]), n_series, n_frames, slot)
     else:
