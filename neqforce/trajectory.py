@@ -432,25 +432,25 @@ def _raw_layout_ok(f: h5py.File, shape: tuple[int, int]) -> bool:
             and commit.shape == (5,))
 
 
-def _read_slot_raw(path: Path, offsets: dict[str, int], shape: tuple[int, int]
+def _read_slot_raw(path: Path, f: h5py.File, offsets: dict[str, int], shape: tuple[int, int]
                    ) -> tuple[np.ndarray, bytes, np.ndarray]:
     """Marker, run state and resume Q of a file laid out for in-place checkpoints, read as raw bytes at
     their offsets (the bytes :func:`_write_in_place` writes; no HDF5 cache in between): marker, slot,
-    marker again, all within microseconds. A moved marker means a checkpoint overlapped (:class:`_Torn`)."""
+    marker again, all within microseconds. A moved marker means a checkpoint overlapped (:class:`_Torn`).
+    The bytes come through ``f``'s own descriptor: the file the offsets belong to, even if a finished run
+    has meanwhile renamed its compact rewrite onto ``path``."""
     n_q = int(np.prod(shape)) * 8
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        def marker() -> np.ndarray:
-            return np.frombuffer(os.pread(fd, 40, offsets["checkpoint/commit"]), dtype="<i8").astype(np.int64)
+    fd = f.id.get_vfd_handle()  # owned by h5py; pread leaves its file position alone
 
-        commit = _check_commit(path, marker())
-        slot, n_state = int(commit[3]), int(commit[4])
-        state = os.pread(fd, n_state, offsets["checkpoint/state"] + slot * STATE_CAPACITY)
-        raw_q = os.pread(fd, n_q, offsets["checkpoint/slots"] + slot * n_q)
-        if not np.array_equal(marker(), commit):
-            raise _Torn(f"{path}: checkpointed while read")
-    finally:
-        os.close(fd)
+    def marker() -> np.ndarray:
+        return np.frombuffer(os.pread(fd, 40, offsets["checkpoint/commit"]), dtype="<i8").astype(np.int64)
+
+    commit = _check_commit(path, marker())
+    slot, n_state = int(commit[3]), int(commit[4])
+    state = os.pread(fd, n_state, offsets["checkpoint/state"] + slot * STATE_CAPACITY)
+    raw_q = os.pread(fd, n_q, offsets["checkpoint/slots"] + slot * n_q)
+    if not np.array_equal(marker(), commit):
+        raise _Torn(f"{path}: checkpointed while read")
     if len(state) != n_state or len(raw_q) != n_q:
         raise TrajectoryError(f"{path}: damaged or incomplete trajectory file (checkpoint slot cut short)")
     return commit, state, np.frombuffer(raw_q, dtype="<f8").reshape(shape).astype(np.float64)
@@ -505,7 +505,7 @@ def _read_open(path: Path, f: h5py.File) -> tuple[Trajectory, _Layout | None]:
     if fmt == FORMAT:
         offsets = _offsets(f)
         if offsets is not None and _raw_layout_ok(f, params.shape):
-            commit, state, q = _read_slot_raw(path, offsets, params.shape)
+            commit, state, q = _read_slot_raw(path, f, offsets, params.shape)
         else:  # compact (a complete run, never written in place again) or an unusual layout
             commit = _check_commit(path, np.asarray(f["checkpoint/commit"][()], dtype=np.int64))
             slot, n_state = int(commit[3]), int(commit[4])

@@ -253,3 +253,21 @@ def test_reading_while_the_run_checkpoints_is_consistent(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_read_takes_its_checkpoint_from_the_file_it_opened(tmp_path):
+    """A run that finishes renames its compact rewrite onto the path; a read that opened the file before
+    must take the checkpoint from the file it opened (its offsets), not from whatever the path names now."""
+    from neqforce.trajectory import _read_open
+
+    live, done = tmp_path / "live.h5", tmp_path / "done.h5"
+    run(live, stop_at=20)
+    run(done)
+    expected = read_trajectory(live)
+    with h5py.File(live, "r", locking=False) as f:
+        os.replace(done, live)
+        traj, _ = _read_open(live, f)
+    assert traj.checkpoint_step == expected.checkpoint_step == 20
+    np.testing.assert_array_equal(traj.checkpoint_q, expected.checkpoint_q)
+    assert traj.series_xi == expected.series_xi
+    assert read_trajectory(live).checkpoint_step == 40
