@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from neqforce.atomic import atomic_path
 from neqforce.physics.domain_wall import run_metrics
 from neqforce.trajectory import read_trajectory, step_times
 
@@ -89,17 +90,20 @@ def negf_runs(sources: list[Path]) -> list[dict]:
     return runs
 
 
+def run_metrics_of(run: dict) -> dict[str, float]:
+    """The library metrics of one run of :func:`negf_runs` (its times as ``Trajectory.xi_series`` gives)."""
+    return _metrics(step_times(np.arange(len(run["xi"])), run["dt"]), run["xi"], run["lx"])
+
+
 def save_negf_xi(path: Path, runs: list[dict]) -> None:
-    """The NEGF side's ξ series as one compressed .npz (what :func:`negf_runs` reads back)."""
+    """The NEGF side's ξ series as one compressed .npz, written atomically (:func:`negf_runs` reads it)."""
     width = max(r["steps"] for r in runs) + 1
     xi = np.full((len(runs), width), np.nan)
     for i, r in enumerate(runs):
         xi[i, :len(r["xi"])] = r["xi"]
-    path.parent.mkdir(parents=True, exist_ok=True)
     cols = {k: np.array([r[k] for r in runs]) for k in ("voltage", "seed", "lx", "ly", "dt")}
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, xi=xi, n_steps=np.array([r["steps"] for r in runs]), **cols)
-    tmp.replace(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, xi=xi, n_steps=np.array([r["steps"] for r in runs]), **cols)
 
 
 def main() -> None:
@@ -124,8 +128,7 @@ def main() -> None:
     lattice, steps = (runs[0]["lx"], runs[0]["ly"]), max(r["steps"] for r in runs)
     negf: dict[float, list[tuple[int, dict]]] = {}
     for r in runs:
-        time = step_times(np.arange(len(r["xi"])), r["dt"])
-        negf.setdefault(round(r["voltage"], 6), []).append((r["seed"], _metrics(time, r["xi"], r["lx"])))
+        negf.setdefault(round(r["voltage"], 6), []).append((r["seed"], run_metrics_of(r)))
     if args.save_negf_xi is not None:
         save_negf_xi(args.save_negf_xi, runs)
         print(f"# NEGF side's ξ series: {args.save_negf_xi} ({len(runs)} runs)")

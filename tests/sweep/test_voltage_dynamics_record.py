@@ -38,8 +38,7 @@ def test_committed_record_gives_the_committed_negf_side():
     assert len(runs) == 32 and {r["seed"] for r in runs} == set(range(1004, 1010))
     by_v: dict[str, list] = {}
     for r in runs:
-        time = vd.step_times(np.arange(len(r["xi"])), r["dt"])
-        by_v.setdefault(str(r["voltage"]), []).append(vd._metrics(time, r["xi"], r["lx"]))
+        by_v.setdefault(str(r["voltage"]), []).append(vd.run_metrics_of(r))
     for v, rows in by_v.items():
         for q in vd.QUANTITIES:
             want = table[v][q]["negf"]
