@@ -57,7 +57,8 @@ def generate(
 
 @dataset_app.command("pack")
 def pack(
-    src: Path = typer.Argument(..., help="Dataset folder (trajectory .h5 files and dataset.json)."),
+    src: Path = typer.Argument(
+        ..., help="Dataset folder (*.h5 and dataset.json) or sweep folder (sweep.json, runs/)."),
     out: Path = typer.Argument(..., help="Pack folder to write (float32 Q and F, small enough for git)."),
 ) -> None:
     """Pack a dataset's complete runs into a compact folder (see neqforce.training.dataset_pack)."""
@@ -77,7 +78,7 @@ def pack(
 @dataset_app.command("unpack")
 def unpack(
     src: Path = typer.Argument(..., help="Pack folder written by `neqforce dataset pack`."),
-    out: Path = typer.Argument(..., help="Dataset folder to write trajectory files into."),
+    out: Path = typer.Argument(..., help="Folder to write trajectory files into (a sweep pack: its layout)."),
 ) -> None:
     """Rebuild trajectory files from a pack (hash-checked), readable by train and evaluate."""
     from neqforce.training.dataset_pack import unpack_dataset

@@ -6,7 +6,8 @@ that must outlive the machine it was made on is packed into a folder small enoug
     manifest.json          the dataset's own dataset.json, plus per run: the SHA-256 of its float64
                            (Q, F) frames (``dataset_sha256``) and of the packed float32 arrays
     V3.000_s4.npz …        one per complete run: q, force float32 (S, lx, ly); step int32 (S,);
-                           series_step int32, series_xi, series_force_std_max float32; meta
+                           series_step int32, series_xi, series_force_std_max float32 (ξ = k/lx is
+                           restored exactly on unpacking); meta
                            (JSON: every attribute of the trajectory — parameters, seed, dt, backend,
                            versions, extra)
 
@@ -14,6 +15,10 @@ Only Q and F are kept: the density is recomputed on unpacking from the force law
 F = g(n − ½) − kQ − κΣ_nn Q (docs/physics.md), i.e. n = ½ + (F − F_elastic)/g. Rounding Q and F to
 float32 changes forces by ~1e-7 relative, far below any model error reported in this project.
 ``unpack`` writes ordinary trajectory files (``neqforce.trajectory/2``), so every tool reads them.
+
+A ``neqforce sweep`` folder (``sweep.json``, ``runs/<point>/seed<k>/trajectory.h5``) packs the same way:
+runs are named ``<point>_seed<k>``, the manifest keeps ``sweep.json`` and each run's path, and ``unpack``
+restores that layout (the sweep's summaries and ``bench/voltage_dynamics.py`` read it again).
 """
 
 from __future__ import annotations
@@ -33,8 +38,32 @@ from neqforce.trajectory import Trajectory, read_trajectory, write_trajectory
 
 PACK_FORMAT = "neqforce.dataset-pack/1"
 MANIFEST = "manifest.json"
+SWEEP_MANIFEST = "sweep.json"
 _META_FIELDS = ("seed", "dt", "save_every", "n_steps", "backend", "model", "q0_bulk", "extra", "versions",
                 "created")
+
+
+def exact_xi(xi32: np.ndarray, lx: int) -> np.ndarray:
+    """ξ series as written by the run: ξ = k / lx exactly (SPEC §5, a count of metallic columns).
+
+    The pack stores ξ in float32, where e.g. 27/30 becomes 0.89999998: the dynamics metrics compare
+    column counts ξ·lx with levels to 1e-9 (:mod:`neqforce.physics.domain_wall`), so an unpacked run
+    would reach ξ = 0.9 one column late. Rounding ξ·lx to the nearest integer restores the float64 value.
+    """
+    return np.round(np.asarray(xi32, dtype=np.float64) * lx) / lx
+
+
+def _run_name(src: Path, f: Path) -> str:
+    """``<point>_seed<k>`` of a sweep run ``src/runs/<point>/seed<k>/trajectory.h5``."""
+    return f"{f.parent.parent.name}_{f.parent.name}"
+
+
+def _safe_relative(path: str) -> Path:
+    """A run's path inside the unpacked folder; refuses absolute paths and ``..`` (a pack is data)."""
+    p = Path(path)
+    if p.is_absolute() or ".." in p.parts:
+        raise ValueError(f"run path {path!r} leaves the unpack folder (damaged pack)")
+    return p
 
 
 def _sha(*arrays: np.ndarray) -> str:
@@ -51,24 +80,27 @@ def pack_dataset(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> di
     written atomically, the manifest last, so an interrupted pack never looks complete.
     """
     src, dst = Path(src), Path(dst)
-    files = sorted(src.glob("*.h5"))
+    sweep = (src / SWEEP_MANIFEST).exists()
+    files = sorted(src.glob("runs/*/seed*/trajectory.h5")) if sweep else sorted(src.glob("*.h5"))
     if not files:
-        raise ValueError(f"no trajectory files (*.h5) in {src}")
+        pattern = "runs/*/seed*/trajectory.h5" if sweep else "*.h5"
+        raise ValueError(f"no trajectory files ({pattern}) in {src}")
     dst.mkdir(parents=True, exist_ok=True)
-    source = src / "dataset.json"
+    source = src / (SWEEP_MANIFEST if sweep else "dataset.json")
     source_manifest = json.loads(source.read_text()) if source.exists() else {}
     runs, skipped = [], []
     previous = {}  # a pack already in dst: its runs whose float32 data are unchanged are kept as they are
     if (dst / MANIFEST).exists():
         previous = {r["name"]: r for r in json.loads((dst / MANIFEST).read_text()).get("runs", [])}
     for f in files:
+        name = _run_name(src, f) if sweep else f.stem
         t = read_trajectory(f)
         if not t.complete:
-            skipped.append(f.stem)
+            skipped.append(name)
             continue
         fr = t.frames()
         q32, f32 = fr["q"].astype(np.float32), fr["force"].astype(np.float32)
-        old = previous.get(f.stem)
+        old = previous.get(name)
         if old and (dst / old["file"]).exists() and old["sha256_float32"] == _sha(q32, f32):
             runs.append(old)  # e.g. an unpacked run: its float64 hash stays that of the original
             continue
@@ -80,11 +112,16 @@ def pack_dataset(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> di
                   "meta": np.array(json.dumps(meta, sort_keys=True, default=float))}
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
-        with atomic_path(dst / f"{f.stem}.npz") as tmp:
+        with atomic_path(dst / f"{name}.npz") as tmp:
             Path(tmp).write_bytes(buf.getvalue())
-        runs.append({"name": f.stem, "file": f"{f.stem}.npz", "frames": int(len(q32)),
-                     "sha256_float64": _sha(fr["q"], fr["force"]), "sha256_float32": _sha(q32, f32)})
+        run = {"name": name, "file": f"{name}.npz", "frames": int(len(q32)),
+               "sha256_float64": _sha(fr["q"], fr["force"]), "sha256_float32": _sha(q32, f32)}
+        if sweep:
+            run["path"] = f.relative_to(src).as_posix()
+        runs.append(run)
     manifest = {"format": PACK_FORMAT, "source": source_manifest, "runs": runs, "skipped": skipped}
+    if sweep:
+        manifest["layout"] = "sweep"
     with atomic_path(dst / MANIFEST) as tmp:
         Path(tmp).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
@@ -104,8 +141,9 @@ def unpack_dataset(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> 
     if manifest.get("format") != PACK_FORMAT:
         raise ValueError(f"{manifest_path}: format {manifest.get('format')!r}, expected {PACK_FORMAT!r}")
     dst.mkdir(parents=True, exist_ok=True)
+    sweep = manifest.get("layout") == "sweep"
     if manifest.get("source"):
-        with atomic_path(dst / "dataset.json") as tmp:
+        with atomic_path(dst / (SWEEP_MANIFEST if sweep else "dataset.json")) as tmp:
             Path(tmp).write_text(json.dumps(manifest["source"], indent=2, sort_keys=True))
     out = []
     for run in manifest["runs"]:
@@ -121,12 +159,13 @@ def unpack_dataset(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> 
         extra = {**meta.pop("extra"), "packed": "float32 Q and F (neqforce dataset pack); density from F"}
         traj = Trajectory(params=params, extra=extra, complete=True, **meta,
                           series_step=[int(s) for s in arrays["series_step"]],
-                          series_xi=[float(x) for x in arrays["series_xi"]],
+                          series_xi=[float(x) for x in exact_xi(arrays["series_xi"], params.lx)],
                           series_force_std_max=[float(x) for x in arrays["series_force_std_max"]],
                           frame_step=[int(s) for s in arrays["step"]], frame_q=list(q),
                           frame_force=list(force), frame_density=list(density),
                           checkpoint_step=int(arrays["series_step"][-1]), checkpoint_q=q[-1])
-        path = dst / f"{run['name']}.h5"
+        path = dst / (_safe_relative(run["path"]) if sweep else f"{run['name']}.h5")
+        path.parent.mkdir(parents=True, exist_ok=True)
         write_trajectory(path, traj)
         out.append(path)
     return out
