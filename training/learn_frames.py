@@ -141,6 +141,19 @@ def write_labelled(path: Path, frames: list[Candidate], force: np.ndarray, densi
     return path
 
 
+def check_labelled(path: Path, frames: list[Candidate]) -> None:
+    """A rerun skips the files that exist: refuse one that holds other configurations than the job planned
+    for it (e.g. the same sources given in another order, or other selection options), which would
+    otherwise leave some frames labelled twice and others never."""
+    have = [frame_digest(q) for q in read_trajectory(path).frames()["q"]]
+    want = [c.digest for c in frames]
+    if have != want:
+        first = frames[0]
+        raise ValueError(f"{path} already holds other frames than this command plans for it ({first.run}, "
+                         f"step {first.step}, ...): same sources in the same order and the same options "
+                         "as the first run, or a new --out folder")
+
+
 def labelled_digests(folder: Path) -> set[str]:
     """Digests of every frame of the labelled dataset (what is never labelled again)."""
     out: set[str] = set()
@@ -177,6 +190,9 @@ def label_jobs(jobs: list[tuple[Path, list[Candidate]]], dt: float, provenance: 
     folders = {path.parent for path, _ in jobs}
     for folder in folders:
         folder.mkdir(parents=True, exist_ok=True)
+    for path, frames in jobs:
+        if path.exists():
+            check_labelled(path, frames)
     todo = [(path, frames) for path, frames in jobs if not path.exists()]
     if todo:
         n = sum(len(f) for _, f in todo)

@@ -62,3 +62,27 @@ def test_label_cli_matches_negf_resumes_and_rejects_bad_input(tiny_dataset, tmp_
     missing = subprocess.run([*CLI, str(tmp_path / "nope.h5"), "--out", str(out)], capture_output=True,
                              text=True, timeout=120)
     assert missing.returncode == 2 and "not a trajectory file" in missing.stderr
+
+
+def test_a_rerun_that_would_label_other_frames_into_existing_files_is_refused(tiny_dataset, tmp_path):
+    # two sweep-style runs with the same folder name seed7: the second is named seed7_2 by argument order
+    a, b = _sources(tiny_dataset)[:2]
+    runs = []
+    for point, src in (("voltage=3", a), ("voltage=3.5", b)):
+        dst = tmp_path / "sweep" / "runs" / point / "seed7" / "trajectory.h5"
+        dst.parent.mkdir(parents=True)
+        shutil.copy(src, dst)
+        runs.append(str(dst))
+    out = tmp_path / "lab"
+    common = ["--out", str(out), "--per-run", "2", "--chunk", "2", "--workers", "1"]
+    first = subprocess.run([*CLI, *runs, *common], capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    files = sorted(out.glob("*.h5"))
+    assert [f.name for f in files] == ["seed7_2_c0.h5", "seed7_c0.h5"]
+    stamp = [f.stat().st_mtime_ns for f in files]
+    swapped = subprocess.run([*CLI, *runs[::-1], *common], capture_output=True, text=True, timeout=300)
+    assert swapped.returncode == 2 and swapped.stderr.strip().count("\n") == 0, swapped.stderr
+    assert "already holds other frames" in swapped.stderr
+    assert [f.stat().st_mtime_ns for f in sorted(out.glob("*.h5"))] == stamp
+    same = subprocess.run([*CLI, *runs, *common], capture_output=True, text=True, timeout=300)
+    assert same.returncode == 0 and "labelling" not in same.stdout
