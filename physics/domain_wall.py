@@ -114,7 +114,12 @@ def domain_wall_positions(q: np.ndarray, params: HolsteinParams,
 SPEED_WINDOW = (0.2, 0.8)
 #: Fewest samples a wall-speed fit uses (fewer: nan).
 SPEED_MIN_POINTS = 5
-_TOL = 1e-9  # ξ·lx is a count of columns: compare with a tolerance against rounding of k / lx
+#: ξ·lx is a whole number of columns: counts are compared with this tolerance, which absorbs the rounding
+#: of k / lx — float32 included (a file or pack storing ξ in float32 has 27/30 = 0.89999998; its count is
+#: off by ≤ 6e-8·lx, below 1e-3 for any lx ≤ 16 000) — and is far below the one-column spacing.
+_TOL = 1e-3
+#: The same for a bare ξ compared with a level when lx is not given.
+_TOL_XI = 1e-6
 
 
 def nucleation_time(time: np.ndarray, xi: np.ndarray, lx: int) -> float:
@@ -139,7 +144,7 @@ def time_to_xi(time: np.ndarray, xi: np.ndarray, level: float, lx: int | None = 
     ``level = 25 / lx`` is "the wall has reached column 25".
     """
     time, xi = np.asarray(time, dtype=float), np.asarray(xi, dtype=float)
-    hit = np.flatnonzero(xi * lx >= level * lx - _TOL) if lx else np.flatnonzero(xi >= level - _TOL)
+    hit = np.flatnonzero(xi * lx >= level * lx - _TOL) if lx else np.flatnonzero(xi >= level - _TOL_XI)
     return float(time[hit[0]]) if hit.size else float("nan")
 
 

@@ -80,3 +80,25 @@ def test_threshold_crossing_of_the_switched_fraction():
     assert threshold([2.0, 2.5], [0.0, 0.375])[1] == "above 2.5"
     mean, sem, n = mean_sem([1.0, 2.0, float("nan"), 3.0])
     assert (mean, n) == (2.0, 3) and sem == pytest.approx(1 / math.sqrt(3))
+
+
+@pytest.mark.parametrize("lx", [28, 30, 1000])
+def test_metrics_do_not_depend_on_float32_rounding_of_xi(lx):
+    """ξ = k/lx stored in float32 (27/30 -> 0.89999998) gives the float64 series' metrics: the levels are
+    column counts, not the last bits of ξ."""
+    rng = np.random.default_rng(lx)
+    step = max(3, lx // 100)
+    counts = np.minimum(np.cumsum(rng.integers(0, step, 400)), lx)  # a wall crossing the device
+    counts[:5] = 0
+    t = 0.1 * np.arange(counts.size)
+    xi64 = counts / lx
+    xi32 = xi64.astype(np.float32).astype(np.float64)
+    assert not np.array_equal(xi32, xi64)  # the rounding is there
+    a, b = run_metrics(t, xi64, lx), run_metrics(t, xi32, lx)
+    for q in ("t_nuc", "speed", "t_xi50", "t_xi90"):
+        x, y = getattr(a, q), getattr(b, q)
+        assert (math.isnan(x) and math.isnan(y)) or x == pytest.approx(y, rel=1e-6), (q, x, y)
+    assert counts[-1] == lx and math.isfinite(a.t_xi90)
+    for level in (0.1, 0.3, 0.7, 0.9, 27 / 30):
+        assert time_to_xi(t, xi32, level, lx) == time_to_xi(t, xi64, level, lx)
+        assert time_to_xi(t, xi32, level) == time_to_xi(t, xi64, level)
