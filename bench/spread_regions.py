@@ -11,6 +11,13 @@ sites, the Spearman correlation within it, the mean |error| and mean spread (for
 "Deep metal" is a column with order < 0.25 at least 10 columns from any boundary. A ratio that is the same in
 every class means no class-wise rescaling of the spread can raise the overall Spearman: only a spread that
 tracks the error *within* the weak classes can.
+
+``--other M`` asks whether a differently built opinion would help: with a second model M's forces, the
+combined spread σ' = √(σ² + c·|F − F_M|²/3) (M as a fourth committee member of weight c) is ranked against
+the error for each ``--c``:
+
+    python bench/spread_regions.py neqforce/models/voltage.onnx data/remnant60_blind data/remnant60_blind2 \
+        --other old.onnx --c 0.25,1,4      # old.onnx: e.g. `git show 1a5fac1:neqforce/models/voltage.onnx`
 """
 
 from __future__ import annotations
@@ -29,12 +36,16 @@ WALL_BINS = ((0, 2), (2, 5), (5, 10), (10, 10_000))
 ORDER_BINS = ((0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 10.0))
 
 
-def site_table(model_path: Path, folders: list[Path], stride: int, threads: int) -> dict[str, np.ndarray]:
-    """Per site of every frame: spread, |error|, column order / q0, distance to the nearest boundary, V."""
+def site_table(model_path: Path, folders: list[Path], stride: int, threads: int,
+               other: Path | None = None) -> dict[str, np.ndarray]:
+    """Per site of every frame: spread, |error|, column order / q0, distance to the nearest boundary, V
+    (and with ``other``, |F − F_other|)."""
     model = load_any(model_path, threads=threads)
+    second = load_any(other, threads=threads) if other is not None else None
     if model.spread is None:
         raise SystemExit(f"error: {model_path} has no force_std output (not a committee)")
-    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("spread", "error", "order", "wall", "voltage")}
+    keys = ("spread", "error", "order", "wall", "voltage", "other")
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     for folder in folders:
         files = sorted(folder.glob("*.h5"))
         if not files:
@@ -44,7 +55,10 @@ def site_table(model_path: Path, folders: list[Path], stride: int, threads: int)
             fr = t.frames()
             q, force = fr["q"][::stride], fr["force"][::stride]
             v = np.full(len(q), t.params.voltage)
-            err = np.abs(model.predict(q, v) - force)
+            pred = model.predict(q, v)
+            err = np.abs(pred - force)
+            if second is not None:
+                cols["other"].append(np.abs(pred - second.predict(q, v)).reshape(len(q), -1))
             spread = model.spread(q, v)
             lx, ly = t.params.lx, t.params.ly
             x = np.arange(lx)
@@ -60,7 +74,7 @@ def site_table(model_path: Path, folders: list[Path], stride: int, threads: int)
             cols["order"].append(np.repeat(order, ly, axis=1))
             cols["wall"].append(np.repeat(wall, ly, axis=1))
             cols["voltage"].append(np.repeat(v[:, None], lx * ly, axis=1))
-    return {k: np.concatenate([a.ravel() for a in c]) for k, c in cols.items()}
+    return {k: np.concatenate([a.ravel() for a in c]) for k, c in cols.items() if c}
 
 
 def row(label: str, s: np.ndarray, e: np.ndarray, share: float) -> str:
@@ -75,8 +89,10 @@ def main() -> None:
     ap.add_argument("data", nargs="+", type=Path, help="folders of trajectory files with exact NEGF forces")
     ap.add_argument("--stride", type=int, default=1, help="use every stride-th frame of each file")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--other", type=Path, default=None, help="second model (disagreement as spread)")
+    ap.add_argument("--c", default="0.25,1,4", help="weights c of --other's disagreement")
     args = ap.parse_args()
-    d = site_table(args.model, args.data, max(args.stride, 1), args.threads)
+    d = site_table(args.model, args.data, max(args.stride, 1), args.threads, args.other)
     s, e, n = d["spread"], d["error"], d["spread"].size
     deep = (d["wall"] >= 10) & (d["order"] < 0.25)
     print(f"{n} sites; overall Spearman {spearmanr(s, e)[0]:.3f}")
@@ -97,6 +113,13 @@ def main() -> None:
         for label, k in (("deep metal", kv & deep), ("rest", kv & ~deep)):
             if k.sum() > 2:
                 print(row(f"V = {v:g}, {label}", s[k], e[k], k.sum() / kv.sum()))
+    if "other" in d:
+        print(f"with {args.other} as a fourth opinion, sqrt(spread^2 + c |F - F_other|^2 / 3):")
+        print(f"  |F - F_other| alone: Spearman {spearmanr(d['other'], e)[0]:.3f}")
+        for c in (float(x) for x in args.c.split(",")):
+            combined = np.sqrt(s**2 + c * d["other"] ** 2 / 3)
+            print(f"  c = {c:g}: Spearman {spearmanr(combined, e)[0]:.3f} "
+                  f"(deep metal {spearmanr(combined[deep], e[deep])[0]:.3f})")
 
 
 if __name__ == "__main__":
