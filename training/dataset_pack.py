@@ -46,15 +46,15 @@ _META_FIELDS = ("seed", "dt", "save_every", "n_steps", "backend", "model", "q0_b
 def exact_xi(xi32: np.ndarray, lx: int) -> np.ndarray:
     """ξ series as written by the run: ξ = k / lx exactly (SPEC §5, a count of metallic columns).
 
-    The pack stores ξ in float32, where e.g. 27/30 becomes 0.89999998: the dynamics metrics compare
-    column counts ξ·lx with levels to 1e-9 (:mod:`neqforce.physics.domain_wall`), so an unpacked run
-    would reach ξ = 0.9 one column late. Rounding ξ·lx to the nearest integer restores the float64 value.
+    The pack stores ξ in float32, where e.g. 27/30 becomes 0.89999998 (before the metrics of
+    :mod:`neqforce.physics.domain_wall` tolerated that, an unpacked run reached ξ = 0.9 one column late).
+    Rounding ξ·lx to the nearest integer restores the value the run wrote, bit for bit.
     """
     return np.round(np.asarray(xi32, dtype=np.float64) * lx) / lx
 
 
-def _run_name(src: Path, f: Path) -> str:
-    """``<point>_seed<k>`` of a sweep run ``src/runs/<point>/seed<k>/trajectory.h5``."""
+def _run_name(f: Path) -> str:
+    """``<point>_seed<k>`` of a sweep run ``runs/<point>/seed<k>/trajectory.h5``."""
     return f"{f.parent.parent.name}_{f.parent.name}"
 
 
@@ -93,7 +93,7 @@ def pack_dataset(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> di
     if (dst / MANIFEST).exists():
         previous = {r["name"]: r for r in json.loads((dst / MANIFEST).read_text()).get("runs", [])}
     for f in files:
-        name = _run_name(src, f) if sweep else f.stem
+        name = _run_name(f) if sweep else f.stem
         t = read_trajectory(f)
         if not t.complete:
             skipped.append(name)
