@@ -142,7 +142,7 @@ def train(args: argparse.Namespace) -> int:
             loss.backward()
             opt.step()
             sched.step()
-            tot += float(loss) * len(j)
+            tot += float(loss.detach()) * len(j)
         vm = mse(vidx)
         hist.append({"epoch": ep, "train_loss": tot / len(tr), "val_mse": vm, "time_s": time.time() - t0})
         print(json.dumps(hist[-1]), flush=True)
@@ -150,7 +150,8 @@ def train(args: argparse.Namespace) -> int:
             best = vm
             torch.save(net.state_dict(), out / "net.pt")
     net.load_state_dict(torch.load(out / "net.pt"))
-    report = {"args": {k: (str(x) if isinstance(x, Path) else x) for k, x in vars(args).items() if k != "func"},
+    report = {"args": {k: ([str(y) for y in x] if isinstance(x, list) else str(x) if isinstance(x, Path) else x)
+                       for k, x in vars(args).items() if k != "func"},
               "scale": scale, "parameters": nparam, "history": hist, "best_val_mse": best}
     per_v = {}
     for name, folders in (("train_frames", args.train), ("judge", args.judge)):
