@@ -114,7 +114,8 @@ def train(args: argparse.Namespace) -> int:
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
     tr = np.flatnonzero(~val)
     steps_per_epoch = math.ceil(len(tr) / args.batch)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.epochs * steps_per_epoch, eta_min=args.lr / 100)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.epochs * steps_per_epoch,
+                                                       eta_min=args.lr / 100)
     qt, ft, vt = torch.from_numpy(q), torch.from_numpy(f / scale), torch.from_numpy(v - vmid)
     rng = np.random.default_rng(args.seed)
 
@@ -150,8 +151,10 @@ def train(args: argparse.Namespace) -> int:
             best = vm
             torch.save(net.state_dict(), out / "net.pt")
     net.load_state_dict(torch.load(out / "net.pt"))
-    report = {"args": {k: ([str(y) for y in x] if isinstance(x, list) else str(x) if isinstance(x, Path) else x)
-                       for k, x in vars(args).items() if k != "func"},
+    def plain(x):
+        return [str(y) for y in x] if isinstance(x, list) else str(x) if isinstance(x, Path) else x
+
+    report = {"args": {k: plain(x) for k, x in vars(args).items() if k != "func"},
               "scale": scale, "parameters": nparam, "history": hist, "best_val_mse": best}
     per_v = {}
     for name, folders in (("train_frames", args.train), ("judge", args.judge)):
@@ -161,12 +164,14 @@ def train(args: argparse.Namespace) -> int:
         sel = np.ones(len(qj), bool) if name == "judge" else ~valj
         with torch.no_grad():
             net.eval()
-            pred = np.concatenate([net(torch.from_numpy(qj[k:k + 64]), torch.from_numpy(vj[k:k + 64] - vmid)).numpy()
+            pred = np.concatenate([net(torch.from_numpy(qj[k:k + 64]),
+                                       torch.from_numpy(vj[k:k + 64] - vmid)).numpy()
                                    for k in range(0, len(qj), 64)]) * scale
         for volt in sorted(volts):
             s = sel & (np.round(vj, 6) == volt)
             e = (pred[s] - fj[s]) / F_NORM
-            per_v[f"{name} V={volt:g}"] = {"mse": float((e ** 2).mean()), "sigma": float(e.std()), "frames": int(s.sum())}
+            per_v[f"{name} V={volt:g}"] = {"mse": float((e ** 2).mean()), "sigma": float(e.std()),
+                                           "frames": int(s.sum())}
             print(f"{name:12s} V = {volt:g}: MSE {per_v[f'{name} V={volt:g}']['mse']:.3e} "
                   f"(σ {e.std():.4f}, {int(s.sum())} frames)", flush=True)
     report["metrics"] = per_v

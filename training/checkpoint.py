@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from .model import ForceModel, ModelConfig, build_model
+from .model import ForceModel, build_model, config_from_dict
 
 FORMAT = "neqforce.checkpoint/1"
 
@@ -43,6 +43,6 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 def load_model(path: str | os.PathLike[str]) -> tuple[ForceModel, dict[str, Any]]:
     """(model in eval mode, checkpoint dict) from a checkpoint written by training."""
     ck = read_checkpoint(path)
-    model = build_model(ModelConfig.from_dict(ck["config"]), ck["params"])
+    model = build_model(config_from_dict(ck["config"]), ck["params"])
     model.load_state_dict(ck["state_dict"])
     return model.eval(), ck

@@ -31,7 +31,9 @@ def train_cmd(
     data: list[Path] = typer.Argument(..., help="Dataset folder(s) or trajectory files (.h5)."),
     out: Path = typer.Option(..., "--out", help="Run folder: model.pt, last.pt, history.json."),
     preset: str = typer.Option("compact", help="Architecture: 'compact' (default), 'paper' (Table I) or "
-                               "'voltage' (V and metallic runs as inputs: several voltages and lengths)."),
+                               "'voltage' (V and metallic runs as inputs: several voltages and lengths), "
+                               "'range', or 'conv' / 'conv32' (device-wide dilated convolutions on "
+                               "whole frames, V as input)."),
     descriptor: str = typer.Option("", help="Override the descriptor: paper, device, paper+elec."),
     hidden: str = typer.Option("", help="Override hidden widths, e.g. '64,64'."),
     activation: str = typer.Option("", help="Override activation: relu, silu, tanh, gelu."),
@@ -41,7 +43,8 @@ def train_cmd(
     epochs: int = typer.Option(30, min=1),
     lr: float = typer.Option(2e-3, help="Adam learning rate (cosine-decayed to lr_min)."),
     lr_min: float = typer.Option(2e-5),
-    batch_size: int = typer.Option(1024, min=1, help="Sites per minibatch."),
+    batch_size: int = typer.Option(1024, min=1, help="Sites per minibatch (descriptor presets; "
+                            "the conv presets batch ~6720 sites of whole frames)."),
     weight_decay: float = typer.Option(0.0, min=0.0, help="Adam weight decay (L2)."),
     patience: int = typer.Option(8, min=1, help="Early stopping: epochs without validation improvement."),
     seed: int = typer.Option(0),
@@ -66,13 +69,15 @@ def train_cmd(
     """Train a force model on NEGF-BD trajectories (split 70/30 by trajectory)."""
     try:
         from neqforce.physics import DEFAULT_V
+        from neqforce.training.conv_train import CONV_PRESETS
         from neqforce.training.model import PRESETS
         from neqforce.training.train import TrainOptions, train
 
         widths = tuple(int(h) for h in hidden.split(",")) if hidden else None
         v_range = _range(voltage_range, "--voltage-range") if voltage_range else None
         if voltage is None and v_range is None:
-            voltage = None if preset in PRESETS and PRESETS[preset].takes_voltage else DEFAULT_V
+            takes_v = preset in CONV_PRESETS or (preset in PRESETS and PRESETS[preset].takes_voltage)
+            voltage = None if takes_v else DEFAULT_V
         opts = TrainOptions(
             preset=preset, descriptor=descriptor or None, hidden=widths,
             activation=activation or None, anti_rank=None if anti_rank < 0 else anti_rank,

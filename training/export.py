@@ -33,6 +33,7 @@ from neqforce.server.backends.onnx import BATCH_INVARIANT_KEY
 
 from .calibration import SPREAD_DEFINITION
 from .checkpoint import load_model
+from .conv import ConvForceModel, ConvGraph
 from .folded import FoldedEnsemble
 from .idealized import dynamics_like_lattices
 from .model import EnsembleForceModel, ForceModel
@@ -53,13 +54,13 @@ def model_domain(ck: dict) -> dict:
     takes V as an input (else V is fixed at ``neqforce.params``), every other physical parameter fixed,
     and ``metallic_columns_max``, the most metallic columns of a training frame (when recorded). The
     server's AUTO routing uses it (docs/ml_model.md)."""
-    from .model import ModelConfig
+    from .model import config_from_dict
 
     lattices = ck.get("lattices") or [ck["lattice"]]
     lxs, lys = [int(a) for a, _ in lattices], [int(b) for _, b in lattices]
     ranges: dict = {"lx": [min(lxs), max(lxs)], "ly": [min(lys), max(lys)]}
     basis = f"training trajectories on {', '.join(f'{a}x{b}' for a, b in lattices)}"
-    if ModelConfig.from_dict(ck["config"]).takes_voltage and ck.get("voltages"):
+    if config_from_dict(ck["config"]).takes_voltage and ck.get("voltages"):
         ranges["voltage"] = [min(ck["voltages"]), max(ck["voltages"])]
         basis += f" at V = {', '.join(f'{v:g}' for v in ck['voltages'])}"
     domain = {"ranges": ranges, "basis": basis + ", the other parameters fixed"}
@@ -70,12 +71,12 @@ def model_domain(ck: dict) -> dict:
 
 def model_metadata(ck: dict) -> dict[str, str]:
     """The metadata_props of a model exported from checkpoint ``ck`` (all values strings)."""
-    from .model import ModelConfig
+    from .model import config_from_dict
 
-    cfg = ModelConfig.from_dict(ck["config"])
+    cfg = config_from_dict(ck["config"])
     training = {k: ck.get(k) for k in ("train_ids", "test_ids", "lattice", "lattices", "voltages",
                                         "metallic_columns_max", "options", "epochs_run", "torch_version")}
-    members = [ModelConfig.from_dict(c) for c in ck.get("ensemble", [ck["config"]])]
+    members = [config_from_dict(c) for c in ck.get("ensemble", [ck["config"]])]
     macs = {"macs_per_site": sum(m.macs_per_site() for m in members),
             "graph_macs_per_site": sum(m.graph_macs_per_site() for m in members)}
     arch = {**cfg.to_dict(), **macs}
@@ -148,7 +149,7 @@ def check_onnx(path: str | os.PathLike[str], model: ForceModel, shapes=CHECK_SHA
     return worst
 
 
-def write_graph(folded: FoldedEnsemble, path: str) -> tuple[list[str], list[str]]:
+def write_graph(folded: FoldedEnsemble | ConvGraph, path: str) -> tuple[list[str], list[str]]:
     """``torch.onnx.export`` of a folded model to ``path`` with the contract's names (SPEC §9: ``q``
     [, ``voltage``] → ``force``, ``density`` [, ``force_std``]) and dynamic batch, lx, ly; returns (input
     names, output names)."""
@@ -175,13 +176,19 @@ def export_onnx(model: ForceModel, out: str | os.PathLike[str], metadata: dict[s
     out = Path(out)
     model = model.cpu().eval()
     # one member: (force, density), what a single model exports; 2+: a committee with force_std
-    folded = FoldedEnsemble(list(model.members) if isinstance(model, EnsembleForceModel) else [model]).eval()
+    members = list(model.members) if isinstance(model, EnsembleForceModel) else [model]
+    if isinstance(members[0], ConvForceModel):  # the device-wide convolutional model (training/conv.py)
+        folded = ConvGraph(members).eval()
+        kind = "device-wide dilated convolutions"
+    else:
+        folded = FoldedEnsemble(members).eval()
+        kind = "descriptor + MLP"
     with atomic_path(out) as path:  # a temporary file beside ``out``, renamed over it at the end
         tmp = str(path)
         inputs, outputs = write_graph(folded, tmp)
         proto = onnx.load(tmp)
         proto.doc_string = (f"neqforce surrogate: {', '.join(inputs)} -> {', '.join(outputs)} "
-                            "(descriptor + MLP + exact elastic term; SPEC section 9, docs/physics.md)")
+                            f"({kind} + exact elastic term; SPEC section 9, docs/physics.md)")
         del proto.metadata_props[:]
         _add_metadata(proto, metadata or {})
         onnx.checker.check_model(proto)

@@ -342,8 +342,23 @@ def neighbour_sum(q: torch.Tensor) -> torch.Tensor:
     return sx + (q[:, :, up] + q[:, :, down]) * has_bonds
 
 
-def build_model(config: ModelConfig, params_physical: dict) -> ForceModel:
-    """An untrained model for the physical parameters (dict of SPEC names: g, k, kappa, …)."""
+def config_from_dict(d: dict):
+    """The architecture recorded in a checkpoint or in ``neqforce.architecture``: a :class:`ModelConfig`
+    (descriptor + MLP) or, for ``arch = 'conv'``, a :class:`~.conv.ConvConfig`."""
+    if d.get("arch") == "conv":
+        from .conv import ConvConfig
+
+        return ConvConfig.from_dict(d)
+    return ModelConfig.from_dict(d)
+
+
+def build_model(config, params_physical: dict) -> ForceModel:
+    """An untrained model for the physical parameters (dict of SPEC names: g, k, kappa, …); a
+    :class:`~.conv.ConvConfig` gives a :class:`~.conv.ConvForceModel` (the same interface)."""
+    if getattr(config, "arch", "") == "conv":
+        from .conv import build_conv_model
+
+        return build_conv_model(config, params_physical)
     q0 = 2.3855
     if config.global_features:
         from neqforce.physics import HolsteinParams, bulk_cdw_amplitude

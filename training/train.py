@@ -211,6 +211,10 @@ def _val_loss(model: ForceModel, s: torch.Tensor, a: torch.Tensor, y: torch.Tens
 def train(data: str | os.PathLike[str] | Sequence[str], out: str | os.PathLike[str], opts: TrainOptions,
           resume: bool = False, log: Callable[[str], None] = print) -> Path:
     """Train a model; returns the path of ``model.pt`` (best validation weights + test metrics)."""
+    from .conv_train import CONV_PRESETS, train_conv
+
+    if opts.preset in CONV_PRESETS:  # the device-wide convolutional model trains on whole frames
+        return train_conv(data, out, opts, resume=resume, log=log)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if opts.threads:

@@ -1,0 +1,186 @@
+"""The device-wide convolutional model (training/conv.py): exact symmetries, reach, batch invariance, and
+end to end on tiny NEGF data: `neqforce train --preset conv` (two members) → `neqforce export` (a calibrated
+committee in the ONNX contract) → ONNX Runtime = torch → a real server on 127.0.0.1 answers with it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+ort = pytest.importorskip("onnxruntime")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from neqforce.cli import app  # noqa: E402
+from neqforce.client.client import decode, encode_q  # noqa: E402
+from neqforce.physics import HolsteinParams  # noqa: E402
+from neqforce.training.conv import ConvConfig, ConvGraph, build_conv_model  # noqa: E402
+from neqforce.v1 import force_service_pb2 as pb  # noqa: E402
+from neqforce.v1 import force_service_pb2_grpc as pb_grpc  # noqa: E402
+
+RUNS = [((8, 6), 2.5, 0), ((8, 6), 3.5, 0), ((8, 6), 3.0, 1), ((10, 6), 3.0, 0)]
+TEST_ID = "8x6/V3.000_s1"
+
+
+def _model(seed: int = 0, channels: int = 4, dilations=(1, 2, 4)):
+    torch.manual_seed(seed)
+    m = build_conv_model(ConvConfig(channels=channels, dilations=dilations), HolsteinParams().physical())
+    with torch.no_grad():  # random, not small: every output depends visibly on its inputs
+        for p in m.net.parameters():
+            p.normal_(0.0, 0.5)
+    return m.eval()
+
+
+def _q(shape, seed=0):
+    return torch.from_numpy(np.random.default_rng(seed).normal(0, 1.5, shape).astype(np.float32))
+
+
+def test_mirror_translation_and_batch():
+    m = _model()
+    q, v = _q((3, 12, 7)), torch.tensor([2.0, 3.0, 4.0])
+    with torch.no_grad():
+        f = m(q, v)[0]
+        mirror = torch.remainder(-torch.arange(7), 7)
+        assert torch.allclose(m(q[..., mirror], v)[0], f[..., mirror], atol=1e-5)  # y → −y
+        assert torch.allclose(m(torch.flip(q, [-1]), v)[0], torch.flip(f, [-1]), atol=1e-5)  # any mirror line
+        assert torch.allclose(m(torch.roll(q, 3, -1), v)[0], torch.roll(f, 3, -1), atol=1e-5)  # y-translation
+        assert torch.allclose(m(q[1:2], v[1:2])[0], f[1:2], atol=1e-6)  # batch = alone
+        # the electrodes differ: mirroring in x is not a symmetry of the model (nor of the physics)
+        assert not torch.allclose(m(torch.flip(q, [1]), v)[0], torch.flip(f, [1]), atol=1e-3)
+        assert not torch.allclose(m(q, v + 0.5)[0], f, atol=1e-4)  # the voltage is an input
+
+
+def test_reach_is_the_declared_one():
+    cfg = ConvConfig(channels=4, dilations=(1, 2, 4))
+    assert cfg.reach == 9 and cfg.descriptor_name == "conv-c4-reach9/1"
+    m = _model()
+    q, v = _q((1, 30, 5)), torch.tensor([3.0])
+    with torch.no_grad():
+        f = m.electronic(q, v)
+        far, near = q.clone(), q.clone()
+        far[0, 10 + cfg.reach + 1] += 1.0  # just beyond the reach of column 10
+        near[0, 10 + cfg.reach] += 1.0  # at the reach
+        assert torch.equal(m.electronic(far, v)[0, 10], f[0, 10])
+        assert (m.electronic(near, v)[0, 10] - f[0, 10]).abs().max() > 1e-6
+
+
+def test_narrow_lattices_and_chains():
+    m = _model()
+    with torch.no_grad():
+        for shape in ((1, 5, 1), (2, 7, 3), (1, 3, 2)):
+            f, n = m(_q(shape), torch.full((shape[0],), 3.0))
+            assert f.shape == shape and torch.isfinite(f).all() and torch.isfinite(n).all()
+
+
+def test_graph_spread_is_the_members_local_std():
+    from neqforce.training.model import local_spread
+
+    a, b = _model(0), _model(1)
+    g = ConvGraph([a, b])
+    q, v = _q((2, 9, 6)), torch.tensor([2.5, 3.5])
+    with torch.no_grad():
+        f, n, s = g(q, v)
+        each = torch.stack([a.electronic(q, v), b.electronic(q, v)])
+        assert torch.allclose(f, each.mean(0) + a.elastic(q), atol=1e-6)
+        assert torch.allclose(s, local_spread(each.std(0, unbiased=False)), atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def conv_data(tmp_path_factory) -> list[str]:
+    from threadpoolctl import threadpool_limits
+
+    from neqforce.training.dataset import RunSpec, run_negf_bd
+
+    root = tmp_path_factory.mktemp("cdata")
+    folders: list[str] = []
+    for (lx, ly), v, seed in RUNS:
+        folder = root / f"d{lx}x{ly}"
+        folder.mkdir(exist_ok=True)
+        run = RunSpec(v, seed, 15)
+        with threadpool_limits(1):
+            run_negf_bd(folder / f"{run.name}.h5", HolsteinParams(lx=lx, ly=ly), run, dt=0.1, save_every=1,
+                        checkpoint_every=10)
+        if str(folder) not in folders:
+            folders.append(str(folder))
+    return folders
+
+
+@pytest.fixture(scope="module")
+def conv_committee(conv_data, tmp_path_factory) -> dict:
+    runner = CliRunner()
+    out = tmp_path_factory.mktemp("cruns")
+    cks = []
+    for seed in (0, 1):
+        run = out / f"m{seed}"
+        res = runner.invoke(app, ["train", *conv_data, "--out", str(run), "--preset", "conv", "--epochs", "2",
+                                  "--threads", "1", "--seed", str(seed), "--test-ids", TEST_ID])
+        assert res.exit_code == 0, res.output
+        assert "reach ±64 columns" in res.output
+        cks.append(str(run / "model.pt"))
+    path = out / "conv.onnx"
+    calib = [a for d in conv_data for a in ("--calibrate", d)]
+    res = runner.invoke(app, ["export", *cks, "--out", str(path), *calib, "--spread-target", "10"])
+    assert res.exit_code == 0, res.output
+    return {"path": path, "checkpoints": cks}
+
+
+def test_trained_checkpoint_records_data_and_resumes(conv_committee, conv_data, tmp_path):
+    from neqforce.training.checkpoint import load_model, read_checkpoint
+
+    ck = read_checkpoint(conv_committee["checkpoints"][0])
+    assert ck["config"]["arch"] == "conv" and ck["voltages"] == [2.5, 3.0, 3.5]
+    assert ck["lattices"] == [[8, 6], [10, 6]] and ck["test_ids"] == [TEST_ID]
+    assert len(ck["dataset_sha256"]) == 64 and ck["epochs_run"] == 2
+    model, _ = load_model(conv_committee["checkpoints"][0])
+    assert float(model.y_std) > 0
+    # the trained member differs from its seed-1 twin (the seed reaches the weights)
+    other, _ = load_model(conv_committee["checkpoints"][1])
+    assert not torch.equal(model.net.out.weight, other.net.out.weight)
+    # --resume continues from last.pt (one more epoch), and a descriptor override is refused
+    run = Path(conv_committee["checkpoints"][0]).parent
+    res = CliRunner().invoke(app, ["train", *conv_data, "--out", str(run), "--preset", "conv",
+                                   "--epochs", "3", "--threads", "1", "--test-ids", TEST_ID, "--resume"])
+    assert res.exit_code == 0 and "resumed at epoch 2" in res.output, res.output
+    res = CliRunner().invoke(app, ["train", *conv_data, "--out", str(tmp_path / "x"), "--preset", "conv",
+                                   "--r-cut", "4"])
+    assert res.exit_code == 2 and "--r-cut does not apply" in res.output and "Traceback" not in res.output
+
+
+def test_exported_committee_keeps_the_contract(conv_committee):
+    from neqforce.training.export import read_metadata
+
+    path = conv_committee["path"]
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["q", "voltage"]
+    assert [o.name for o in sess.get_outputs()] == ["force", "density", "force_std"]
+    meta = read_metadata(path)
+    assert meta["neqforce.descriptor"].startswith("ensemble[conv-c16-reach64/1")
+    ranges = json.loads(meta["neqforce.domain"])["ranges"]
+    assert ranges == {"voltage": [2.5, 3.5], "lx": [8, 10], "ly": [6, 6]}
+    com = json.loads(meta["neqforce.committee"])
+    assert com["members"] == 2 and com["spread_threshold"] > 0
+    assert json.loads(meta["neqforce.batch_invariant"]) is True
+
+
+def test_served_by_a_real_server(conv_committee):
+    from neqforce.server.app import ServerConfig, start_server
+
+    srv = start_server(ServerConfig(host="127.0.0.1", port=0, models=[conv_committee["path"]],
+                                    negf_pool="thread"))
+    try:
+        stub = pb_grpc.ForceServiceStub(grpc.insecure_channel(srv.address))
+        q = np.random.default_rng(3).normal(0, 1.0, (8, 6))
+        res = stub.ComputeForces(pb.ComputeForcesRequest(
+            q=encode_q(q), parameters={"lx": 8, "ly": 6, "voltage": 3.25}, backend=pb.BACKEND_ONNX,
+            want_force_std=True), timeout=60)
+        sess = ort.InferenceSession(str(conv_committee["path"]), providers=["CPUExecutionProvider"])
+        f, _, s = sess.run(None, {"q": q[None].astype(np.float32), "voltage": np.array([3.25], np.float32)})
+        np.testing.assert_allclose(decode(res.force), f[0], atol=1e-6)
+        assert res.force_std_max == pytest.approx(float(s.max()), rel=1e-5)
+    finally:
+        srv.stop()

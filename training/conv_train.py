@@ -1,0 +1,203 @@
+"""Training of the device-wide convolutional model (training/conv.py): whole frames, not sites.
+
+``neqforce train DATA --preset conv`` ends here (``train.train`` dispatches). The data handling is the
+descriptor models': the same trajectory split, the same validation blocks held out for early stopping
+(``training_validation_mask``), ``--weight-long`` for the sites of longer lattices, the same checkpoint
+(``model.pt`` best weights, ``last.pt`` every epoch for ``--resume``) and provenance. What differs: the
+network sees whole lattices, so minibatches are frames of one lattice shape (~``BATCH_SITES`` sites), and
+the learning rate follows a cosine over optimizer steps (the probe's schedule, docs/ml_model.md).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from neqforce import __version__
+
+from .calibration import F_NORM
+from .checkpoint import read_checkpoint, save_checkpoint
+from .conv import ConvConfig, ConvForceModel, build_conv_model
+from .data import (
+    Frames,
+    frame_groups,
+    qualify_ids,
+    select_voltage,
+    split_by_trajectory,
+    training_validation_mask,
+    traj_id,
+    voltages_of,
+)
+from .dataset import dataset_sha256, load_dataset
+
+#: Named convolutional architectures (``--preset``); ``conv`` is the deployable size (cost, bench/).
+CONV_PRESETS: dict[str, ConvConfig] = {
+    "conv": ConvConfig(channels=16),
+    "conv32": ConvConfig(channels=32),
+}
+#: Sites per minibatch: 8 frames of 30×28, fewer frames of longer lattices.
+BATCH_SITES = 6720
+
+
+def _batches(groups: Sequence[Frames], train_idx: Sequence[np.ndarray], rng: np.random.Generator):
+    """(group, frame indices) minibatches of one lattice shape each, in a random order over all groups."""
+    out = []
+    for g, (fr, idx) in enumerate(zip(groups, train_idx, strict=True)):
+        per = max(1, round(BATCH_SITES / (fr.params.lx * fr.params.ly)))
+        perm = rng.permutation(idx)
+        out += [(g, perm[i:i + per]) for i in range(0, len(perm), per)]
+    order = rng.permutation(len(out))
+    return [out[i] for i in order]
+
+
+def _tensors(fr: Frames, idx: np.ndarray, dev: torch.device) -> tuple[torch.Tensor, ...]:
+    q = torch.from_numpy(np.ascontiguousarray(fr.q[idx], np.float32)).to(dev)
+    y = torch.from_numpy(np.ascontiguousarray(fr.electronic[idx], np.float32)).to(dev)
+    v = torch.from_numpy(np.asarray(fr.voltage[idx], np.float32)).to(dev)
+    return q, y, v
+
+
+@torch.no_grad()
+def _val_sse(model: ConvForceModel, groups: Sequence[Frames], val_idx: Sequence[np.ndarray],
+             dev: torch.device) -> tuple[float, int]:
+    """Sum of squared normalized errors over every validation site, and the number of sites."""
+    model.eval()
+    sse, n = 0.0, 0
+    for fr, idx in zip(groups, val_idx, strict=True):
+        per = max(1, round(4 * BATCH_SITES / (fr.params.lx * fr.params.ly)))
+        for i in range(0, len(idx), per):
+            q, y, v = _tensors(fr, idx[i:i + per], dev)
+            sse += float(((model.head(q, v) - (y - model.y_mean) / model.y_std) ** 2).sum())
+            n += y.numel()
+    model.train()
+    return sse, n
+
+
+def train_conv(data, out: str | Path, opts, resume: bool = False,
+               log: Callable[[str], None] = print) -> Path:
+    """Train one convolutional member (``opts``: :class:`~.train.TrainOptions`, ``preset`` a key of
+    :data:`CONV_PRESETS`); returns the path of ``model.pt``."""
+    from .evaluate import grouped_metrics
+    from .metrics import format_metrics
+    from .train import max_metallic_columns, pick_device, predict_forces
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    torch.manual_seed(opts.seed)
+    rng = np.random.default_rng(opts.seed)
+    dev = pick_device(opts.device)
+    cfg = CONV_PRESETS[opts.preset]
+    overrides = [name for name in ("descriptor", "hidden", "activation", "r_cut", "anti_rank")
+                 if getattr(opts, name) is not None]
+    if overrides:
+        raise ValueError(f"--{overrides[0].replace('_', '-')} does not apply to the convolutional preset "
+                         f"{opts.preset!r} (descriptor presets only)")
+    trajs = qualify_ids(select_voltage(load_dataset(data), opts.voltage, opts.voltage_range))
+    incomplete = sorted(traj_id(t) for t in trajs if not t.complete)
+    if incomplete and not opts.allow_incomplete:
+        raise ValueError(f"{len(incomplete)} trajectories are still incomplete "
+                         f"({', '.join(incomplete[:4])}): finish `neqforce dataset generate` first, "
+                         "or pass --allow-incomplete")
+    train_t, test_t = split_by_trajectory(trajs, opts.test_fraction, opts.test_ids or None)
+    params = train_t[0].params
+    groups = frame_groups(train_t, stride=opts.stride, max_step=opts.max_step)
+    vmasks = [training_validation_mask(fr.step) for fr in groups]
+    train_idx = [np.flatnonzero(~m) for m in vmasks]
+    val_idx = [np.flatnonzero(m) for m in vmasks]
+    lx_min = min(fr.params.lx for fr in groups)
+    weights = [opts.weight_long if fr.params.lx > lx_min else 1.0 for fr in groups]
+    lattices = [[fr.params.lx, fr.params.ly] for fr in groups]
+    train_ids = [i for fr in groups for i in fr.ids]
+    n_val = sum(len(i) for i in val_idx)
+    log(f"train {len(train_ids)} trajectories ({sum(len(i) for i in train_idx)} frames, {n_val} validation), "
+        f"test {[traj_id(t) for t in test_t]}, lattices {', '.join(f'{a}x{b}' for a, b in lattices)}, "
+        f"V = {', '.join(f'{v:g}' for v in voltages_of(train_t))}, preset {opts.preset}: {cfg.channels} "
+        f"channels, reach ±{cfg.reach} columns, {cfg.macs_per_site()} MACs/site, device {dev}")
+
+    model = build_conv_model(cfg, params.physical())
+    y_all = np.concatenate([fr.electronic[i].ravel() for fr, i in zip(groups, train_idx, strict=True)])
+    model.y_mean.fill_(float(y_all.mean()))
+    model.y_std.fill_(float(y_all.std()))
+    del y_all
+    model.to(dev).train()
+    opt = torch.optim.Adam(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    steps_per_epoch = len(_batches(groups, train_idx, np.random.default_rng(0)))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(opts.epochs * steps_per_epoch, 1),
+                                                       eta_min=opts.lr_min)
+    start_epoch, best_val, best_state, history, bad = 0, math.inf, None, [], 0
+    last_path, best_path = out / "last.pt", out / "model.pt"
+    if resume and last_path.exists():
+        ck = read_checkpoint(last_path)
+        model.load_state_dict(ck["state_dict"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        start_epoch, best_val, history, bad = ck["epoch"] + 1, ck["best_val"], ck["history"], ck["bad_epochs"]
+        best_state = ck["best_state"]
+        torch.set_rng_state(ck["torch_rng"])
+        rng = np.random.default_rng(ck["numpy_rng_seed"])
+        log(f"resumed at epoch {start_epoch}")
+    y_scale2 = float(model.y_std) ** 2
+    t_start = time.time()
+    epoch = start_epoch - 1
+    for epoch in range(start_epoch, opts.epochs):
+        tot, wsum = 0.0, 0.0
+        for g, idx in _batches(groups, train_idx, rng):
+            q, y, v = _tensors(groups[g], idx, dev)
+            loss = torch.mean((model.head(q, v) - (y - model.y_mean) / model.y_std) ** 2)
+            opt.zero_grad(set_to_none=True)
+            (loss * weights[g]).backward()
+            opt.step()
+            sched.step()
+            tot += float(loss.detach()) * weights[g] * y.numel()
+            wsum += weights[g] * y.numel()
+        train_loss = tot / max(wsum, 1.0)
+        sse, n = _val_sse(model, groups, val_idx, dev)
+        val = sse / n if n else train_loss
+        improved = val < best_val
+        if improved:
+            best_val, bad = val, 0
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            bad += 1
+        val_mse = val * y_scale2 / F_NORM**2
+        history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val, "val_mse_fnorm": val_mse,
+                        "lr": opt.param_groups[0]["lr"], "time_s": time.time() - t_start})
+        log(f"epoch {epoch:4d}  train {train_loss:.3e}  val {val:.3e}  val MSE (F_norm) {val_mse:.2e}"
+            f"{'  *' if improved else ''}  ({time.time() - t_start:.0f} s)")
+        save_checkpoint(last_path, {
+            "config": cfg.to_dict(), "params": params.physical(), "state_dict": model.state_dict(),
+            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch,
+            "best_val": best_val, "best_state": best_state, "history": history, "bad_epochs": bad,
+            "torch_rng": torch.get_rng_state(), "numpy_rng_seed": int(rng.integers(2**63))})
+        if bad >= opts.patience:
+            log(f"early stop: no validation improvement for {opts.patience} epochs")
+            break
+        if opts.max_minutes and time.time() - t_start > 60 * opts.max_minutes:
+            log(f"time limit of {opts.max_minutes} min reached")
+            break
+    model.load_state_dict(best_state)
+    model.to("cpu").eval()
+    metrics: dict = {"validation_mse_fnorm": best_val * y_scale2 / F_NORM**2, "f_norm": F_NORM}
+    if test_t:
+        tests = frame_groups(test_t, max_step=opts.max_step)
+        metrics["test"] = grouped_metrics([(predict_forces(model, te.q, te.voltage), te) for te in tests])
+        log("test (held-out trajectories):\n" + format_metrics(metrics["test"]))
+    save_checkpoint(best_path, {
+        "config": cfg.to_dict(), "params": params.physical(), "state_dict": model.state_dict(),
+        "metrics": metrics, "train_ids": train_ids, "test_ids": [traj_id(t) for t in test_t],
+        "lattice": [params.lx, params.ly], "lattices": lattices, "voltages": voltages_of(train_t),
+        "metallic_columns_max": max_metallic_columns(groups),
+        "dataset_sha256": dataset_sha256([t.extra["file"] for t in trajs]),
+        "dataset_complete": not incomplete, "dataset_frames": int(sum(len(t.frames()["q"]) for t in trajs)),
+        "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(opts).items()},
+        "epochs_run": epoch + 1, "neqforce_version": __version__, "torch_version": torch.__version__,
+        "descriptor": cfg.descriptor_name, "history": history})
+    log(f"wrote {best_path}")
+    return best_path
