@@ -90,6 +90,23 @@ def test_graph_spread_is_the_members_local_std():
         assert torch.allclose(s, local_spread(each.std(0, unbiased=False)), atol=1e-6)
 
 
+def test_fused_graph_is_the_same_function():
+    from neqforce.training.conv import FusedConvGraph
+
+    members = [_model(0), _model(1), _model(2)]
+    for m, (a, b) in zip(members, ((0.1, 0.5), (-0.2, 0.7), (0.0, 1.3)), strict=True):
+        m.y_mean.fill_(a)
+        m.y_std.fill_(b)
+    q, v = _q((2, 11, 6)), torch.tensor([2.25, 3.75])
+    with torch.no_grad():
+        for a, b in zip(ConvGraph(members)(q, v), FusedConvGraph(members)(q, v), strict=True):
+            assert torch.allclose(a, b, atol=2e-5)
+        one = FusedConvGraph(members[:1])(q, v)
+        assert len(one) == 2 and torch.allclose(one[0], members[0](q, v)[0], atol=2e-5)
+    with pytest.raises(ValueError, match="one architecture"):
+        FusedConvGraph([members[0], _model(0, channels=3)])
+
+
 @pytest.fixture(scope="module")
 def conv_data(tmp_path_factory) -> list[str]:
     from threadpoolctl import threadpool_limits
