@@ -176,3 +176,19 @@ def test_far_outside_the_domain_is_refused_or_flagged() -> None:
             assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "g=2" in str(info.value)
     finally:
         srv.stop(grace=1.0)
+
+
+def test_fast_model_ships_with_its_card_and_restriction() -> None:
+    """voltage_fast.onnx (0.7) is served with its card: the same sha256, the 58-column bound applied."""
+    import hashlib
+
+    from neqforce.models import fast_model_path
+    from neqforce.server.backends.onnx import provenance_record, restrict_domain
+    from neqforce.training.export import read_metadata
+
+    path = fast_model_path()
+    card = provenance_record(path, hashlib.sha256(path.read_bytes()).hexdigest())
+    assert card is not None and card["file"] == "voltage_fast.onnx"
+    declared = read_metadata(path)["neqforce.domain"]
+    domain = json.loads(restrict_domain(declared, card["domain_restriction"], path))
+    assert domain["metallic_columns_max"] == 58 and domain["ranges"]["voltage"] == [2.0, 4.0]
