@@ -18,10 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from neqforce import __version__
-
 from .calibration import F_NORM
-from .checkpoint import read_checkpoint, save_checkpoint
+from .checkpoint import save_checkpoint
 from .conv import ConvConfig, ConvForceModel, build_conv_model
 from .data import (
     Frames,
@@ -33,7 +31,7 @@ from .data import (
     traj_id,
     voltages_of,
 )
-from .dataset import dataset_sha256, load_dataset
+from .dataset import load_dataset
 
 #: Named convolutional architectures (``--preset``); ``conv`` is the deployable size (cost, bench/).
 CONV_PRESETS: dict[str, ConvConfig] = {
@@ -44,11 +42,16 @@ CONV_PRESETS: dict[str, ConvConfig] = {
 BATCH_SITES = 6720
 
 
+def _frames_per_batch(fr: Frames, sites: int = BATCH_SITES) -> int:
+    """Frames of this group's lattice in a minibatch of ~``sites`` sites (at least one)."""
+    return max(1, round(sites / (fr.params.lx * fr.params.ly)))
+
+
 def _batches(groups: Sequence[Frames], train_idx: Sequence[np.ndarray], rng: np.random.Generator):
     """(group, frame indices) minibatches of one lattice shape each, in a random order over all groups."""
     out = []
     for g, (fr, idx) in enumerate(zip(groups, train_idx, strict=True)):
-        per = max(1, round(BATCH_SITES / (fr.params.lx * fr.params.ly)))
+        per = _frames_per_batch(fr)
         perm = rng.permutation(idx)
         out += [(g, perm[i:i + per]) for i in range(0, len(perm), per)]
     order = rng.permutation(len(out))
@@ -69,7 +72,7 @@ def _val_sse(model: ConvForceModel, groups: Sequence[Frames], val_idx: Sequence[
     model.eval()
     sse, n = 0.0, 0
     for fr, idx in zip(groups, val_idx, strict=True):
-        per = max(1, round(4 * BATCH_SITES / (fr.params.lx * fr.params.ly)))
+        per = _frames_per_batch(fr, 4 * BATCH_SITES)
         for i in range(0, len(idx), per):
             q, y, v = _tensors(fr, idx[i:i + per], dev)
             sse += float(((model.head(q, v) - (y - model.y_mean) / model.y_std) ** 2).sum())
@@ -84,7 +87,14 @@ def train_conv(data, out: str | Path, opts, resume: bool = False,
     :data:`CONV_PRESETS`); returns the path of ``model.pt``."""
     from .evaluate import grouped_metrics
     from .metrics import format_metrics
-    from .train import max_metallic_columns, pick_device, predict_forces
+    from .train import (
+        last_checkpoint,
+        pick_device,
+        predict_forces,
+        provenance,
+        require_complete,
+        resume_state,
+    )
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -100,11 +110,7 @@ def train_conv(data, out: str | Path, opts, resume: bool = False,
         raise ValueError(f"--{overrides[0].replace('_', '-')} does not apply to the convolutional preset "
                          f"{opts.preset!r} (descriptor presets only)")
     trajs = qualify_ids(select_voltage(load_dataset(data), opts.voltage, opts.voltage_range))
-    incomplete = sorted(traj_id(t) for t in trajs if not t.complete)
-    if incomplete and not opts.allow_incomplete:
-        raise ValueError(f"{len(incomplete)} trajectories are still incomplete "
-                         f"({', '.join(incomplete[:4])}): finish `neqforce dataset generate` first, "
-                         "or pass --allow-incomplete")
+    incomplete = require_complete(trajs, opts.allow_incomplete)
     train_t, test_t = split_by_trajectory(trajs, opts.test_fraction, opts.test_ids or None)
     params = train_t[0].params
     groups = frame_groups(train_t, stride=opts.stride, max_step=opts.max_step)
@@ -114,9 +120,8 @@ def train_conv(data, out: str | Path, opts, resume: bool = False,
     lx_min = min(fr.params.lx for fr in groups)
     weights = [opts.weight_long if fr.params.lx > lx_min else 1.0 for fr in groups]
     lattices = [[fr.params.lx, fr.params.ly] for fr in groups]
-    train_ids = [i for fr in groups for i in fr.ids]
-    n_val = sum(len(i) for i in val_idx)
-    log(f"train {len(train_ids)} trajectories ({sum(len(i) for i in train_idx)} frames, {n_val} validation), "
+    n_train, n_val = sum(len(i) for i in train_idx), sum(len(i) for i in val_idx)
+    log(f"train {sum(len(fr.ids) for fr in groups)} trajectories ({n_train} frames, {n_val} validation), "
         f"test {[traj_id(t) for t in test_t]}, lattices {', '.join(f'{a}x{b}' for a, b in lattices)}, "
         f"V = {', '.join(f'{v:g}' for v in voltages_of(train_t))}, preset {opts.preset}: {cfg.channels} "
         f"channels, reach ±{cfg.reach} columns, {cfg.macs_per_site()} MACs/site, device {dev}")
@@ -128,21 +133,16 @@ def train_conv(data, out: str | Path, opts, resume: bool = False,
     del y_all
     model.to(dev).train()
     opt = torch.optim.Adam(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
-    steps_per_epoch = len(_batches(groups, train_idx, np.random.default_rng(0)))
+    steps_per_epoch = sum(math.ceil(len(idx) / _frames_per_batch(fr))
+                          for fr, idx in zip(groups, train_idx, strict=True))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(opts.epochs * steps_per_epoch, 1),
                                                        eta_min=opts.lr_min)
     start_epoch, best_val, best_state, history, bad = 0, math.inf, None, [], 0
     last_path, best_path = out / "last.pt", out / "model.pt"
     if resume and last_path.exists():
-        ck = read_checkpoint(last_path)
-        model.load_state_dict(ck["state_dict"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        start_epoch, best_val, history, bad = ck["epoch"] + 1, ck["best_val"], ck["history"], ck["bad_epochs"]
-        best_state = ck["best_state"]
-        torch.set_rng_state(ck["torch_rng"])
-        rng = np.random.default_rng(ck["numpy_rng_seed"])
-        log(f"resumed at epoch {start_epoch}")
+        st = resume_state(last_path, model, opt, sched, log)
+        start_epoch, best_val, history, bad = st["start_epoch"], st["best_val"], st["history"], st["bad"]
+        best_state, rng = st["best_state"], st["rng"]
     y_scale2 = float(model.y_std) ** 2
     t_start = time.time()
     epoch = start_epoch - 1
@@ -171,11 +171,8 @@ def train_conv(data, out: str | Path, opts, resume: bool = False,
                         "lr": opt.param_groups[0]["lr"], "time_s": time.time() - t_start})
         log(f"epoch {epoch:4d}  train {train_loss:.3e}  val {val:.3e}  val MSE (F_norm) {val_mse:.2e}"
             f"{'  *' if improved else ''}  ({time.time() - t_start:.0f} s)")
-        save_checkpoint(last_path, {
-            "config": cfg.to_dict(), "params": params.physical(), "state_dict": model.state_dict(),
-            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch,
-            "best_val": best_val, "best_state": best_state, "history": history, "bad_epochs": bad,
-            "torch_rng": torch.get_rng_state(), "numpy_rng_seed": int(rng.integers(2**63))})
+        save_checkpoint(last_path, last_checkpoint(cfg, params, model, opt, sched, epoch, best_val,
+                                                   best_state, history, bad, rng))
         if bad >= opts.patience:
             log(f"early stop: no validation improvement for {opts.patience} epochs")
             break
@@ -191,13 +188,7 @@ def train_conv(data, out: str | Path, opts, resume: bool = False,
         log("test (held-out trajectories):\n" + format_metrics(metrics["test"]))
     save_checkpoint(best_path, {
         "config": cfg.to_dict(), "params": params.physical(), "state_dict": model.state_dict(),
-        "metrics": metrics, "train_ids": train_ids, "test_ids": [traj_id(t) for t in test_t],
-        "lattice": [params.lx, params.ly], "lattices": lattices, "voltages": voltages_of(train_t),
-        "metallic_columns_max": max_metallic_columns(groups),
-        "dataset_sha256": dataset_sha256([t.extra["file"] for t in trajs]),
-        "dataset_complete": not incomplete, "dataset_frames": int(sum(len(t.frames()["q"]) for t in trajs)),
-        "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(opts).items()},
-        "epochs_run": epoch + 1, "neqforce_version": __version__, "torch_version": torch.__version__,
-        "descriptor": cfg.descriptor_name, "history": history})
+        "metrics": metrics, "history": history,
+        **provenance(cfg, opts, trajs, train_t, test_t, groups, incomplete, epoch + 1)})
     log(f"wrote {best_path}")
     return best_path

@@ -208,6 +208,56 @@ def _val_loss(model: ForceModel, s: torch.Tensor, a: torch.Tensor, y: torch.Tens
     return tot / max(len(y), 1)
 
 
+def require_complete(trajs: Sequence, allow_incomplete: bool) -> list[str]:
+    """Ids of the trajectories still being generated; ValueError when there are any and
+    ``allow_incomplete`` is not set (the model would record a partial dataset)."""
+    incomplete = sorted(traj_id(t) for t in trajs if not t.complete)
+    if incomplete and not allow_incomplete:
+        raise ValueError(f"{len(incomplete)} trajectories are still incomplete ({', '.join(incomplete[:4])}"
+                         f"{', ...' if len(incomplete) > 4 else ''}): finish `neqforce dataset generate` "
+                         "first, or pass --allow-incomplete (the model then records a partial dataset)")
+    return incomplete
+
+
+def resume_state(last_path: Path, model: torch.nn.Module, opt, sched, log: Callable[[str], None]) -> dict:
+    """Load ``last.pt`` into the model, optimizer and scheduler (and torch's RNG); returns the loop state
+    (``start_epoch``, ``best_val``, ``history``, ``bad``, ``best_state``, ``rng``) to continue from."""
+    ck = read_checkpoint(last_path)
+    model.load_state_dict(ck["state_dict"])
+    opt.load_state_dict(ck["optimizer"])
+    sched.load_state_dict(ck["scheduler"])
+    torch.set_rng_state(ck["torch_rng"])
+    state = {"start_epoch": ck["epoch"] + 1, "best_val": ck["best_val"], "history": ck["history"],
+             "bad": ck["bad_epochs"], "best_state": ck["best_state"],
+             "rng": np.random.default_rng(ck["numpy_rng_seed"])}
+    log(f"resumed at epoch {state['start_epoch']}")
+    return state
+
+
+def last_checkpoint(cfg, params, model: torch.nn.Module, opt, sched, epoch: int, best_val: float,
+                    best_state: dict | None, history: list, bad: int, rng: np.random.Generator) -> dict:
+    """What ``last.pt`` holds after an epoch: everything :func:`resume_state` needs."""
+    return {"config": cfg.to_dict(), "params": params.physical(), "state_dict": model.state_dict(),
+            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch,
+            "best_val": best_val, "best_state": best_state, "history": history, "bad_epochs": bad,
+            "torch_rng": torch.get_rng_state(), "numpy_rng_seed": int(rng.integers(2**63))}
+
+
+def provenance(cfg, opts: TrainOptions, trajs: Sequence, train_t: Sequence, test_t: Sequence,
+               groups: Sequence[Frames], incomplete: list[str], epochs_run: int) -> dict:
+    """The data, split, options and versions ``model.pt`` records (shared by every architecture)."""
+    params = train_t[0].params
+    return {
+        "train_ids": [i for fr in groups for i in fr.ids], "test_ids": [traj_id(t) for t in test_t],
+        "lattice": [params.lx, params.ly], "lattices": [[fr.params.lx, fr.params.ly] for fr in groups],
+        "voltages": voltages_of(train_t), "metallic_columns_max": max_metallic_columns(groups),
+        "dataset_sha256": dataset_sha256([t.extra["file"] for t in trajs]),
+        "dataset_complete": not incomplete, "dataset_frames": int(sum(len(t.frames()["q"]) for t in trajs)),
+        "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(opts).items()},
+        "epochs_run": epochs_run, "neqforce_version": __version__, "torch_version": torch.__version__,
+        "descriptor": cfg.descriptor_name}
+
+
 def train(data: str | os.PathLike[str] | Sequence[str], out: str | os.PathLike[str], opts: TrainOptions,
           resume: bool = False, log: Callable[[str], None] = print) -> Path:
     """Train a model; returns the path of ``model.pt`` (best validation weights + test metrics)."""
@@ -229,11 +279,7 @@ def train(data: str | os.PathLike[str] | Sequence[str], out: str | os.PathLike[s
         raise ValueError(f"the data holds voltages {', '.join(f'{v:g}' for v in voltages_of(trajs))} but "
                          f"preset {opts.preset!r} has no voltage input: pick one with --voltage, or use "
                          "--preset voltage")
-    incomplete = sorted(traj_id(t) for t in trajs if not t.complete)
-    if incomplete and not opts.allow_incomplete:
-        raise ValueError(f"{len(incomplete)} trajectories are still incomplete ({', '.join(incomplete[:4])}"
-                         f"{', ...' if len(incomplete) > 4 else ''}): finish `neqforce dataset generate` "
-                         "first, or pass --allow-incomplete (the model then records a partial dataset)")
+    incomplete = require_complete(trajs, opts.allow_incomplete)
     train_t, test_t = split_by_trajectory(trajs, opts.test_fraction, opts.test_ids or None)
     params = train_t[0].params
     groups = frame_groups(train_t, stride=opts.stride, max_step=opts.max_step)
@@ -268,15 +314,9 @@ def train(data: str | os.PathLike[str] | Sequence[str], out: str | os.PathLike[s
     start_epoch, best_val, best_state, history, bad = 0, math.inf, None, [], 0
     last_path, best_path = out / "last.pt", out / "model.pt"
     if resume and last_path.exists():
-        ck = read_checkpoint(last_path)
-        model.load_state_dict(ck["state_dict"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        start_epoch, best_val, history, bad = ck["epoch"] + 1, ck["best_val"], ck["history"], ck["bad_epochs"]
-        best_state = ck["best_state"]
-        torch.set_rng_state(ck["torch_rng"])
-        rng = np.random.default_rng(ck["numpy_rng_seed"])
-        log(f"resumed at epoch {start_epoch}")
+        st = resume_state(last_path, model, opt, sched, log)
+        start_epoch, best_val, history, bad = st["start_epoch"], st["best_val"], st["history"], st["bad"]
+        best_state, rng = st["best_state"], st["rng"]
 
     y_scale2 = float(model.y_std) ** 2
     f_max_train = max(float(np.abs(fr.force).max()) for fr in groups)
@@ -313,11 +353,8 @@ def train(data: str | os.PathLike[str] | Sequence[str], out: str | os.PathLike[s
                         "lr": opt.param_groups[0]["lr"], "time_s": time.time() - t_start})
         log(f"epoch {epoch:4d}  train {train_loss:.3e}  val {val:.3e}  val MSE[-1,1] {val_mse:.2e}"
             f"{'  *' if improved else ''}  ({time.time() - t_start:.0f} s)")
-        save_checkpoint(last_path, {
-            "config": cfg.to_dict(), "params": params.physical(), "state_dict": model.state_dict(),
-            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch,
-            "best_val": best_val, "best_state": best_state, "history": history, "bad_epochs": bad,
-            "torch_rng": torch.get_rng_state(), "numpy_rng_seed": int(rng.integers(2**63))})
+        save_checkpoint(last_path, last_checkpoint(cfg, params, model, opt, sched, epoch, best_val,
+                                                   best_state, history, bad, rng))
         (out / "history.json").write_text(json.dumps(history, indent=1))
         if bad >= opts.patience:
             log(f"early stop: no validation improvement for {opts.patience} epochs")
@@ -338,14 +375,7 @@ def train(data: str | os.PathLike[str] | Sequence[str], out: str | os.PathLike[s
         log("test (held-out trajectories):\n" + format_metrics(metrics["test"]))
     save_checkpoint(best_path, {
         "config": cfg.to_dict(), "params": params.physical(), "state_dict": model.state_dict(),
-        "metrics": metrics, "train_ids": train_ids, "test_ids": [traj_id(t) for t in test_t],
-        "lattice": [params.lx, params.ly], "lattices": lattices, "voltages": voltages_of(train_t),
-        "metallic_columns_max": max_metallic_columns(groups),
-        "dataset_sha256": dataset_sha256([t.extra["file"] for t in trajs]),
-        "dataset_complete": not incomplete, "dataset_frames": int(sum(len(t.frames()["q"]) for t in trajs)),
-        "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(opts).items()},
-        "epochs_run": epoch + 1, "neqforce_version": __version__, "torch_version": torch.__version__,
-        "descriptor": cfg.descriptor_name})
+        "metrics": metrics, **provenance(cfg, opts, trajs, train_t, test_t, groups, incomplete, epoch + 1)})
     log(f"wrote {best_path}")
     return best_path
 
