@@ -1,4 +1,5 @@
-"""Shared fixtures of the ML force-field tests: random models and the tiny NEGF dataset."""
+"""Shared fixtures of the ML force-field tests: random models, the tiny NEGF dataset and short NEGF-BD runs
+over voltage and length."""
 
 from __future__ import annotations
 
@@ -59,3 +60,39 @@ def tiny_dataset(tmp_path_factory) -> str:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     generate_dataset(out, preset_spec("tiny"), workers=1, show_progress=False)
     return str(out)
+
+
+#: (lattice, voltage, seed) of the runs of ``voltage_data``; 8x6 V3 seed 1 is the tests' test trajectory.
+VOLTAGE_RUNS = [((8, 6), 2.5, 0), ((8, 6), 3.5, 0), ((8, 6), 3.0, 1), ((10, 6), 3.0, 0)]
+
+
+@pytest.fixture(scope="session")
+def negf_bd_folders(tmp_path_factory):
+    """Factory ``make(name, runs, steps=15)``: short NEGF-BD runs ``((lx, ly), V, seed)`` written to one
+    dataset folder per lattice (``d{lx}x{ly}``, in the order first met) under a new temporary folder;
+    returns the folders."""
+    from threadpoolctl import threadpool_limits
+
+    from neqforce.training.dataset import RunSpec, run_negf_bd
+
+    def make(name: str, runs, steps: int = 15) -> list[str]:
+        root = tmp_path_factory.mktemp(name)
+        folders: list[str] = []
+        for (lx, ly), v, seed in runs:
+            folder = root / f"d{lx}x{ly}"
+            folder.mkdir(exist_ok=True)
+            run = RunSpec(v, seed, steps)
+            with threadpool_limits(1):
+                run_negf_bd(folder / f"{run.name}.h5", HolsteinParams(lx=lx, ly=ly), run, dt=0.1,
+                            save_every=1, checkpoint_every=10)
+            if str(folder) not in folders:
+                folders.append(str(folder))
+        return folders
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def voltage_data(negf_bd_folders) -> list[str]:
+    """Two dataset folders (8x6 and 10x6) of 15-step NEGF-BD runs at V = 2.5, 3.0, 3.5 (read only)."""
+    return negf_bd_folders("vdata", VOLTAGE_RUNS)

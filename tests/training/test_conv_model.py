@@ -23,7 +23,6 @@ from neqforce.training.conv import ConvConfig, ConvGraph, build_conv_model  # no
 from neqforce.v1 import force_service_pb2 as pb  # noqa: E402
 from neqforce.v1 import force_service_pb2_grpc as pb_grpc  # noqa: E402
 
-RUNS = [((8, 6), 2.5, 0), ((8, 6), 3.5, 0), ((8, 6), 3.0, 1), ((10, 6), 3.0, 0)]
 TEST_ID = "8x6/V3.000_s1"
 
 
@@ -108,45 +107,26 @@ def test_fused_graph_is_the_same_function():
 
 
 @pytest.fixture(scope="module")
-def conv_data(tmp_path_factory) -> list[str]:
-    from threadpoolctl import threadpool_limits
-
-    from neqforce.training.dataset import RunSpec, run_negf_bd
-
-    root = tmp_path_factory.mktemp("cdata")
-    folders: list[str] = []
-    for (lx, ly), v, seed in RUNS:
-        folder = root / f"d{lx}x{ly}"
-        folder.mkdir(exist_ok=True)
-        run = RunSpec(v, seed, 15)
-        with threadpool_limits(1):
-            run_negf_bd(folder / f"{run.name}.h5", HolsteinParams(lx=lx, ly=ly), run, dt=0.1, save_every=1,
-                        checkpoint_every=10)
-        if str(folder) not in folders:
-            folders.append(str(folder))
-    return folders
-
-
-@pytest.fixture(scope="module")
-def conv_committee(conv_data, tmp_path_factory) -> dict:
+def conv_committee(voltage_data, tmp_path_factory) -> dict:
     runner = CliRunner()
     out = tmp_path_factory.mktemp("cruns")
     cks = []
     for seed in (0, 1):
         run = out / f"m{seed}"
-        res = runner.invoke(app, ["train", *conv_data, "--out", str(run), "--preset", "conv", "--epochs", "2",
-                                  "--threads", "1", "--seed", str(seed), "--test-ids", TEST_ID])
+        res = runner.invoke(app, ["train", *voltage_data, "--out", str(run), "--preset", "conv",
+                                  "--epochs", "2", "--threads", "1", "--seed", str(seed),
+                                  "--test-ids", TEST_ID])
         assert res.exit_code == 0, res.output
         assert "reach ±64 columns" in res.output
         cks.append(str(run / "model.pt"))
     path = out / "conv.onnx"
-    calib = [a for d in conv_data for a in ("--calibrate", d)]
+    calib = [a for d in voltage_data for a in ("--calibrate", d)]
     res = runner.invoke(app, ["export", *cks, "--out", str(path), *calib, "--spread-target", "10"])
     assert res.exit_code == 0, res.output
     return {"path": path, "checkpoints": cks}
 
 
-def test_trained_checkpoint_records_data_and_resumes(conv_committee, conv_data, tmp_path):
+def test_trained_checkpoint_records_data_and_resumes(conv_committee, voltage_data, tmp_path):
     from neqforce.training.checkpoint import load_model, read_checkpoint
 
     ck = read_checkpoint(conv_committee["checkpoints"][0])
@@ -160,10 +140,10 @@ def test_trained_checkpoint_records_data_and_resumes(conv_committee, conv_data, 
     assert not torch.equal(model.net.out.weight, other.net.out.weight)
     # --resume continues from last.pt (one more epoch), and a descriptor override is refused
     run = Path(conv_committee["checkpoints"][0]).parent
-    res = CliRunner().invoke(app, ["train", *conv_data, "--out", str(run), "--preset", "conv",
+    res = CliRunner().invoke(app, ["train", *voltage_data, "--out", str(run), "--preset", "conv",
                                    "--epochs", "3", "--threads", "1", "--test-ids", TEST_ID, "--resume"])
     assert res.exit_code == 0 and "resumed at epoch 2" in res.output, res.output
-    res = CliRunner().invoke(app, ["train", *conv_data, "--out", str(tmp_path / "x"), "--preset", "conv",
+    res = CliRunner().invoke(app, ["train", *voltage_data, "--out", str(tmp_path / "x"), "--preset", "conv",
                                    "--r-cut", "4"])
     assert res.exit_code == 2 and "--r-cut does not apply" in res.output and "Traceback" not in res.output
 

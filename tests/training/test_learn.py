@@ -29,23 +29,8 @@ SMALL = ["--members", "2", "--epochs", "3", "--hidden", "12,8", "--r-cut", "4", 
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> list[str]:
-    from threadpoolctl import threadpool_limits
-
-    from neqforce.training.dataset import RunSpec, run_negf_bd
-
-    root = tmp_path_factory.mktemp("ldata")
-    folders: list[str] = []
-    for (lx, ly), v in RUNS:
-        folder = root / f"d{lx}x{ly}"
-        folder.mkdir(exist_ok=True)
-        run = RunSpec(v, 0, 15)
-        with threadpool_limits(1):
-            run_negf_bd(folder / f"{run.name}.h5", HolsteinParams(lx=lx, ly=ly), run, dt=0.1, save_every=1,
-                        checkpoint_every=10)
-        if str(folder) not in folders:
-            folders.append(str(folder))
-    return folders
+def data(negf_bd_folders) -> list[str]:
+    return negf_bd_folders("ldata", [(lattice, v, 0) for lattice, v in RUNS])
 
 
 def _learn(data: list[str], out: Path, *extra: str):

@@ -25,31 +25,7 @@ from neqforce.training.model import local_spread  # noqa: E402
 from neqforce.v1 import force_service_pb2 as pb  # noqa: E402
 from neqforce.v1 import force_service_pb2_grpc as pb_grpc  # noqa: E402
 
-#: (lattice, voltage, seed) of the runs; 8x6 V3 seed 1 is the test trajectory.
-RUNS = [((8, 6), 2.5, 0), ((8, 6), 3.5, 0), ((8, 6), 3.0, 1), ((10, 6), 3.0, 0)]
-STEPS = 15
 TEST_ID = "8x6/V3.000_s1"
-
-
-@pytest.fixture(scope="module")
-def voltage_data(tmp_path_factory) -> list[str]:
-    """Two dataset folders (8x6 and 10x6) of short NEGF-BD runs at V = 2.5, 3.0, 3.5."""
-    from threadpoolctl import threadpool_limits
-
-    from neqforce.training.dataset import RunSpec, run_negf_bd
-
-    root = tmp_path_factory.mktemp("vdata")
-    folders = []
-    for (lx, ly), v, seed in RUNS:
-        folder = root / f"d{lx}x{ly}"
-        folder.mkdir(exist_ok=True)
-        run = RunSpec(v, seed, STEPS)
-        with threadpool_limits(1):
-            run_negf_bd(folder / f"{run.name}.h5", HolsteinParams(lx=lx, ly=ly), run, dt=0.1, save_every=1,
-                        checkpoint_every=10)
-        if str(folder) not in folders:
-            folders.append(str(folder))
-    return folders
 
 
 @pytest.fixture(scope="module")
