@@ -54,47 +54,10 @@ def load_frames(folders: list[Path], voltages: set[float], lx: int, ly: int):
 
 
 def build(channels: int, dilations: list[int]):
-    import torch
-    from torch import nn
+    """The network of the package's conv preset (training/conv.py ConvNet; the probe's parameter names)."""
+    from neqforce.training.conv import ConvConfig, ConvNet
 
-    class Block(nn.Module):
-        def __init__(self, d: int) -> None:
-            super().__init__()
-            self.d = d
-            self.conv1 = nn.Conv2d(channels, channels, 3, dilation=(d, 1))
-            self.conv2 = nn.Conv2d(channels, channels, 1)
-            self.act = nn.SiLU()
-
-        def forward(self, h):
-            d = self.d
-            z = torch.cat([h[..., -1:], h, h[..., :1]], dim=-1)  # circular in y (dilation 1 along y)
-            z = nn.functional.pad(z, (0, 0, d, d))  # zeros beyond the electrodes in x
-            return h + self.conv2(self.act(self.conv1(self.act(z))))
-
-    class Net(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.inp = nn.Conv2d(3, channels, 5)
-            self.blocks = nn.ModuleList(Block(d) for d in dilations)
-            self.out = nn.Conv2d(channels, 1, 1)
-            self.act = nn.SiLU()
-
-        def one(self, q, v):
-            b, lx, ly = q.shape
-            x = torch.stack([q, torch.ones_like(q), v[:, None, None].expand(b, lx, ly)], 1)
-            x = torch.cat([x[..., -2:], x, x[..., :2]], dim=-1)
-            x = nn.functional.pad(x, (0, 0, 2, 2))
-            h = self.inp(x)
-            for blk in self.blocks:
-                h = blk(h)
-            return self.out(self.act(h))[:, 0]
-
-        def forward(self, q, v):  # exact y-mirror: average over the mirror y -> -y (mod ly)
-            qm = torch.roll(torch.flip(q, [-1]), 1, -1)
-            back = torch.roll(torch.flip(self.one(qm, v), [-1]), 1, -1)
-            return 0.5 * (self.one(q, v) + back)
-
-    return Net()
+    return ConvNet(ConvConfig(channels=channels, dilations=tuple(dilations), activation="silu"))
 
 
 def train(args: argparse.Namespace) -> int:

@@ -266,6 +266,10 @@ def export_checkpoint(checkpoint: str | os.PathLike[str] | list, out: str | os.P
     model, ck = loaded[0]
     if len(loaded) > 1:
         for _, other in loaded[1:]:
+            arch = (other["config"].get("arch", "descriptor"), ck["config"].get("arch", "descriptor"))
+            if arch[0] != arch[1]:
+                raise ValueError(f"ensemble members must share one architecture ({arch[1]} and {arch[0]} "
+                                 "checkpoints cannot form one committee)")
             if other["params"] != ck["params"] or other.get("test_ids") != ck.get("test_ids"):
                 raise ValueError("ensemble members must share physical parameters and test trajectories")
             if (other.get("voltages"), other.get("lattices")) != (ck.get("voltages"), ck.get("lattices")):

@@ -89,21 +89,22 @@ def test_graph_spread_is_the_members_local_std():
         assert torch.allclose(s, local_spread(each.std(0, unbiased=False)), atol=1e-6)
 
 
-def test_fused_graph_is_the_same_function():
-    from neqforce.training.conv import FusedConvGraph
-
+def test_export_graph_is_the_members_function_on_every_shape():
+    """ConvGraph (the lattice and its mirror as one batch, rows extended once, zero pads inside the
+    convolutions) computes what the members' own forward computes, also for ly below the network's reach."""
     members = [_model(0), _model(1), _model(2)]
     for m, (a, b) in zip(members, ((0.1, 0.5), (-0.2, 0.7), (0.0, 1.3)), strict=True):
         m.y_mean.fill_(a)
         m.y_std.fill_(b)
-    q, v = _q((2, 11, 6)), torch.tensor([2.25, 3.75])
     with torch.no_grad():
-        for a, b in zip(ConvGraph(members)(q, v), FusedConvGraph(members)(q, v), strict=True):
-            assert torch.allclose(a, b, atol=2e-5)
-        one = FusedConvGraph(members[:1])(q, v)
-        assert len(one) == 2 and torch.allclose(one[0], members[0](q, v)[0], atol=2e-5)
-    with pytest.raises(ValueError, match="one architecture"):
-        FusedConvGraph([members[0], _model(0, channels=3)])
+        for shape in ((2, 11, 6), (1, 5, 1), (3, 7, 2), (1, 9, 3), (2, 4, 13)):
+            q, v = _q(shape, seed=shape[2]), torch.linspace(2.0, 4.0, shape[0])
+            each = torch.stack([m.electronic(q, v) for m in members])
+            f, n, s = ConvGraph(members)(q, v)
+            assert torch.allclose(f, each.mean(0) + members[0].elastic(q), atol=2e-5)
+            assert torch.allclose(n, 0.5 + each.mean(0) / members[0].g, atol=2e-5)
+            one = ConvGraph(members[:1])(q, v)
+            assert len(one) == 2 and torch.allclose(one[0], members[0](q, v)[0], atol=2e-5)
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +125,18 @@ def conv_committee(voltage_data, tmp_path_factory) -> dict:
     res = runner.invoke(app, ["export", *cks, "--out", str(path), *calib, "--spread-target", "10"])
     assert res.exit_code == 0, res.output
     return {"path": path, "checkpoints": cks}
+
+
+def test_export_refuses_a_committee_mixing_architectures(conv_committee, voltage_data, tmp_path):
+    runner = CliRunner()
+    run = tmp_path / "compact"
+    res = runner.invoke(app, ["train", *voltage_data, "--out", str(run), "--preset", "compact", "--epochs", "1",
+                              "--threads", "1", "--test-ids", TEST_ID])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["export", conv_committee["checkpoints"][0], str(run / "model.pt"),
+                              "--out", str(tmp_path / "mixed.onnx")])
+    assert res.exit_code != 0 and "one architecture" in res.output, res.output
+    assert not (tmp_path / "mixed.onnx").exists()
 
 
 def test_trained_checkpoint_records_data_and_resumes(conv_committee, voltage_data, tmp_path):
