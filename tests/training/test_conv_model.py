@@ -130,8 +130,8 @@ def conv_committee(voltage_data, tmp_path_factory) -> dict:
 def test_export_refuses_a_committee_mixing_architectures(conv_committee, voltage_data, tmp_path):
     runner = CliRunner()
     run = tmp_path / "compact"
-    res = runner.invoke(app, ["train", *voltage_data, "--out", str(run), "--preset", "compact", "--epochs", "1",
-                              "--threads", "1", "--test-ids", TEST_ID])
+    res = runner.invoke(app, ["train", *voltage_data, "--out", str(run), "--preset", "compact",
+                              "--epochs", "1", "--threads", "1", "--test-ids", TEST_ID])
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["export", conv_committee["checkpoints"][0], str(run / "model.pt"),
                               "--out", str(tmp_path / "mixed.onnx")])
