@@ -59,7 +59,7 @@ LOG = "learn.jsonl"
 FORMAT = "neqforce.learn/1"
 
 
-LEARN_PRESETS = ("voltage", "range")  # exportable presets with a voltage input
+LEARN_PRESETS = ("voltage", "range", "conv", "conv32")  # exportable presets with a voltage input
 
 
 @dataclass
@@ -216,7 +216,8 @@ def train_committee(opts: LearnOptions, folder: Path, data: list[str], target: P
     # fixed normalization F_norm = 1.494 (comparable between iterations whose data differ); checkpoints of
     # older packages only have the data-dependent one
     metrics = [read_checkpoint(c)["metrics"] for c in cks]
-    val = [float(m.get("validation_mse_fnorm", m["validation_mse"])) for m in metrics]
+    val = [float(m["validation_mse_fnorm"] if "validation_mse_fnorm" in m else m["validation_mse"])
+           for m in metrics]
     if not target.exists():
         export_checkpoint([str(c) for c in cks], target, calibrate=data, spread_target=opts.spread_target)
     com = json.loads(_load_model(target).metadata.get("neqforce.committee", "{}"))

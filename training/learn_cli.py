@@ -34,12 +34,14 @@ def learn_cmd(
     workers: int = typer.Option(None, help="Embedded Dask workers (default: one per core)."),
     scheduler: str = typer.Option(None, help="Existing Dask scheduler, tcp://HOST:PORT."),
     spread_target: float = typer.Option(None, help="Calibration target, force RMSE (default 0.0259)."),
-    preset: str = typer.Option("voltage", help="Training preset of the members: 'voltage' or 'range' "
-                               "(the bundled model's; docs/ml_model.md, 'Presets')."),
+    preset: str = typer.Option("voltage", help="Training preset of the members: 'voltage', 'range', or "
+                               "'conv' / 'conv32' (device-wide convolutions, the bundled model's; "
+                               "docs/ml_model.md, 'Presets')."),
     epochs: int = typer.Option(30, help="Training epochs per member."),
-    hidden: str = typer.Option("", help="Override hidden widths, e.g. '32,64'."),
-    r_cut: int = typer.Option(0, help="Override the cutoff radius (0: preset)."),
-    batch_size: int = typer.Option(1024, help="Sites per minibatch."),
+    hidden: str = typer.Option("", help="Override hidden widths, e.g. '32,64' (descriptor presets)."),
+    r_cut: int = typer.Option(0, help="Override the cutoff radius (0: preset; descriptor presets)."),
+    batch_size: int = typer.Option(1024, help="Sites per minibatch (descriptor presets; the conv presets "
+                                   "batch ~6720 sites of whole frames)."),
     patience: int = typer.Option(8, help="Early stopping patience (epochs)."),
     train_workers: int = typer.Option(1, min=1, help="Train this many committee members side by side "
                                       "(processes of an embedded Dask cluster, one thread each)."),

@@ -179,7 +179,7 @@ def test_bad_options_are_one_line_errors(data, tmp_path):
     res = _learn(data, tmp_path / "y", "--threshold", "-1")
     assert res.exit_code != 0 and "error: --threshold" in res.output
     res = _learn(data, tmp_path / "z", "--preset", "rows")  # no ONNX export: cannot explore
-    assert res.exit_code == 2 and "error: --preset must be one of voltage, range" in res.output
+    assert res.exit_code == 2 and "error: --preset must be one of voltage, range, conv" in res.output
     assert "Traceback" not in res.output and not (tmp_path / "z").exists()
 
 
@@ -196,6 +196,33 @@ def test_range_preset_trains_the_committee_with_the_long_range_channel(data, tmp
         assert config["global_features"] == "voltage+metal+range"
     assert model_path(out, 0).is_file()
     assert json.loads((out / "learn.json").read_text())["request"]["train"]["preset"] == "range"
+
+
+def test_conv_preset_runs_the_whole_loop(data, tmp_path):
+    """``--preset conv`` (the bundled model's architecture): convolutional members, their committee explores,
+    the frames above the threshold are labelled with exact NEGF, the members retrain on them and re-export."""
+    from neqforce.training.checkpoint import read_checkpoint
+    from neqforce.training.learn import model_path
+
+    out = tmp_path / "c"
+    small = [a for a in SMALL if a not in ("--hidden", "12,8", "--r-cut", "4")]
+    res = CliRunner().invoke(app, ["learn", *data, "--out", str(out), "--voltage", GRID["voltage"], "--lx",
+                                   GRID["lx"], "--ly", GRID["ly"], *small, "--preset", "conv",
+                                   "--max-iterations", "1", "--threshold", "1e-9", "--max-per-point", "2"])
+    assert res.exit_code == 0, res.output
+    for k in (0, 1):
+        assert model_path(out, k).is_file()
+    for folder in (out / "init" / "train", out / "it000" / "train"):
+        for i in range(2):
+            assert read_checkpoint(folder / f"m{i}" / "model.pt")["config"]["arch"] == "conv"
+    rec = json.loads((out / "learn.json").read_text())
+    it = rec["iterations"][0]
+    assert it["frames_labelled"] == 8 and not it["converged"], it  # 2 per point above 1e-9, 4 points
+    assert rec["request"]["train"]["preset"] == "conv"
+    res = CliRunner().invoke(app, ["learn", *data, "--out", str(tmp_path / "d"), "--preset", "conv",
+                                   "--hidden", "8", "--max-iterations", "0", "--voltage", "3.0", "--lx", "8",
+                                   "--ly", "6", "--no-progress", "--members", "2", "--epochs", "1"])
+    assert res.exit_code == 2 and "does not apply to the convolutional preset" in res.output, res.output
 
 
 def test_server_info_shows_the_committee_spread_threshold(one_iteration):
