@@ -18,6 +18,7 @@ own image: the answer does not depend on the batch. Only training code imports t
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -36,10 +37,22 @@ class ConvConfig:
     dilations: tuple[int, ...] = (1, 2, 4, 8, 16, 1, 2, 4, 8, 16)
     activation: str = "silu"
     arch: str = "conv"
+    #: How the y-mirror is exact: "average" (the network on the lattice and on its mirror image, averaged:
+    #: two passes) or "equivariant" (channels in mirror pairs, kernels tied so that every layer commutes
+    #: with the mirror: one pass; :class:`MirrorConvNet`).
+    mirror: str = "average"
+
+    def __post_init__(self) -> None:
+        if self.mirror not in ("average", "equivariant"):
+            raise ValueError(f"mirror must be 'average' or 'equivariant', got {self.mirror!r}")
+        if self.mirror == "equivariant" and self.channels % 2:
+            raise ValueError(f"an equivariant network needs an even channel count, got {self.channels}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["dilations"] = list(self.dilations)
+        if self.mirror == "average":  # checkpoints and cards of 0.8 have no such key
+            del d["mirror"]
         return d
 
     @classmethod
@@ -61,13 +74,15 @@ class ConvConfig:
 
     @property
     def descriptor_name(self) -> str:
-        return f"conv-c{self.channels}-reach{self.reach}/{DESCRIPTOR_VERSION}"
+        eq = "-eq" if self.mirror == "equivariant" else ""
+        return f"conv{eq}-c{self.channels}-reach{self.reach}/{DESCRIPTOR_VERSION}"
 
     def macs_per_site(self) -> int:
-        """Multiply-adds per site of one network pass (input conv, blocks, output), times 2 for the mirror."""
+        """Multiply-adds per site of one network pass (input conv, blocks, output), times 2 for the mirror
+        average (one pass for an equivariant network)."""
         c = self.channels
         one = 25 * 3 * c + len(self.dilations) * (9 * c * c + c * c) + c
-        return 2 * one
+        return one if self.mirror == "equivariant" else 2 * one
 
     def graph_macs_per_site(self) -> int:
         return self.macs_per_site()
@@ -135,6 +150,93 @@ class ConvNet(nn.Module):
         return self.out(self.act(h))[:, 0]
 
 
+class _MirrorConv(nn.Module):
+    """A convolution that commutes with the y-mirror M: y → −y (mod ly).
+
+    Features come in mirror pairs: channels [a | b] with M (a, b)(y) = (b, a)(−y). Free weights W_s (a → a)
+    and W_x (b → a); the b outputs use them flipped in y: the kernel [[W_s, W_x], [W̃_x, W̃_s]] (W̃: kernel
+    reversed along y) satisfies K ∘ M = M ∘ K exactly. ``trivial_in``: the inputs are mirror-invariant
+    scalars (Q, inside, V), the kernel [W; W̃]; ``trivial_out``: one invariant output, the kernel [W, W̃].
+    Half the free parameters of a plain convolution with as many channels, the same multiply-adds."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, dilation: tuple[int, int] = (1, 1),
+                 trivial_in: bool = False, trivial_out: bool = False) -> None:
+        super().__init__()
+        self.trivial_in, self.trivial_out, self.dilation = trivial_in, trivial_out, dilation
+        f_out = c_out if trivial_out else c_out // 2
+        f_in = c_in if trivial_in else c_in // 2
+        bound = 1.0 / math.sqrt(c_in * kernel * kernel)  # torch's Conv2d default, fan-in of the full kernel
+        self.w_same = nn.Parameter(torch.empty(f_out, f_in, kernel, kernel).uniform_(-bound, bound))
+        cross = not (trivial_in or trivial_out)
+        self.w_cross = nn.Parameter(torch.empty(f_out, f_in, kernel, kernel).uniform_(-bound, bound)) \
+            if cross else None
+        self.bias = nn.Parameter(torch.empty(f_out).uniform_(-bound, bound))
+
+    def kernel(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The full (weight, bias) of the equivalent plain convolution."""
+        w, flip = self.w_same, torch.flip(self.w_same, [-1])
+        if self.trivial_in:
+            return torch.cat([w, flip]), torch.cat([self.bias, self.bias])
+        if self.trivial_out:
+            return torch.cat([w, flip], 1), self.bias
+        a = torch.cat([w, self.w_cross], 1)
+        b = torch.cat([torch.flip(self.w_cross, [-1]), flip], 1)
+        return torch.cat([a, b]), torch.cat([self.bias, self.bias])
+
+    def forward(self, x: torch.Tensor, padding: tuple[int, int] = (0, 0)) -> torch.Tensor:
+        w, b = self.kernel()
+        return nn.functional.conv2d(x, w, b, padding=padding, dilation=self.dilation)
+
+
+class MirrorConvNet(nn.Module):
+    """:class:`ConvNet`'s architecture with mirror-paired channels (:class:`_MirrorConv`): exactly
+    y-mirror equivariant in one pass (the average over the mirror costs a second pass). Same interface."""
+
+    equivariant = True
+
+    def __init__(self, config: ConvConfig) -> None:
+        super().__init__()
+        from .model import ACTIVATIONS
+
+        c = config.channels
+        self.act = ACTIVATIONS[config.activation]()
+        self.dilations = tuple(config.dilations)
+        self.inp = _MirrorConv(3, c, 5, trivial_in=True)
+        self.conv1 = nn.ModuleList(_MirrorConv(c, c, 3, dilation=(d, 1)) for d in self.dilations)
+        self.conv2 = nn.ModuleList(_MirrorConv(c, c, 1) for _ in self.dilations)
+        self.out = _MirrorConv(c, 1, 1, trivial_out=True)
+
+    @property
+    def strip_rows(self) -> int:
+        return 2 + len(self.dilations)
+
+    def kernels(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(weight, bias) of every layer as a plain convolution, in order: input, (conv1, conv2) per block,
+        output."""
+        layers = [self.inp] + [c for pair in zip(self.conv1, self.conv2, strict=True) for c in pair]
+        return [c.kernel() for c in layers + [self.out]]
+
+    def on_strip(self, x: torch.Tensor, kernels: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+                 ) -> torch.Tensor:
+        """As :meth:`ConvNet.on_strip`: inputs extended periodically by ``strip_rows`` in y, zero pads.
+        ``kernels``: :meth:`kernels` computed beforehand (the export stores them as plain weights)."""
+        conv = nn.functional.conv2d
+        ks = iter(self.kernels() if kernels is None else kernels)
+        w, b = next(ks)
+        h = conv(x, w, b, padding=(2, 2))
+        for d in self.dilations:
+            (w1, b1), (w2, b2) = next(ks), next(ks)
+            h = h + conv(self.act(conv(self.act(h), w1, b1, padding=(d, 1), dilation=(d, 1))), w2, b2)
+        w, b = next(ks)
+        return conv(self.act(h), w, b)[:, 0]
+
+    def forward(self, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        b, lx, ly = q.shape
+        x = torch.stack([q, torch.ones_like(q), v.reshape(b, 1, 1).expand(b, lx, ly)], 1)
+        pad = self.strip_rows
+        return self.on_strip(x[..., _rows(ly, pad, q.device)])[..., pad:pad + ly]
+
+
 class ConvForceModel(nn.Module):
     """Lattice (and voltage) → (force, density), the interface of :class:`~.model.ForceModel`.
 
@@ -144,7 +246,7 @@ class ConvForceModel(nn.Module):
     def __init__(self, config: ConvConfig, g: float, k: float, kappa: float, voltage: float = 3.0) -> None:
         super().__init__()
         self.config = config
-        self.net = ConvNet(config)
+        self.net = MirrorConvNet(config) if config.mirror == "equivariant" else ConvNet(config)
         self.register_buffer("v_default", torch.tensor(float(voltage)), persistent=False)
         self.register_buffer("y_mean", torch.zeros(()))
         self.register_buffer("y_std", torch.ones(()))
@@ -185,28 +287,35 @@ class ConvGraph(nn.Module):
     both directions inside the Conv node. Zero rows only corrupt the strip's outer rows, one row per layer,
     never the ly rows kept, so no gather or pad sits between convolutions and ONNX Runtime keeps the whole
     chain in its blocked (NCHWc) layout: 2.4–2.7× faster than a gather per layer at 30×28 and 1000×1000.
-    Every lattice of a batch is its own image: the answer does not depend on the batch."""
+    A mirror-equivariant member (:class:`MirrorConvNet`) takes the lattice alone, in one pass. Every
+    lattice of a batch is its own image: the answer does not depend on the batch."""
 
     def __init__(self, members: list[ConvForceModel]) -> None:
         super().__init__()
         self.members = nn.ModuleList(members)
         self.takes_voltage = True
         self.committee = len(members) > 1
+        with torch.no_grad():  # equivariant members: their tied kernels as plain weights (graph constants)
+            self.plain = [m.net.kernels() if getattr(m.net, "equivariant", False) else None for m in members]
 
     def forward(self, q: torch.Tensor, voltage: torch.Tensor) -> tuple[torch.Tensor, ...]:
         from .model import local_spread
 
         b, lx, ly = q.shape
         mirror = torch.remainder(-torch.arange(ly, device=q.device), ly)  # y → −y mod ly
-        qq = torch.cat([q, q[..., mirror]])  # (2B, lx, ly)
+        averaged = any(not getattr(m.net, "equivariant", False) for m in self.members)
+        qq = torch.cat([q, q[..., mirror]]) if averaged else q  # (2B or B, lx, ly)
         v = torch.as_tensor(voltage, dtype=q.dtype, device=q.device).reshape(-1).expand(b) - V_MID
-        vv = torch.cat([v, v]).reshape(2 * b, 1, 1).expand(2 * b, lx, ly)
-        x = torch.stack([qq, torch.ones_like(qq), vv], 1)  # (2B, 3, lx, ly)
+        vv = (torch.cat([v, v]) if averaged else v).reshape(-1, 1, 1).expand(qq.shape)
+        x = torch.stack([qq, torch.ones_like(qq), vv], 1)  # (2B or B, 3, lx, ly)
         outs = []
-        for m in self.members:
+        for m, plain in zip(self.members, self.plain, strict=True):
             pad = m.net.strip_rows
-            o = m.net.on_strip(x[..., _rows(ly, pad, q.device)])[..., pad:pad + ly]
-            o = 0.5 * (o[:b] + o[b:][..., mirror])
+            if plain is not None:  # equivariant: one pass, the lattice only
+                o = m.net.on_strip(x[:b][..., _rows(ly, pad, q.device)], plain)[..., pad:pad + ly]
+            else:
+                o = m.net.on_strip(x[..., _rows(ly, pad, q.device)])[..., pad:pad + ly]
+                o = 0.5 * (o[:b] + o[b:][..., mirror])
             outs.append(o * m.y_std + m.y_mean)
         each = torch.stack(outs)  # (M, B, lx, ly) electronic force per member
         el = each.mean(0)

@@ -37,6 +37,8 @@ from .dataset import load_dataset
 CONV_PRESETS: dict[str, ConvConfig] = {
     "conv": ConvConfig(channels=16),
     "conv32": ConvConfig(channels=32),
+    "gconv": ConvConfig(channels=16, mirror="equivariant"),
+    "gconv24": ConvConfig(channels=24, mirror="equivariant"),
 }
 #: Sites per minibatch: 8 frames of 30×28, fewer frames of longer lattices.
 BATCH_SITES = 6720

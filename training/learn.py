@@ -59,7 +59,8 @@ LOG = "learn.jsonl"
 FORMAT = "neqforce.learn/1"
 
 
-LEARN_PRESETS = ("voltage", "range", "conv", "conv32")  # exportable presets with a voltage input
+#: Exportable presets with a voltage input.
+LEARN_PRESETS = ("voltage", "range", "conv", "conv32", "gconv", "gconv24")
 
 
 @dataclass

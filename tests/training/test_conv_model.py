@@ -26,9 +26,10 @@ from neqforce.v1 import force_service_pb2_grpc as pb_grpc  # noqa: E402
 TEST_ID = "8x6/V3.000_s1"
 
 
-def _model(seed: int = 0, channels: int = 4, dilations=(1, 2, 4)):
+def _model(seed: int = 0, channels: int = 4, dilations=(1, 2, 4), mirror: str = "average"):
     torch.manual_seed(seed)
-    m = build_conv_model(ConvConfig(channels=channels, dilations=dilations), HolsteinParams().physical())
+    m = build_conv_model(ConvConfig(channels=channels, dilations=dilations, mirror=mirror),
+                         HolsteinParams().physical())
     with torch.no_grad():  # random, not small: every output depends visibly on its inputs
         for p in m.net.parameters():
             p.normal_(0.0, 0.5)
@@ -39,8 +40,9 @@ def _q(shape, seed=0):
     return torch.from_numpy(np.random.default_rng(seed).normal(0, 1.5, shape).astype(np.float32))
 
 
-def test_mirror_translation_and_batch():
-    m = _model()
+@pytest.mark.parametrize("mirror", ["average", "equivariant"])
+def test_mirror_translation_and_batch(mirror):
+    m = _model(mirror=mirror)
     q, v = _q((3, 12, 7)), torch.tensor([2.0, 3.0, 4.0])
     with torch.no_grad():
         f = m(q, v)[0]
@@ -54,10 +56,12 @@ def test_mirror_translation_and_batch():
         assert not torch.allclose(m(q, v + 0.5)[0], f, atol=1e-4)  # the voltage is an input
 
 
-def test_reach_is_the_declared_one():
-    cfg = ConvConfig(channels=4, dilations=(1, 2, 4))
-    assert cfg.reach == 9 and cfg.descriptor_name == "conv-c4-reach9/1"
-    m = _model()
+@pytest.mark.parametrize("mirror", ["average", "equivariant"])
+def test_reach_is_the_declared_one(mirror):
+    cfg = ConvConfig(channels=4, dilations=(1, 2, 4), mirror=mirror)
+    assert cfg.reach == 9
+    assert cfg.descriptor_name == ("conv-c4-reach9/1" if mirror == "average" else "conv-eq-c4-reach9/1")
+    m = _model(mirror=mirror)
     q, v = _q((1, 30, 5)), torch.tensor([3.0])
     with torch.no_grad():
         f = m.electronic(q, v)
@@ -68,12 +72,42 @@ def test_reach_is_the_declared_one():
         assert (m.electronic(near, v)[0, 10] - f[0, 10]).abs().max() > 1e-6
 
 
-def test_narrow_lattices_and_chains():
-    m = _model()
+@pytest.mark.parametrize("mirror", ["average", "equivariant"])
+def test_narrow_lattices_and_chains(mirror):
+    m = _model(mirror=mirror)
     with torch.no_grad():
         for shape in ((1, 5, 1), (2, 7, 3), (1, 3, 2)):
             f, n = m(_q(shape), torch.full((shape[0],), 3.0))
             assert f.shape == shape and torch.isfinite(f).all() and torch.isfinite(n).all()
+
+
+def test_equivariant_network_is_a_plain_convolution_net_with_tied_kernels():
+    """The paired kernels: an equivariant layer is one plain convolution whose b-outputs are its a-outputs
+    on the mirrored input; half the free parameters of a plain net with as many channels, one pass."""
+    from neqforce.training.conv import _MirrorConv
+
+    torch.manual_seed(0)
+    conv = _MirrorConv(6, 6, 3, dilation=(2, 1))
+    x = torch.randn(2, 6, 9, 7)
+    mirror = torch.remainder(-torch.arange(7), 7)
+    swap = torch.cat([torch.arange(3, 6), torch.arange(3)])
+
+    def m(t):  # the mirror on paired fields: swap a <-> b and y -> -y
+        return t[:, swap][..., mirror]
+
+    ext = torch.remainder(torch.arange(-1, 8), 7)
+    with torch.no_grad():
+        y1 = conv(m(x)[..., ext], padding=(2, 0))
+        y2 = m(conv(x[..., ext], padding=(2, 0)))
+    assert torch.allclose(y1, y2, atol=1e-6)
+    eq = ConvConfig(channels=16, mirror="equivariant")
+    avg = ConvConfig(channels=16)
+    assert 2 * eq.macs_per_site() == avg.macs_per_site()
+    n_eq = sum(p.numel() for p in build_conv_model(eq, HolsteinParams().physical()).parameters())
+    n_avg = sum(p.numel() for p in build_conv_model(avg, HolsteinParams().physical()).parameters())
+    assert n_eq < 0.55 * n_avg
+    with pytest.raises(ValueError, match="even channel count"):
+        ConvConfig(channels=5, mirror="equivariant")
 
 
 def test_graph_spread_is_the_members_local_std():
@@ -89,10 +123,12 @@ def test_graph_spread_is_the_members_local_std():
         assert torch.allclose(s, local_spread(each.std(0, unbiased=False)), atol=1e-6)
 
 
-def test_export_graph_is_the_members_function_on_every_shape():
+@pytest.mark.parametrize("mirrors", [("average",) * 3, ("equivariant",) * 3,
+                                     ("equivariant", "average", "equivariant")])
+def test_export_graph_is_the_members_function_on_every_shape(mirrors):
     """ConvGraph (the lattice and its mirror as one batch, rows extended once, zero pads inside the
     convolutions) computes what the members' own forward computes, also for ly below the network's reach."""
-    members = [_model(0), _model(1), _model(2)]
+    members = [_model(i, mirror=mirror) for i, mirror in enumerate(mirrors)]
     for m, (a, b) in zip(members, ((0.1, 0.5), (-0.2, 0.7), (0.0, 1.3)), strict=True):
         m.y_mean.fill_(a)
         m.y_std.fill_(b)
