@@ -334,8 +334,8 @@ def test_card_restriction_of_other_bytes_is_not_applied(tmp_path) -> None:
 
 
 def test_shipped_voltage_model_is_restricted_to_its_measured_domain() -> None:
-    """voltage.onnx declares 79 metallic columns (its training frames); its card narrows that to 58, the
-    longest metallic domain of the blind 80x28 set measured within target; GetServerInfo and `neqforce
+    """voltage.onnx declares 79 metallic columns (its training frames); its card narrows that to 55, the
+    longest metallic domain of the 80x28 sets measured within target for it; GetServerInfo and `neqforce
     info` show the bound, and an 80x28 request with 65 metallic columns comes back flagged. Its card's
     CDW-remnant rule (measured at 60x28) flags a 60x28 lattice with more than 38 metallic columns."""
     from neqforce.client import ForceClient
@@ -347,20 +347,20 @@ def test_shipped_voltage_model_is_restricted_to_its_measured_domain() -> None:
     path = bundled_model_path()
     card = json.loads(path.with_suffix(".json").read_text())
     assert card["domain"]["metallic_columns_max"] == 79
-    assert card["domain_restriction"]["metallic_columns_max"] == 58
+    assert card["domain_restriction"]["metallic_columns_max"] == 55
     srv = start_server(ServerConfig(host="127.0.0.1", port=0, models=[path], max_concurrency=2, grace_s=2.0))
     try:
         with ForceClient(srv.address, timeout=120.0, retries=0) as client:
             info = client.server_info()
-            assert info["models"][0]["metallic_columns_max"] == 58
-            assert "validated up to 58 metallic columns" in format_server_info(info)
+            assert info["models"][0]["metallic_columns_max"] == 55
+            assert "validated up to 55 metallic columns" in format_server_info(info)
             params = HolsteinParams(lx=80, voltage=3.0)
-            for w, flagged in ((50, False), (58, False), (59, True), (65, True)):
+            for w, flagged in ((50, False), (55, False), (56, True), (65, True)):
                 q = cdw_ground_state(params).copy()
                 q[:w] = -0.35 + 0.05 * np.random.default_rng(w).standard_normal((w, params.ly))
                 r = client.compute_forces(q, params, backend="onnx")
                 assert r.backend == "onnx" and np.all(np.isfinite(r.force))
-                expected = f"{OUTSIDE_DOMAIN}: {w} metallic columns, validated up to 58"
+                expected = f"{OUTSIDE_DOMAIN}: {w} metallic columns, validated up to 55"
                 assert (expected in r.reason) == flagged, (w, r.reason)
             # the CDW-remnant rule: on 60x28 a domain of more than 38 columns leaves fewer than 22 of CDW
             assert info["models"][0]["cdw_remnant"] == {"metallic_columns_over": 30,
