@@ -37,6 +37,7 @@ from .dataset import load_dataset
 CONV_PRESETS: dict[str, ConvConfig] = {
     "conv": ConvConfig(channels=16),
     "conv32": ConvConfig(channels=32),
+    "conv6": ConvConfig(channels=16, dilations=(1, 2, 4, 8, 16, 32)),
     "gconv": ConvConfig(channels=16, mirror="equivariant"),
     "gconv24": ConvConfig(channels=24, mirror="equivariant"),
 }
