@@ -32,8 +32,8 @@ def train_cmd(
     out: Path = typer.Option(..., "--out", help="Run folder: model.pt, last.pt, history.json."),
     preset: str = typer.Option("compact", help="Architecture: 'compact' (default), 'paper' (Table I) or "
                                "'voltage' (V and metallic runs as inputs: several voltages and lengths), "
-                               "'range', or 'conv' / 'conv32' (device-wide dilated convolutions on "
-                               "whole frames, V as input; the y-mirror by averaging two passes) or "
+                               "'range', or 'conv' / 'conv32' / 'conv6' (device-wide dilated convolutions "
+                               "on whole frames, V as input; the y-mirror by averaging two passes) or "
                                "'gconv' / 'gconv24' (the same with mirror-paired channels: one pass)."),
     descriptor: str = typer.Option("", help="Override the descriptor: paper, device, paper+elec."),
     hidden: str = typer.Option("", help="Override hidden widths, e.g. '64,64'."),

@@ -59,8 +59,18 @@ LOG = "learn.jsonl"
 FORMAT = "neqforce.learn/1"
 
 
-#: Exportable presets with a voltage input.
-LEARN_PRESETS = ("voltage", "range", "conv", "conv32", "gconv", "gconv24")
+#: Descriptor presets with a voltage input (the conv presets, training/conv_train.py, all take V).
+LEARN_PRESETS = ("voltage", "range")
+
+
+def require_learn_preset(preset: str) -> None:
+    """Refuse a training preset whose committee cannot explore (no voltage input, or no ONNX export)."""
+    from .conv_train import CONV_PRESETS
+
+    known = (*LEARN_PRESETS, *CONV_PRESETS)
+    if preset not in known:
+        raise ValueError(f"--preset must be one of {', '.join(known)} (a committee with a voltage "
+                         f"input that exports to ONNX), got {preset!r}")
 
 
 @dataclass
@@ -119,10 +129,7 @@ def _check(opts: LearnOptions) -> None:
         raise ValueError("give the NEGF-BD data the committee trains on (one or more dataset folders)")
     if opts.model is not None and not Path(opts.model).is_file():
         raise ValueError(f"model file not found: {opts.model}")
-    preset = opts.train.get("preset", "voltage")
-    if preset not in LEARN_PRESETS:
-        raise ValueError(f"--preset must be one of {', '.join(LEARN_PRESETS)} (a committee with a voltage "
-                         f"input that exports to ONNX), got {preset!r}")
+    require_learn_preset(opts.train.get("preset", "voltage"))
     from neqforce.client.sweep_grid import grid_points, parse_grid
 
     if not grid_points(parse_grid(opts.grid)):
@@ -214,7 +221,7 @@ def train_committee(opts: LearnOptions, folder: Path, data: list[str], target: P
         if not cks[i].exists():
             echo(f"  training member {i + 1}/{opts.members} in {cks[i].parent}")
             train(data, cks[i].parent, _train_options(opts, i), resume=True, log=lambda s: None)
-    # fixed normalization F_norm = 1.494 (comparable between iterations whose data differ); checkpoints of
+            # fixed normalization F_norm = 1.494 (comparable between iterations whose data differ); checkpoints of
     # older packages only have the data-dependent one
     metrics = [read_checkpoint(c)["metrics"] for c in cks]
     val = [float(m["validation_mse_fnorm"] if "validation_mse_fnorm" in m else m["validation_mse"])
@@ -231,10 +238,7 @@ def explore(opts: LearnOptions, model: Path, folder: Path, echo: Echo) -> list[C
     """ML-BD at every target point with ``model`` (the sweep engine, explicit ONNX backend) into
     ``folder``; returns every explored frame with the committee's largest per-site spread on it."""
     from neqforce.client.sweep import SweepOptions, run_path, run_sweep
-    preset = opts.train.get("preset", "voltage")
-    if preset not in LEARN_PRESETS:
-        raise ValueError(f"--preset must be one of {', '.join(LEARN_PRESETS)} (a committee with a voltage "
-                         f"input that exports to ONNX), got {preset!r}")
+    require_learn_preset(opts.train.get("preset", "voltage"))
     from neqforce.client.sweep_grid import grid_points, parse_grid
 
     sweep = SweepOptions(out=folder, grid=dict(opts.grid), seeds=opts.seeds, steps=opts.steps, dt=opts.dt,

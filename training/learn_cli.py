@@ -35,8 +35,8 @@ def learn_cmd(
     scheduler: str = typer.Option(None, help="Existing Dask scheduler, tcp://HOST:PORT."),
     spread_target: float = typer.Option(None, help="Calibration target, force RMSE (default 0.0259)."),
     preset: str = typer.Option("voltage", help="Training preset of the members: 'voltage', 'range', or "
-                               "'conv' / 'conv32' (device-wide convolutions, the bundled model's; "
-                               "docs/ml_model.md, 'Presets')."),
+                               "a device-wide convolutional one (conv, the bundled model's; conv32, conv6, "
+                               "gconv, gconv24; docs/ml_model.md, 'Presets')."),
     epochs: int = typer.Option(30, help="Training epochs per member."),
     hidden: str = typer.Option("", help="Override hidden widths, e.g. '32,64' (descriptor presets)."),
     r_cut: int = typer.Option(0, help="Override the cutoff radius (0: preset; descriptor presets)."),
