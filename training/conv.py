@@ -88,6 +88,13 @@ class ConvConfig:
         return self.macs_per_site()
 
 
+def _channels(q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The network's input (B, 3, lx, ly): Q, 1 inside the device (0 in the electrodes' zero padding) and
+    V − V_MID (``v``, shape (B,)) on every site."""
+    b, lx, ly = q.shape
+    return torch.stack([q, torch.ones_like(q), v.reshape(b, 1, 1).expand(b, lx, ly)], 1)
+
+
 def _rows(ly: int, pad: int, device: torch.device) -> torch.Tensor:
     """Row indices of a lattice extended periodically by ``pad`` rows on either side (any ly ≥ 1)."""
     return torch.remainder(torch.arange(-pad, ly + pad, device=device), ly)
@@ -122,9 +129,8 @@ class ConvNet(nn.Module):
         self.act = act()
 
     def one(self, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        b, lx, ly = q.shape
-        x = torch.stack([q, torch.ones_like(q), v.reshape(b, 1, 1).expand(b, lx, ly)], 1)
-        x = nn.functional.pad(x[..., _rows(ly, 2, q.device)], (0, 0, 2, 2))
+        ly = q.shape[-1]
+        x = nn.functional.pad(_channels(q, v)[..., _rows(ly, 2, q.device)], (0, 0, 2, 2))
         h = self.inp(x)
         for blk in self.blocks:
             h = blk(h)
@@ -234,9 +240,9 @@ class MirrorConvNet(nn.Module):
         """(q (B, lx, ly), v (B,) shifted by V_MID) → normalized output (B, lx, ly). Training path: each
         layer extended by the rows it needs (a circular gather per layer, as :class:`ConvNet`), 1.3× faster
         to train than :meth:`on_strip` at ly = 28; the same function."""
-        b, lx, ly = q.shape
+        ly = q.shape[-1]
         conv, pad = nn.functional.conv2d, nn.functional.pad
-        x = torch.stack([q, torch.ones_like(q), v.reshape(b, 1, 1).expand(b, lx, ly)], 1)
+        x = _channels(q, v)
         ks = iter(self.kernels())
         w, bias = next(ks)
         h = conv(pad(x[..., _rows(ly, 2, q.device)], (0, 0, 2, 2)), w, bias)
@@ -312,13 +318,11 @@ class ConvGraph(nn.Module):
     def forward(self, q: torch.Tensor, voltage: torch.Tensor) -> tuple[torch.Tensor, ...]:
         from .model import local_spread
 
-        b, lx, ly = q.shape
+        b, ly = q.shape[0], q.shape[-1]
         mirror = torch.remainder(-torch.arange(ly, device=q.device), ly)  # y → −y mod ly
-        averaged = any(not getattr(m.net, "equivariant", False) for m in self.members)
-        qq = torch.cat([q, q[..., mirror]]) if averaged else q  # (2B or B, lx, ly)
+        averaged = any(p is None for p in self.plain)  # some member averages over the mirror
         v = torch.as_tensor(voltage, dtype=q.dtype, device=q.device).reshape(-1).expand(b) - V_MID
-        vv = (torch.cat([v, v]) if averaged else v).reshape(-1, 1, 1).expand(qq.shape)
-        x = torch.stack([qq, torch.ones_like(qq), vv], 1)  # (2B or B, 3, lx, ly)
+        x = _channels(torch.cat([q, q[..., mirror]]), torch.cat([v, v])) if averaged else _channels(q, v)
         outs = []
         for m, plain in zip(self.members, self.plain, strict=True):
             pad = m.net.strip_rows
