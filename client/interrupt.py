@@ -38,6 +38,13 @@ def active() -> Interrupts | None:
     return _ACTIVE
 
 
+def safe_point() -> None:
+    """A safe point of a library loop (an epoch written, a stage finished): raise the Ctrl-C the active
+    job received, also one whose exception was swallowed (:meth:`Interrupts.check`); nothing without a job."""
+    if _ACTIVE is not None:
+        _ACTIVE.check()
+
+
 def _hard_exit(message: str) -> None:
     """Say ``message`` on stderr and leave now (no interpreter shutdown that could wait on threads)."""
     try:

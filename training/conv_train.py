@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from neqforce.client.interrupt import safe_point
+
 from .calibration import F_NORM
 from .checkpoint import save_checkpoint
 from .conv import ConvConfig, ConvForceModel, build_conv_model
@@ -176,6 +178,7 @@ def train_conv(data, out: str | Path, opts, resume: bool = False,
             f"{'  *' if improved else ''}  ({time.time() - t_start:.0f} s)")
         save_checkpoint(last_path, last_checkpoint(cfg, params, model, opt, sched, epoch, best_val,
                                                    best_state, history, bad, rng))
+        safe_point()  # a Ctrl-C of the job (`neqforce learn`) stops here, the epoch on disk
         if bad >= opts.patience:
             log(f"early stop: no validation improvement for {opts.patience} epochs")
             break

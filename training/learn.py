@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from neqforce.atomic import atomic_write_text
+from neqforce.client.interrupt import safe_point
 from neqforce.runlock import FolderLock
 from neqforce.trajectory import read_trajectory, software_versions
 
@@ -221,7 +222,8 @@ def train_committee(opts: LearnOptions, folder: Path, data: list[str], target: P
         if not cks[i].exists():
             echo(f"  training member {i + 1}/{opts.members} in {cks[i].parent}")
             train(data, cks[i].parent, _train_options(opts, i), resume=True, log=lambda s: None)
-            # fixed normalization F_norm = 1.494 (comparable between iterations whose data differ); checkpoints of
+            safe_point()
+    # fixed normalization F_norm = 1.494 (comparable between iterations whose data differ); checkpoints of
     # older packages only have the data-dependent one
     metrics = [read_checkpoint(c)["metrics"] for c in cks]
     val = [float(m["validation_mse_fnorm"] if "validation_mse_fnorm" in m else m["validation_mse"])
@@ -363,6 +365,7 @@ def iteration(opts: LearnOptions, k: int, data: list[str], echo: Echo) -> dict[s
         raise ValueError(f"{current} has no calibrated spread threshold: pass --threshold")
     echo(f"iteration {k}: exploring with {current.name} (spread threshold {threshold:.4g})")
     cands = explore(opts, current, folder / "explore", echo)
+    safe_point()
     walls = {"explore": round(time.monotonic() - wall0, 2)}
     max_spread = _max_spread_per_point(cands)
     sel_path = folder / "selection.json"
@@ -386,6 +389,7 @@ def iteration(opts: LearnOptions, k: int, data: list[str], echo: Echo) -> dict[s
         return rec
     t0 = time.monotonic()
     cpu_s = label(opts, k, chosen, model, threshold, echo)
+    safe_point()
     walls["label"] = round(time.monotonic() - t0, 2)
     t0 = time.monotonic()
     trained = train_committee(opts, folder / "train", data + [str(out / "labelled")], model_path(out, k + 1),

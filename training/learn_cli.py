@@ -68,7 +68,10 @@ def learn_cmd(
             save_every=save_every, dt=dt, label_chunk=label_chunk, workers=workers, scheduler=scheduler,
             spread_target=spread_target, train=train, train_workers=train_workers,
             progress=progress)
-        run_learn(opts, echo=typer.echo)
+        from neqforce.client.interrupt import Interrupts
+
+        with Interrupts(bound_exit=True):  # a Ctrl-C swallowed by a finalizer still stops the loop
+            run_learn(opts, echo=typer.echo)
     except KeyboardInterrupt:
         typer.echo(f"interrupted: everything written is valid; rerun the same command to resume ({out})",
                    err=True)

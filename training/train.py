@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from neqforce import __version__
+from neqforce.client.interrupt import safe_point
 from neqforce.physics import DEFAULT_V, bulk_cdw_amplitude, metallic_columns
 
 from .calibration import F_NORM
@@ -356,6 +357,7 @@ def train(data: str | os.PathLike[str] | Sequence[str], out: str | os.PathLike[s
         save_checkpoint(last_path, last_checkpoint(cfg, params, model, opt, sched, epoch, best_val,
                                                    best_state, history, bad, rng))
         (out / "history.json").write_text(json.dumps(history, indent=1))
+        safe_point()  # a Ctrl-C of the job (`neqforce learn`) stops here, the epoch on disk
         if bad >= opts.patience:
             log(f"early stop: no validation improvement for {opts.patience} epochs")
             break

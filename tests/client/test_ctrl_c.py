@@ -114,6 +114,20 @@ def test_ctrl_c_inside_a_finalizer_is_not_printed_as_a_traceback() -> None:
         sys.unraisablehook = before
 
 
+def test_safe_point_raises_the_jobs_swallowed_ctrl_c_and_is_free_without_a_job() -> None:
+    """Library loops (training epochs, the stages of `neqforce learn`) call safe_point(): it re-raises a
+    Ctrl-C the active job counted even when its exception was swallowed, and does nothing otherwise."""
+    from neqforce.client.interrupt import Interrupts, safe_point
+
+    safe_point()  # no job: nothing
+    with Interrupts() as guard:
+        safe_point()  # no Ctrl-C yet
+        guard.count = 1  # as the SIGINT handler leaves it when its exception was swallowed
+        with pytest.raises(KeyboardInterrupt):
+            safe_point()
+    safe_point()  # the job is over
+
+
 def test_ctrl_c_while_the_run_file_is_being_created_leaves_no_file(tmp_path, linear_model, monkeypatch):
     """The race a random Ctrl-C once hit in CI: the interrupt lands inside the creation of the run file
     (the file exists, the run object not yet). "nothing was saved" must then be true: no file."""
