@@ -261,7 +261,18 @@ def provenance(cfg, opts: TrainOptions, trajs: Sequence, train_t: Sequence, test
 
 def train(data: str | os.PathLike[str] | Sequence[str], out: str | os.PathLike[str], opts: TrainOptions,
           resume: bool = False, log: Callable[[str], None] = print) -> Path:
-    """Train a model; returns the path of ``model.pt`` (best validation weights + test metrics)."""
+    """Train a model; returns the path of ``model.pt`` (best validation weights + test metrics). The
+    process's torch thread count (``opts.threads``) is restored on return: a library caller (``neqforce
+    learn`` training members in-process, a test) gets it back as it was."""
+    threads = torch.get_num_threads()
+    try:
+        return _train(data, out, opts, resume, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(data: str | os.PathLike[str] | Sequence[str], out: str | os.PathLike[str], opts: TrainOptions,
+           resume: bool, log: Callable[[str], None]) -> Path:
     from .conv_train import CONV_PRESETS, train_conv
 
     if opts.preset in CONV_PRESETS:  # the device-wide convolutional model trains on whole frames
