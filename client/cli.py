@@ -80,15 +80,23 @@ def _guarded(fn, *args: Any, **kwargs: Any) -> Any:
 
     from neqforce.client import ForceServerError
 
+    from .interrupt import surfaced_interrupt
+
     try:
         return fn(*args, **kwargs)
-    except (ForceServerError, grpc.RpcError) as exc:
-        raise _rpc_error(exc) from None
-    except (ValueError, FileExistsError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
-            PermissionError) as exc:
-        raise _error(_one_line(exc)) from None
-    except (OSError, RuntimeError, FloatingPointError) as exc:
-        raise _error(_one_line(exc), EXIT_FAILURE) from None
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        if surfaced_interrupt(exc):  # e.g. "ImportError: initialization failed" from a Ctrl-C mid-import
+            raise KeyboardInterrupt from exc
+        if isinstance(exc, (ForceServerError, grpc.RpcError)):
+            raise _rpc_error(exc) from None
+        if isinstance(exc, (ValueError, FileExistsError, FileNotFoundError, IsADirectoryError,
+                            NotADirectoryError, PermissionError)):
+            raise _error(_one_line(exc)) from None
+        if isinstance(exc, (OSError, RuntimeError, FloatingPointError)):
+            raise _error(_one_line(exc), EXIT_FAILURE) from None
+        raise
 
 
 def _physics_options(lx: int | None, ly: int | None, voltage: float | None, temperature: float | None,

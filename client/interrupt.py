@@ -45,6 +45,27 @@ def safe_point() -> None:
         _ACTIVE.check()
 
 
+def surfaced_interrupt(exc: BaseException) -> bool:
+    """Whether ``exc`` (not itself a KeyboardInterrupt) is how the active job's Ctrl-C surfaced.
+
+    A SIGINT that lands while a C extension initializes during a lazy import (scipy.optimize, …)
+    comes out as ``ImportError: initialization failed`` with the KeyboardInterrupt as its context;
+    any exception raised while a Ctrl-C is pending is likewise a consequence of the interrupt. The
+    job must treat it as the interrupt (save, say how to resume, exit 130), not as a failure."""
+    if isinstance(exc, KeyboardInterrupt):
+        return False
+    if _ACTIVE is not None and _ACTIVE.count:
+        return True
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        if isinstance(link, KeyboardInterrupt):
+            return True
+        seen.add(id(link))
+        link = link.__cause__ or link.__context__
+    return False
+
+
 def _hard_exit(message: str) -> None:
     """Say ``message`` on stderr and leave now (no interpreter shutdown that could wait on threads)."""
     try:

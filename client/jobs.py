@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -28,7 +28,7 @@ from neqforce.trajectory import TrajectoryMoved
 
 from .cost import COST_LIMIT_S, CostRefused, format_duration, project_cost, refusal_message, refuse
 from .embedded import connect
-from .interrupt import guarded
+from .interrupt import guarded, surfaced_interrupt
 from .outputs import RunOutputs, load_configuration, write_forces, write_xi_csv
 from .simulate import Simulation, StreamForces, initial_cdw, relaxed_lattice
 
@@ -297,6 +297,21 @@ def _run_simulation(opts: SimulateOptions, outputs: RunOutputs, echo: Echo,
     creating = False  # _create was entered: a Ctrl-C inside it can leave the new file without ``sim``
     relax_s = 0.0
     run_info: dict[str, Any] = {"steps_before": sim.last_step if sim is not None else -1, "bd_s": 0.0}
+
+    def _save_interrupted(interrupt: KeyboardInterrupt, exc: BaseException) -> NoReturn:
+        """Ctrl-C: keep every step done (write ξ(t), figures), attach the report, re-raise ``interrupt``."""
+        cause = None if interrupt is exc else exc
+        if sim is None or (created and sim.last_step < 0):
+            if created or creating:
+                path.unlink(missing_ok=True)  # nothing computed: leave no half-started run
+            raise interrupt from cause
+        echo(f"interrupted: steps 0..{sim.last_step} are saved in {path}; writing ξ(t)"
+             + (" and figures" if opts.plots else "") + " (Ctrl-C again to skip)…")
+        interrupt.report = _finish(  # type: ignore[attr-defined]
+            sim, outputs, opts, echo, wall=time.monotonic() - wall0, interrupted=True, run_info=run_info,
+            relax_s=relax_s)
+        raise interrupt from cause
+
     try:
         with connect(opts.server, token=opts.token, tls_ca=opts.tls_ca, model=opts.model,
                      timeout=opts.timeout) as conn:
@@ -313,21 +328,14 @@ def _run_simulation(opts: SimulateOptions, outputs: RunOutputs, echo: Echo,
                 run_info["steps_before"] = -1
             _run_steps(sim, conn, info, opts, echo, run_info)
     except KeyboardInterrupt as exc:
-        if sim is None or (created and sim.last_step < 0):
-            if created or creating:
-                path.unlink(missing_ok=True)  # nothing computed: leave no half-started run
-            raise
-        n = sim.last_step
-        echo(f"interrupted: steps 0..{n} are saved in {path}; writing ξ(t)" + (" and figures" if opts.plots
-             else "") + " (Ctrl-C again to skip)…")
-        exc.report = _finish(sim, outputs, opts, echo, wall=time.monotonic() - wall0, interrupted=True,
-                             run_info=run_info, relax_s=relax_s)
-        raise
+        _save_interrupted(exc, exc)
     except CostRefused:
         if created and sim is not None:
             sim.path.unlink(missing_ok=True)  # one step of a run that will not be continued as it is
         raise
     except BaseException as exc:
+        if surfaced_interrupt(exc):  # a Ctrl-C that came out as another exception: still the interrupt
+            _save_interrupted(KeyboardInterrupt(), exc)
         if isinstance(exc, TrajectoryMoved):  # the file at ``path`` is not this run's any more: leave it
             raise
         if (sim is None and creating) or (sim is not None and created and sim.last_step < 0):

@@ -89,7 +89,14 @@ def train_cmd(
             voltage_range=v_range,
             stride=stride, max_step=max_step or None, max_minutes=max_minutes, threads=threads,
             allow_incomplete=allow_incomplete, weight_long=weight_long)
-        train([str(d) for d in data], out, opts, resume=resume, log=typer.echo)
+        from neqforce.client.interrupt import Interrupts
+
+        with Interrupts(bound_exit=True):  # a Ctrl-C swallowed inside torch still stops at the next epoch
+            train([str(d) for d in data], out, opts, resume=resume, log=typer.echo)
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted: {out / 'last.pt'} holds the last finished epoch (written atomically); "
+                   f"continue with the same command and --resume", err=True)
+        raise typer.Exit(130) from None
     except (ValueError, KeyError, OSError) as exc:
         _fail(exc)
 

@@ -147,3 +147,37 @@ def test_ctrl_c_while_the_run_file_is_being_created_leaves_no_file(tmp_path, lin
         jobs.run_simulation(opts, echo=lambda _: None)
     assert getattr(info.value, "report", None) is None  # the CLI then says "nothing was saved"
     assert not (tmp_path / "r" / "trajectory.h5").exists()
+
+
+def test_ctrl_c_surfacing_as_another_exception_is_still_the_interrupt(tmp_path, linear_model, monkeypatch):
+    """The race a random Ctrl-C hit in CI: SIGINT landing while scipy.optimize's C extension initialized
+    during a lazy import came out as ``ImportError: initialization failed`` and the run exited 1 with a
+    traceback. An exception whose chain holds the KeyboardInterrupt is the interrupt: steps saved, report
+    attached, KeyboardInterrupt raised (→ exit 130 with the resume command)."""
+    import neqforce.client.jobs as jobs
+    from neqforce.client.interrupt import surfaced_interrupt
+
+    calls = {"n": 0}
+    real = jobs.StreamForces.__call__
+
+    def call_then_fail_mid_import(self, q):
+        calls["n"] += 1
+        if calls["n"] == 12:
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                raise ImportError("initialization failed")  # noqa: B904 - chained as CPython does
+        return real(self, q)
+
+    monkeypatch.setattr(jobs.StreamForces, "__call__", call_then_fail_mid_import)
+    opts = jobs.SimulateOptions(out=tmp_path / "r", params={"lx": 8, "ly": 6}, steps=50, checkpoint_every=5,
+                                model=str(linear_model), progress=False, plots=False)
+    with pytest.raises(KeyboardInterrupt) as info:
+        jobs.run_simulation(opts, echo=lambda _: None)
+    report = info.value.report
+    assert 0 <= report.last_step < 50
+    traj = read_trajectory(tmp_path / "r" / "trajectory.h5")
+    assert traj.checkpoint_step == report.last_step and not traj.complete
+    # an ordinary failure stays a failure
+    assert not surfaced_interrupt(ImportError("no module named x"))
+    assert not surfaced_interrupt(KeyboardInterrupt())
