@@ -64,6 +64,9 @@ def train_cmd(
                                       "the shortest one in the data (1: every site alike; the validation "
                                       "loss stays per-site)."),
     resume: bool = typer.Option(False, help="Continue from OUT/last.pt."),
+    init: Path = typer.Option(None, "--init", help="Fine-tune: start from the weights (and normalization) of "
+                              "this model.pt of the same preset, with a new optimizer and learning-rate "
+                              "schedule (a warm restart; give a smaller --lr). Recorded by its sha256."),
     allow_incomplete: bool = typer.Option(False, help="Train on trajectories still being generated "
                                           "(the model records the dataset as partial)."),
 ) -> None:
@@ -88,7 +91,8 @@ def train_cmd(
             test_ids=tuple(s.strip() for s in test_ids.split(",") if s.strip()), voltage=voltage,
             voltage_range=v_range,
             stride=stride, max_step=max_step or None, max_minutes=max_minutes, threads=threads,
-            allow_incomplete=allow_incomplete, weight_long=weight_long)
+            allow_incomplete=allow_incomplete, weight_long=weight_long,
+            init=str(init) if init else None)
         from neqforce.client.interrupt import Interrupts
 
         with Interrupts(bound_exit=True):  # a Ctrl-C swallowed inside torch still stops at the next epoch

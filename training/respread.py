@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from neqforce.atomic import atomic_path
+from neqforce.hashing import sha256_file
 
 from .calibration import SPREAD_DEFINITION, TARGET_RMSE_FORCE, calibrate_predictions
 from .export import (
@@ -137,7 +138,7 @@ def respread(src: str | os.PathLike[str], out: str | os.PathLike[str],
         record = {k: v for k, v in committee.items()
                   if k in ("members", "target_rmse_force")}
         record.update(spread=SPREAD_DEFINITION, spread_definition=SPREAD_DEFINITION,
-                      spread_threshold=None, respread_from={"sha256": _sha256(src),
+                      spread_threshold=None, respread_from={"sha256": sha256_file(src),
                                                             "committee": committee})
         if calibrate:
             sess = _session(tmp)
@@ -155,9 +156,3 @@ def respread(src: str | os.PathLike[str], out: str | os.PathLike[str],
         _add_metadata(merged, meta)
         onnx.save(merged, tmp)
     return out, record
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()

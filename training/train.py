@@ -28,6 +28,7 @@ import torch
 
 from neqforce import __version__
 from neqforce.client.interrupt import safe_point
+from neqforce.hashing import sha256_file
 from neqforce.physics import DEFAULT_V, bulk_cdw_amplitude, metallic_columns
 
 from .calibration import F_NORM
@@ -77,6 +78,7 @@ class TrainOptions:
     threads: int = 0  # torch intra-op threads (0: torch default)
     allow_incomplete: bool = False  # train on trajectories still being generated (recorded as such)
     weight_long: float = 1.0  # loss weight of the sites of lattices longer than the shortest one
+    init: str | None = None  # warm start: the weights (and normalization) of this model.pt, same architecture
 
 
 def pick_device(name: str) -> torch.device:
@@ -244,6 +246,24 @@ def last_checkpoint(cfg, params, model: torch.nn.Module, opt, sched, epoch: int,
             "torch_rng": torch.get_rng_state(), "numpy_rng_seed": int(rng.integers(2**63))}
 
 
+def warm_start(model: torch.nn.Module, cfg, init: str | os.PathLike[str],
+               log: Callable[[str], None]) -> None:
+    """Load the weights and normalization buffers of the checkpoint ``init`` into ``model`` (fine-tuning:
+    the optimizer and learning-rate schedule start afresh, a warm restart). ValueError when ``init`` is not
+    a checkpoint of the same architecture."""
+    path = Path(init)
+    if not path.is_file():
+        raise ValueError(f"--init {path}: no such file")
+    ck = read_checkpoint(path)
+    if "state_dict" not in ck or "config" not in ck:
+        raise ValueError(f"--init {path}: not a model checkpoint (model.pt) of neqforce train")
+    if ck["config"] != cfg.to_dict():
+        raise ValueError(f"--init {path}: its architecture differs from this run's ({ck['config']} against "
+                         f"{cfg.to_dict()}); fine-tuning needs the same preset and overrides")
+    model.load_state_dict(ck["state_dict"])
+    log(f"starting from the weights of {path} (fine-tuning; new optimizer and learning-rate schedule)")
+
+
 def provenance(cfg, opts: TrainOptions, trajs: Sequence, train_t: Sequence, test_t: Sequence,
                groups: Sequence[Frames], incomplete: list[str], epochs_run: int) -> dict:
     """The data, split, options and versions ``model.pt`` records (shared by every architecture)."""
@@ -256,7 +276,8 @@ def provenance(cfg, opts: TrainOptions, trajs: Sequence, train_t: Sequence, test
         "dataset_complete": not incomplete, "dataset_frames": int(sum(len(t.frames()["q"]) for t in trajs)),
         "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(opts).items()},
         "epochs_run": epochs_run, "neqforce_version": __version__, "torch_version": torch.__version__,
-        "descriptor": cfg.descriptor_name}
+        "descriptor": cfg.descriptor_name,
+        **({"init_sha256": sha256_file(opts.init)} if opts.init else {})}
 
 
 def train(data: str | os.PathLike[str] | Sequence[str], out: str | os.PathLike[str], opts: TrainOptions,
@@ -311,6 +332,8 @@ def _train(data: str | os.PathLike[str] | Sequence[str], out: str | os.PathLike[
     t0 = time.time()
     (s_tr, a_tr, y_tr), (s_va, a_va, y_va) = split_features(model, groups, vmasks)
     set_normalization(model, s_tr, a_tr, y_tr)
+    if opts.init and not (resume and (Path(out) / "last.pt").exists()):
+        warm_start(model, cfg, opts.init, log)
     yn_tr = (y_tr - model.y_mean) / model.y_std
     yn_va = (y_va - model.y_mean) / model.y_std
     log(f"features: {tuple(s_tr.shape)} + {tuple(a_tr.shape)} in {time.time() - t0:.1f} s")

@@ -17,7 +17,6 @@ Any mismatch is a ValueError with a one-line reason: the server refuses to start
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -48,14 +47,6 @@ def reference_lattice() -> np.ndarray:
     stag = (-1.0) ** (x + y)
     q = 2.4 * stag * (0.6 + 0.5 * np.cos(0.9 * x + 0.5 * y)) + 0.3 * np.sin(1.3 * x - 0.7 * y + 0.2)
     return q[None].astype(np.float32)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def provenance(path: Path) -> dict[str, Any] | None:

@@ -6,7 +6,6 @@ threshold in metadata ``neqforce.committee``."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from neqforce.hashing import sha256_file
 from neqforce.physics import PHYSICAL_FIELDS
 
 from ..logs import log_event
@@ -58,14 +58,6 @@ def parse_spread_threshold(text: str | None, path: Path) -> float | None:
 def default_providers() -> list[str]:
     """CUDA then CPU when ONNX Runtime was built with CUDA, else CPU only."""
     return [CUDA, CPU] if CUDA in ort.get_available_providers() else [CPU]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def parse_model_params(text: str | None, path: Path) -> dict[str, float]:
@@ -272,7 +264,7 @@ class OnnxModel:
         if not {"force", "density"} <= set(outputs):
             raise ValueError(f"{path}: needs outputs 'force' and 'density' (SPEC §9), has {sorted(outputs)}")
         metadata = dict(session.get_modelmeta().custom_metadata_map)
-        sha256 = _sha256(path)
+        sha256 = sha256_file(path)
         card = provenance_record(path, sha256) or {}
         declared = metadata.get(DOMAIN_KEY)
         if not declared and "domain" in card:

@@ -197,6 +197,31 @@ def test_trained_checkpoint_records_data_and_resumes(conv_committee, voltage_dat
     assert res.exit_code == 2 and "--r-cut does not apply" in res.output and "Traceback" not in res.output
 
 
+def test_fine_tuning_starts_from_the_given_weights(conv_committee, voltage_data, tmp_path):
+    """--init loads a member's weights and normalization (a warm restart): with a vanishing learning rate the
+    result is the member itself; the file is recorded by its sha256; another architecture or a missing file
+    is a one-line error."""
+    from neqforce.hashing import sha256_file
+    from neqforce.training.checkpoint import read_checkpoint
+
+    init = conv_committee["checkpoints"][1]
+    run = tmp_path / "ft"
+    res = CliRunner().invoke(app, ["train", *voltage_data, "--out", str(run), "--preset", "conv",
+                                   "--epochs", "1", "--threads", "1", "--test-ids", TEST_ID, "--init", init,
+                                   "--lr", "1e-12", "--lr-min", "1e-12", "--seed", "5"])
+    assert res.exit_code == 0 and "starting from the weights" in res.output, res.output
+    a, b = read_checkpoint(init), read_checkpoint(run / "model.pt")
+    assert b["init_sha256"] == sha256_file(init) and b["options"]["init"] == init
+    for k, w in a["state_dict"].items():
+        assert torch.allclose(w.float(), b["state_dict"][k].float(), atol=1e-6), k
+    for preset, init_path, said in (("conv6", init, "architecture differs"),
+                                    ("conv", str(tmp_path / "none.pt"), "no such file")):
+        res = CliRunner().invoke(app, ["train", *voltage_data, "--out", str(tmp_path / preset), "--preset",
+                                       preset, "--epochs", "1", "--threads", "1", "--test-ids", TEST_ID,
+                                       "--init", init_path])
+        assert res.exit_code == 2 and said in res.output and "Traceback" not in res.output, res.output
+
+
 def test_exported_committee_keeps_the_contract(conv_committee):
     from neqforce.training.export import read_metadata
 
