@@ -178,3 +178,26 @@ def test_evaluate_validation_all_split_reads_what_training_held_out(tiny_dataset
     assert m_all["n_frames"] // 5 == m["n_frames"]
     m = evaluate(run / "model.pt", str(data), split="validation-all", f_max=1.5, log=lambda _: None)
     assert m["n_frames"] == 25
+
+
+def test_fine_tuning_a_descriptor_model_starts_from_its_weights(tiny_dataset, tmp_path):
+    """--init on a descriptor preset: the member's weights and normalization are loaded (with a vanishing
+    learning rate the result is the member); other widths are refused in one line."""
+    import torch
+
+    from neqforce.training.checkpoint import read_checkpoint
+
+    runner = CliRunner()
+    base = ["train", tiny_dataset, "--hidden", "8", "--threads", "1", "--test-ids", "V3.000_s1"]
+    res = runner.invoke(app, [*base, "--out", str(tmp_path / "a"), "--epochs", "2"])
+    assert res.exit_code == 0, res.output
+    init = str(tmp_path / "a" / "model.pt")
+    res = runner.invoke(app, [*base, "--out", str(tmp_path / "b"), "--epochs", "1", "--init", init,
+                              "--lr", "1e-12", "--lr-min", "1e-12"])
+    assert res.exit_code == 0 and "starting from the weights" in res.output, res.output
+    a, b = read_checkpoint(init)["state_dict"], read_checkpoint(tmp_path / "b" / "model.pt")["state_dict"]
+    for k, w in a.items():
+        assert torch.allclose(w.float(), b[k].float(), atol=1e-6), k
+    res = runner.invoke(app, ["train", tiny_dataset, "--hidden", "16", "--threads", "1", "--test-ids",
+                              "V3.000_s1", "--out", str(tmp_path / "c"), "--epochs", "1", "--init", init])
+    assert res.exit_code == 2 and "architecture differs" in res.output, res.output
