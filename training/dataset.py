@@ -75,7 +75,7 @@ class DatasetSpec:
 #: Seed of each frozen blind test set (one NEGF-BD run per held-out voltage); a new set for every model
 #: that read the previous one.
 HELDOUT_SEEDS = {"heldout": 1000, "heldout2": 1001, "heldout3": 1002, "heldout4": 1003, "heldout5": 1004,
-                "heldout6": 1005, "heldout7": 1010, "heldout8": 1020}
+                "heldout6": 1005, "heldout7": 1010, "heldout8": 1020, "heldout9": 1030}
 
 
 def preset_spec(name: str) -> DatasetSpec:
@@ -102,6 +102,8 @@ def preset_spec(name: str) -> DatasetSpec:
       voltages and length, seed 1010 (1006–1009 are the NEGF-BD sweeps of 0.7's dynamics comparison).
     * ``heldout8``: the eighth, for models after ``heldout7`` was read (voltage.onnx 0.8 read it): same
       voltages and length, seed 1020 (1004–1019 are the ML-BD seeds of the dynamics validation).
+    * ``heldout9``: the ninth, for models after ``heldout8`` was read (voltage.onnx 0.10 read it): same
+      voltages and length, seed 1030.
     * ``vrange``: first training data of the voltage-range model: 30×28, seed 0 at each V in
       {2.0, 2.5, 3.0, 3.5, 4.0}, 400 steps each (2 005 NEGF steps; seeds ≥ 1000 are reserved for
       ``heldout``). Active learning (docs/ml_model.md) adds labelled frames where the committee disagrees.
@@ -130,8 +132,8 @@ def preset_spec(name: str) -> DatasetSpec:
     if name == "tiny":
         runs = (RunSpec(DEFAULT_V, 0, 20), RunSpec(DEFAULT_V, 1, 20))
         return DatasetSpec(params=HolsteinParams(lx=8, ly=6), runs=runs, preset=name)
-    raise ValueError(f"unknown dataset preset {name!r} (known: bundled, heldout, heldout2, heldout3, "
-                     "heldout4, heldout5, heldout6, heldout7, heldout8, vrange, vhigh, vhigh2, tiny)")
+    raise ValueError(f"unknown dataset preset {name!r} (known: bundled, {', '.join(HELDOUT_SEEDS)}, vrange, "
+                     "vhigh, vhigh2, tiny)")
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

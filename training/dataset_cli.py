@@ -14,7 +14,7 @@ dataset_app = typer.Typer(help="NEGF Brownian-dynamics datasets.", no_args_is_he
 def generate(
     out: Path = typer.Argument(..., help="Dataset folder (created; an existing one is completed/resumed)."),
     preset: str = typer.Option("bundled", help="Recipe: bundled (30x28, ~1 h on 2 cores), heldout, "
-                                 "heldout2 … heldout8 (frozen blind test sets), vrange, vhigh, vhigh2 "
+                                 "heldout2 … heldout9 (frozen blind test sets), vrange, vhigh, vhigh2 "
                                  "(training data of the voltage-range model) or tiny (tests); docs in "
                                  "training/dataset.py."),
     workers: int = typer.Option(2, min=1, help="Worker processes of the embedded Dask cluster (one BLAS "
