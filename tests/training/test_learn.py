@@ -252,38 +252,18 @@ def test_server_info_shows_the_committee_spread_threshold(one_iteration):
 def test_ctrl_c_leaves_a_resumable_loop(data, first, tmp_path):
     """SIGINT to a real `neqforce learn` process while it trains: exit 130 with one line, every file valid;
     the same command then finishes the iteration without relabelling."""
-    import os
-    import shutil
-    import signal
-    import subprocess
-    import sys
-    import time
-
     from neqforce.training.dataset import load_dataset
 
+    from .interrupted import interrupt_when
+
     out = tmp_path / "L"
-    beside = Path(sys.executable).with_name("neqforce")
-    exe = str(beside) if beside.exists() else (shutil.which("neqforce") or "neqforce")
     model = str(first["out"] / "models" / "it000.onnx")
-    args = [exe, "learn", *data, "--out", str(out), "--voltage", GRID["voltage"], "--lx", GRID["lx"], "--ly",
+    args = ["learn", *data, "--out", str(out), "--voltage", GRID["voltage"], "--lx", GRID["lx"], "--ly",
             GRID["ly"], *SMALL, "--max-iterations", "1", "--threshold", repr(first["threshold"]), "--model",
             model, "--epochs", "40"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    lines = []
-    try:
-        for line in proc.stdout:
-            lines.append(line)
-            if "training member 1/2" in line:
-                time.sleep(0.2)  # inside the training epochs (both members can finish within ~1 s)
-                proc.send_signal(signal.SIGINT)
-                break
-        rest, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    text = "".join(lines) + rest
-    assert proc.returncode == 130, text
+    # SIGINT inside the training epochs (both members can finish within ~1 s)
+    code, text = interrupt_when(args, lambda line: "training member 1/2" in line, settle_s=0.2)
+    assert code == 130, text
     assert "interrupted" in text and "Traceback" not in text
     labelled = sorted((out / "labelled").glob("*.h5"))
     assert labelled and len(load_dataset(out / "labelled")) == len(labelled)  # every label file is whole
