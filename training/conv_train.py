@@ -137,8 +137,7 @@ def train_conv(data, out: str | Path, opts, resume: bool = False,
     model.y_mean.fill_(float(y_all.mean()))
     model.y_std.fill_(float(y_all.std()))
     del y_all
-    if opts.init and not (resume and (out / "last.pt").exists()):
-        warm_start(model, cfg, opts.init, log)
+    warm_start(model, cfg, opts, resume and (out / "last.pt").exists(), log)
     model.to(dev).train()
     opt = torch.optim.Adam(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     steps_per_epoch = sum(math.ceil(len(idx) / _frames_per_batch(fr))

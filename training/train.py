@@ -246,12 +246,15 @@ def last_checkpoint(cfg, params, model: torch.nn.Module, opt, sched, epoch: int,
             "torch_rng": torch.get_rng_state(), "numpy_rng_seed": int(rng.integers(2**63))}
 
 
-def warm_start(model: torch.nn.Module, cfg, init: str | os.PathLike[str],
+def warm_start(model: torch.nn.Module, cfg, opts: TrainOptions, resuming: bool,
                log: Callable[[str], None]) -> None:
-    """Load the weights and normalization buffers of the checkpoint ``init`` into ``model`` (fine-tuning:
-    the optimizer and learning-rate schedule start afresh, a warm restart). ValueError when ``init`` is not
-    a checkpoint of the same architecture."""
-    path = Path(init)
+    """With ``opts.init``, load the weights and normalization buffers of that checkpoint into ``model``
+    (fine-tuning: the optimizer and learning-rate schedule start afresh, a warm restart); nothing without it
+    or when ``resuming`` from ``last.pt`` (which holds everything). ValueError when ``opts.init`` is not a
+    checkpoint of the same architecture."""
+    if not opts.init or resuming:
+        return
+    path = Path(opts.init)
     if not path.is_file():
         raise ValueError(f"--init {path}: no such file")
     ck = read_checkpoint(path)
@@ -332,8 +335,7 @@ def _train(data: str | os.PathLike[str] | Sequence[str], out: str | os.PathLike[
     t0 = time.time()
     (s_tr, a_tr, y_tr), (s_va, a_va, y_va) = split_features(model, groups, vmasks)
     set_normalization(model, s_tr, a_tr, y_tr)
-    if opts.init and not (resume and (Path(out) / "last.pt").exists()):
-        warm_start(model, cfg, opts.init, log)
+    warm_start(model, cfg, opts, resume and (out / "last.pt").exists(), log)
     yn_tr = (y_tr - model.y_mean) / model.y_std
     yn_va = (y_va - model.y_mean) / model.y_std
     log(f"features: {tuple(s_tr.shape)} + {tuple(a_tr.shape)} in {time.time() - t0:.1f} s")
