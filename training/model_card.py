@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import hashlib
 import json
 import os
 from pathlib import Path
 
+from neqforce.hashing import sha256_file
 from neqforce.trajectory import software_versions
 
 
@@ -46,7 +46,7 @@ def model_card(onnx_path: str | os.PathLike[str], evaluation: dict | None = None
             return meta.get(key)
 
     card = {
-        "file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "file": path.name, "sha256": sha256_file(path),
         "size_bytes": path.stat().st_size, "descriptor": meta.get("neqforce.descriptor"),
         "params": parsed("neqforce.params"), "architecture": parsed("neqforce.architecture"),
         "training": parsed("neqforce.training"), "dataset_sha256": meta.get("neqforce.dataset_sha256"),

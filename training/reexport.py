@@ -15,7 +15,6 @@ source's hash goes into ``neqforce.reexport``. The file is written atomically (`
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 
 from neqforce import __version__
 from neqforce.atomic import atomic_path
+from neqforce.hashing import sha256_file
 
 from .calibration import SPREAD_DEFINITION
 from .descriptors import offsets
@@ -168,7 +168,7 @@ def reexport(src: str | os.PathLike[str], out: str | os.PathLike[str],
         configs = [ModelConfig.from_dict(c) for c in arch.get("ensemble", [arch])]
         arch["graph_macs_per_site"] = sum(c.graph_macs_per_site() for c in configs)
         keep["neqforce.architecture"] = json.dumps(arch, sort_keys=True)
-        keep[REEXPORT_KEY] = json.dumps({"from_sha256": hashlib.sha256(src.read_bytes()).hexdigest(),
+        keep[REEXPORT_KEY] = json.dumps({"from_sha256": sha256_file(src),
                                          "from_version": meta.get("neqforce.version", ""), "by": __version__,
                                          "graph": GRAPH}, sort_keys=True)
         _add_metadata(proto, keep)
