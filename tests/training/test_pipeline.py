@@ -201,3 +201,7 @@ def test_fine_tuning_a_descriptor_model_starts_from_its_weights(tiny_dataset, tm
     res = runner.invoke(app, ["train", tiny_dataset, "--hidden", "16", "--threads", "1", "--test-ids",
                               "V3.000_s1", "--out", str(tmp_path / "c"), "--epochs", "1", "--init", init])
     assert res.exit_code == 2 and "architecture differs" in res.output, res.output
+    onnx_file = tmp_path / "m.onnx"  # not a checkpoint at all: one line, no traceback
+    onnx_file.write_bytes(b"\x08\x07not a pickle")
+    res = runner.invoke(app, [*base, "--out", str(tmp_path / "d"), "--epochs", "1", "--init", str(onnx_file)])
+    assert res.exit_code == 2 and "cannot read checkpoint" in res.output, res.output
