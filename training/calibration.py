@@ -33,6 +33,12 @@ import numpy as np
 SPREAD_DEFINITION = ("per-site committee spread: sqrt of the members' force variance (ddof 0) averaged over "
                      "the site and its 8 nearest same-sublattice sites inside the device ((±1,±1), (±2,0), "
                      "(0,±2); y periodic), force units")
+#: The spread of one network distilled from a committee (``neqforce train --teacher``).
+DISTILLED_SPREAD_DEFINITION = (
+    "distilled committee spread: the teacher committee's per-site std of the electronic force (ddof 0) as "
+    "predicted by a head of this one network (trained on the teacher's std over every training frame), "
+    "its square averaged over the site and its 8 nearest same-sublattice sites inside the device as a "
+    "committee's ((±1,±1), (±2,0), (0,±2); y periodic), force units")
 #: Default accuracy target: RMSE of the force equal to the issue's MSE target 3e-4 in the paper's
 #: normalized metric, with the fixed normalization F_norm = 1.494: sqrt(3e-4) * 1.494.
 F_NORM = 1.494

@@ -69,6 +69,18 @@ def train_cmd(
                               "schedule (a warm restart; give a smaller --lr). Recorded by its sha256."),
     allow_incomplete: bool = typer.Option(False, help="Train on trajectories still being generated "
                                           "(the model records the dataset as partial)."),
+    teacher: list[Path] = typer.Option(None, "--teacher", help="Distillation (conv presets): a member "
+                                       "checkpoint of the committee to learn from (repeat for each). The "
+                                       "network gets a spread head fitted to the committee's per-site std "
+                                       "and is exported with force_std like a committee."),
+    distill_weight: float = typer.Option(0.5, min=0.0, max=1.0, help="With --teacher: share of the force "
+                                         "loss on labelled frames fitted to the teacher's mean (the rest "
+                                         "to the NEGF labels)."),
+    transfer: list[Path] = typer.Option(None, "--transfer", help="With --teacher: unlabelled trajectories "
+                                        "(folders or .h5 files, e.g. ML-BD runs of a sweep) whose frames are "
+                                        "fitted to the teacher only (never used for validation)."),
+    spread_weight: float = typer.Option(1.0, min=0.0, help="With --teacher: weight of the spread head's "
+                                        "loss."),
 ) -> None:
     """Train a force model on NEGF-BD trajectories (split 70/30 by trajectory)."""
     try:
@@ -92,7 +104,9 @@ def train_cmd(
             voltage_range=v_range,
             stride=stride, max_step=max_step or None, max_minutes=max_minutes, threads=threads,
             allow_incomplete=allow_incomplete, weight_long=weight_long,
-            init=str(init) if init else None)
+            init=str(init) if init else None, teacher=tuple(str(t) for t in teacher or ()),
+            distill_weight=distill_weight, transfer=tuple(str(t) for t in transfer or ()),
+            spread_weight=spread_weight)
         from neqforce.client.interrupt import Interrupts
 
         with Interrupts(bound_exit=True):  # a Ctrl-C swallowed inside torch still stops at the next epoch

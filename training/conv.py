@@ -41,10 +41,16 @@ class ConvConfig:
     #: two passes) or "equivariant" (channels in mirror pairs, kernels tied so that every layer commutes
     #: with the mirror: one pass; :class:`MirrorConvNet`).
     mirror: str = "average"
+    #: A second output, the per-site spread of a teacher committee predicted by this one network
+    #: (distillation, ``neqforce train --teacher``): a small head on the trunk's last features, trained on
+    #: them detached, so it cannot change the force. Exported as ``force_std`` like a committee's spread.
+    spread_head: bool = False
 
     def __post_init__(self) -> None:
         if self.mirror not in ("average", "equivariant"):
             raise ValueError(f"mirror must be 'average' or 'equivariant', got {self.mirror!r}")
+        if self.spread_head and self.mirror != "average":
+            raise ValueError("a spread head is implemented for the mirror-averaged network only")
         if self.mirror == "equivariant" and self.channels % 2:
             raise ValueError(f"an equivariant network needs an even channel count, got {self.channels}")
 
@@ -53,6 +59,8 @@ class ConvConfig:
         d["dilations"] = list(self.dilations)
         if self.mirror == "average":  # checkpoints and cards of 0.8 have no such key
             del d["mirror"]
+        if not self.spread_head:  # nor this one
+            del d["spread_head"]
         return d
 
     @classmethod
@@ -81,7 +89,7 @@ class ConvConfig:
         """Multiply-adds per site of one network pass (input conv, blocks, output), times 2 for the mirror
         average (one pass for an equivariant network)."""
         c = self.channels
-        one = 25 * 3 * c + len(self.dilations) * (9 * c * c + c * c) + c
+        one = 25 * 3 * c + len(self.dilations) * (9 * c * c + c * c) + c + (c * c + c if self.spread_head else 0)
         return one if self.mirror == "equivariant" else 2 * one
 
     def graph_macs_per_site(self) -> int:
@@ -127,33 +135,60 @@ class ConvNet(nn.Module):
         self.blocks = nn.ModuleList(_Block(config.channels, d, act) for d in config.dilations)
         self.out = nn.Conv2d(config.channels, 1, 1)
         self.act = act()
+        self.has_spread = config.spread_head
+        if self.has_spread:
+            self.spread_hidden = nn.Conv2d(config.channels, config.channels, 1)
+            self.spread_out = nn.Conv2d(config.channels, 1, 1)
 
-    def one(self, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def _spread(self, feat: torch.Tensor) -> torch.Tensor:
+        """Spread head on the trunk's last features (detached: it learns from them, never changes them);
+        positive, in the units of the normalized force."""
+        z = self.spread_out(self.act(self.spread_hidden(feat.detach())))
+        return nn.functional.softplus(z)[:, 0]
+
+    def _trunk(self, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         ly = q.shape[-1]
         x = nn.functional.pad(_channels(q, v)[..., _rows(ly, 2, q.device)], (0, 0, 2, 2))
         h = self.inp(x)
         for blk in self.blocks:
             h = blk(h)
-        return self.out(self.act(h))[:, 0]
+        return self.act(h)
+
+    def one(self, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return self.out(self._trunk(q, v))[:, 0]
 
     def forward(self, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         mirror = torch.remainder(-torch.arange(q.shape[-1], device=q.device), q.shape[-1])  # y → −y mod ly
         return 0.5 * (self.one(q, v) + self.one(q[..., mirror], v)[..., mirror])
+
+    def forward_with_spread(self, q: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(normalized output, predicted normalized spread), both averaged over the y-mirror (one trunk
+        pass per image, as :meth:`forward`)."""
+        mirror = torch.remainder(-torch.arange(q.shape[-1], device=q.device), q.shape[-1])
+        b = q.shape[0]
+        feat = self._trunk(torch.cat([q, q[..., mirror]]), torch.cat([v, v]))
+        out, spread = self.out(feat)[:, 0], self._spread(feat)
+        return (0.5 * (out[:b] + out[b:][..., mirror]), 0.5 * (spread[:b] + spread[b:][..., mirror]))
 
     @property
     def strip_rows(self) -> int:
         """Reach of the network in y (rows either side): 2 (input 5×5) + 1 per block."""
         return 2 + len(self.blocks)
 
-    def on_strip(self, x: torch.Tensor) -> torch.Tensor:
+    def on_strip(self, x: torch.Tensor, with_spread: bool = False
+                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """One pass on input channels (B, 3, lx, ly + 2·strip_rows) already extended periodically in y, every
-        convolution zero-padded in x (the electrodes) and in y: the middle ly rows equal :meth:`one`'s."""
+        convolution zero-padded in x (the electrodes) and in y: the middle ly rows equal :meth:`one`'s
+        (and, ``with_spread``, the spread head's on the same rows)."""
         h = nn.functional.conv2d(x, self.inp.weight, self.inp.bias, padding=(2, 2))
         for blk in self.blocks:
             z = nn.functional.conv2d(blk.act(h), blk.conv1.weight, blk.conv1.bias, padding=(blk.d, 1),
                                      dilation=(blk.d, 1))
             h = h + blk.conv2(blk.act(z))
-        return self.out(self.act(h))[:, 0]
+        feat = self.act(h)
+        if with_spread:
+            return self.out(feat)[:, 0], self._spread(feat)
+        return self.out(feat)[:, 0]
 
 
 class _MirrorConv(nn.Module):
@@ -280,6 +315,27 @@ class ConvForceModel(nn.Module):
         """Normalized network output (what training fits to the standardized electronic force)."""
         return self.net(q, self.voltages(q, voltage) - V_MID)
 
+    def head_and_spread(self, q: torch.Tensor, voltage: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(normalized output, predicted normalized per-site committee std) of a network with a spread head."""
+        return self.net.forward_with_spread(q, self.voltages(q, voltage) - V_MID)
+
+    @property
+    def has_spread(self) -> bool:
+        return bool(getattr(self.net, "has_spread", False))
+
+    def member_std(self, q: torch.Tensor, voltage: torch.Tensor | None = None) -> torch.Tensor:
+        """The teacher committee's per-site std of the electronic force as this network predicts it
+        (force units, (B, lx, ly)); only for a network with a spread head."""
+        return self.head_and_spread(q, voltage)[1] * self.y_std
+
+    def spread(self, q: torch.Tensor, voltage: torch.Tensor | None = None) -> torch.Tensor:
+        """The exported ``force_std``: :func:`~.model.local_spread` of :meth:`member_std` (the committee
+        spread's definition, applied to the distilled per-site std)."""
+        from .model import local_spread
+
+        return local_spread(self.member_std(q, voltage))
+
     def electronic(self, q: torch.Tensor, voltage: torch.Tensor | None = None) -> torch.Tensor:
         """Learned electronic force g (n_i − ½), (B, lx, ly)."""
         return self.head(q, voltage) * self.y_std + self.y_mean
@@ -311,7 +367,11 @@ class ConvGraph(nn.Module):
         super().__init__()
         self.members = nn.ModuleList(members)
         self.takes_voltage = True
-        self.committee = len(members) > 1
+        #: one member with a spread head (a distilled committee) outputs force_std as a committee does
+        self.distilled = len(members) == 1 and members[0].has_spread
+        if len(members) > 1 and any(m.has_spread for m in members):
+            raise ValueError("a committee of networks with spread heads is not supported: export one")
+        self.committee = len(members) > 1 or self.distilled
         with torch.no_grad():  # equivariant members: their tied kernels as plain weights (graph constants)
             self.plain = [m.net.kernels() if getattr(m.net, "equivariant", False) else None for m in members]
 
@@ -328,6 +388,10 @@ class ConvGraph(nn.Module):
             pad = m.net.strip_rows
             if plain is not None:  # equivariant: one pass, the lattice only
                 o = m.net.on_strip(x[:b][..., _rows(ly, pad, q.device)], plain)[..., pad:pad + ly]
+            elif self.distilled:
+                o, s = m.net.on_strip(x[..., _rows(ly, pad, q.device)], with_spread=True)
+                o, s = o[..., pad:pad + ly], s[..., pad:pad + ly]
+                o, std = 0.5 * (o[:b] + o[b:][..., mirror]), 0.5 * (s[:b] + s[b:][..., mirror]) * m.y_std
             else:
                 o = m.net.on_strip(x[..., _rows(ly, pad, q.device)])[..., pad:pad + ly]
                 o = 0.5 * (o[:b] + o[b:][..., mirror])
@@ -336,7 +400,9 @@ class ConvGraph(nn.Module):
         el = each.mean(0)
         first = self.members[0]
         out = (el + first.elastic(q), 0.5 + el / first.g)
-        if self.committee:
+        if self.distilled:
+            out = out + (local_spread(std),)
+        elif self.committee:
             out = out + (local_spread(each.std(0, unbiased=False)),)
         return out
 

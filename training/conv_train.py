@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,81 @@ def _tensors(fr: Frames, idx: np.ndarray, dev: torch.device) -> tuple[torch.Tens
     return q, y, v
 
 
+#: Floor added to the normalized spreads before the log in the spread head's loss (force units / y_std
+#: at the bundled model's y_std ≈ 0.55: ~1e-3 force units, far below any spread that matters).
+SPREAD_FLOOR = 2e-3
+
+
+def load_teacher(paths: Sequence[str], params) -> torch.nn.Module:
+    """The committee to distil (:class:`~.model.EnsembleForceModel` of its member checkpoints); its members
+    must be models of the same physical parameters as the training data (the voltage aside)."""
+    from .checkpoint import load_model
+    from .model import EnsembleForceModel
+
+    if len(paths) < 2:
+        raise ValueError("--teacher needs the committee's members (two or more checkpoints): the spread "
+                         "head learns their disagreement")
+    members = []
+    for p in paths:
+        if not Path(p).is_file():
+            raise ValueError(f"--teacher {p}: no such file")
+        m, ck = load_model(p)
+        mine = {k: v for k, v in params.physical().items() if k != "voltage"}
+        theirs = {k: v for k, v in ck["params"].items() if k != "voltage"}
+        if mine != theirs:
+            raise ValueError(f"--teacher {p}: trained for other physical parameters ({theirs} against {mine})")
+        members.append(m)
+    return EnsembleForceModel(members).eval()
+
+
+@torch.no_grad()
+def teacher_targets(teacher, q: np.ndarray, voltage: np.ndarray, chunk: int = 32
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """The teacher committee's mean electronic force and per-site std over its members (ddof 0), float32
+    (S, lx, ly) each."""
+    means, stds = [], []
+    for i in range(0, len(q), chunk):
+        each = teacher.member_electronic(torch.from_numpy(np.ascontiguousarray(q[i:i + chunk], np.float32)),
+                                         torch.from_numpy(np.asarray(voltage[i:i + chunk], np.float32)))
+        means.append(each.mean(0).numpy())
+        stds.append(each.std(0, unbiased=False).numpy())
+    return np.concatenate(means), np.concatenate(stds)
+
+
+def transfer_frames(paths: Sequence[str], params) -> list[Frames]:
+    """Unlabelled frames for distillation: every saved frame of the trajectories under ``paths`` (folders
+    searched recursively for .h5, or files), grouped by lattice shape; the forces they carry (the model
+    that drove them) are not used. Their physical parameters must be the training data's (voltage aside)."""
+    from neqforce.trajectory import read_trajectory
+
+    files: list[Path] = []
+    for p in map(Path, paths):
+        found = sorted(p.rglob("*.h5")) if p.is_dir() else [p] if p.is_file() else []
+        if not found:
+            raise ValueError(f"--transfer {p}: no trajectory files (.h5)")
+        files += found
+    mine = {k: v for k, v in params.physical().items() if k != "voltage"}
+    by_shape: dict[tuple[int, int], list] = {}
+    for f in files:
+        t = read_trajectory(f)
+        if {k: v for k, v in t.params.physical().items() if k not in ("voltage", "lx", "ly")} != \
+                {k: v for k, v in mine.items() if k not in ("lx", "ly")}:
+            raise ValueError(f"--transfer {f}: other physical parameters than the training data's")
+        fr = t.frames()
+        if len(fr["q"]):
+            by_shape.setdefault(t.params.shape, []).append((fr["q"], t.params.voltage, f.stem))
+    groups = []
+    for shape in sorted(by_shape):
+        runs = by_shape[shape]
+        q = np.concatenate([r[0] for r in runs]).astype(np.float32)
+        v = np.concatenate([np.full(len(r[0]), r[1], np.float32) for r in runs])
+        p0 = params.replace(lx=shape[0], ly=shape[1])
+        zeros = np.zeros(len(q), np.int64)
+        groups.append(Frames(q=q, force=q * 0, electronic=q * 0, step=zeros, traj=zeros,
+                             ids=[f"transfer:{r[2]}" for r in runs], params=p0, voltage=v))
+    return groups
+
+
 @torch.no_grad()
 def _val_sse(model: ConvForceModel, groups: Sequence[Frames], val_idx: Sequence[np.ndarray],
              dev: torch.device) -> tuple[float, int]:
@@ -84,6 +160,21 @@ def _val_sse(model: ConvForceModel, groups: Sequence[Frames], val_idx: Sequence[
             n += y.numel()
     model.train()
     return sse, n
+
+
+def _distill_loss(model: ConvForceModel, q: torch.Tensor, y: torch.Tensor, v: torch.Tensor,
+                  target: list[torch.Tensor], labelled: bool, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(force loss, spread loss) of a student on one minibatch, normalized units. Force: on labelled frames
+    (1 − α)·MSE to the NEGF label + α·MSE to the teacher's mean; on transfer frames MSE to the teacher's
+    mean. Spread: MSE of log(spread + floor) between the head and the teacher's per-site std."""
+    t_mean, t_std = target
+    h, spread = model.head_and_spread(q, v)
+    t_n = (t_mean - model.y_mean) / model.y_std
+    loss = torch.mean((h - t_n) ** 2)
+    if labelled:
+        loss = (1.0 - alpha) * torch.mean((h - (y - model.y_mean) / model.y_std) ** 2) + alpha * loss
+    spread_loss = torch.mean((torch.log(spread + SPREAD_FLOOR) - torch.log(t_std / model.y_std + SPREAD_FLOOR)) ** 2)
+    return loss, spread_loss
 
 
 def train_conv(data, out: str | Path, opts, resume: bool = False,
@@ -110,6 +201,12 @@ def train_conv(data, out: str | Path, opts, resume: bool = False,
     rng = np.random.default_rng(opts.seed)
     dev = pick_device(opts.device)
     cfg = CONV_PRESETS[opts.preset]
+    if opts.teacher:
+        if cfg.mirror != "average":
+            raise ValueError(f"--teacher: distillation needs a mirror-averaged preset, not {opts.preset!r}")
+        cfg = replace(cfg, spread_head=True)
+    elif opts.transfer:
+        raise ValueError("--transfer frames carry no labels: they need a --teacher")
     overrides = [name for name in ("descriptor", "hidden", "activation", "r_cut", "anti_rank")
                  if getattr(opts, name) is not None]
     if overrides:
@@ -125,15 +222,29 @@ def train_conv(data, out: str | Path, opts, resume: bool = False,
     val_idx = [np.flatnonzero(m) for m in vmasks]
     lx_min = min(fr.params.lx for fr in groups)
     weights = [opts.weight_long if fr.params.lx > lx_min else 1.0 for fr in groups]
-    lattices = [[fr.params.lx, fr.params.ly] for fr in groups]
-    n_train, n_val = sum(len(i) for i in train_idx), sum(len(i) for i in val_idx)
-    log(f"train {sum(len(fr.ids) for fr in groups)} trajectories ({n_train} frames, {n_val} validation), "
+    n_labelled = len(groups)
+    targets: list[tuple[np.ndarray, np.ndarray]] = []
+    if opts.teacher:  # the committee's mean and per-site std on every frame, transfer frames appended
+        teacher = load_teacher(opts.teacher, params)
+        extra = transfer_frames(opts.transfer, params) if opts.transfer else []
+        t0 = time.time()
+        targets = [teacher_targets(teacher, fr.q, fr.voltage) for fr in groups + extra]
+        del teacher
+        log(f"teacher: {len(opts.teacher)} members on {sum(len(fr) for fr in groups + extra)} frames "
+            f"({sum(len(fr) for fr in extra)} unlabelled transfer frames) in {time.time() - t0:.0f} s")
+        groups = groups + extra
+        train_idx += [np.arange(len(fr)) for fr in extra]
+        weights += [1.0] * len(extra)
+    lattices = [[fr.params.lx, fr.params.ly] for fr in groups[:n_labelled]]
+    n_train, n_val = sum(len(i) for i in train_idx[:n_labelled]), sum(len(i) for i in val_idx)
+    log(f"train {sum(len(fr.ids) for fr in groups[:n_labelled])} trajectories ({n_train} frames, {n_val} validation), "
         f"test {[traj_id(t) for t in test_t]}, lattices {', '.join(f'{a}x{b}' for a, b in lattices)}, "
         f"V = {', '.join(f'{v:g}' for v in voltages_of(train_t))}, preset {opts.preset}: {cfg.channels} "
         f"channels, reach ±{cfg.reach} columns, {cfg.macs_per_site()} MACs/site, device {dev}")
 
     model = build_conv_model(cfg, params.physical())
-    y_all = np.concatenate([fr.electronic[i].ravel() for fr, i in zip(groups, train_idx, strict=True)])
+    y_all = np.concatenate([fr.electronic[i].ravel()
+                            for fr, i in zip(groups[:n_labelled], train_idx[:n_labelled], strict=True)])
     model.y_mean.fill_(float(y_all.mean()))
     model.y_std.fill_(float(y_all.std()))
     del y_all
@@ -157,15 +268,22 @@ def train_conv(data, out: str | Path, opts, resume: bool = False,
         tot, wsum = 0.0, 0.0
         for g, idx in _batches(groups, train_idx, rng):
             q, y, v = _tensors(groups[g], idx, dev)
-            loss = torch.mean((model.head(q, v) - (y - model.y_mean) / model.y_std) ** 2)
+            if targets:
+                loss, spread_loss = _distill_loss(model, q, y, v, [torch.from_numpy(t[idx]).to(dev)
+                                                                     for t in targets[g]],
+                                                  labelled=g < n_labelled, alpha=opts.distill_weight)
+                total = loss * weights[g] + opts.spread_weight * spread_loss
+            else:
+                loss = torch.mean((model.head(q, v) - (y - model.y_mean) / model.y_std) ** 2)
+                total = loss * weights[g]
             opt.zero_grad(set_to_none=True)
-            (loss * weights[g]).backward()
+            total.backward()
             opt.step()
             sched.step()
             tot += float(loss.detach()) * weights[g] * y.numel()
             wsum += weights[g] * y.numel()
         train_loss = tot / max(wsum, 1.0)
-        sse, n = _val_sse(model, groups, val_idx, dev)
+        sse, n = _val_sse(model, groups[:n_labelled], val_idx, dev)
         val = sse / n if n else train_loss
         improved = val < best_val
         if improved:
@@ -197,6 +315,6 @@ def train_conv(data, out: str | Path, opts, resume: bool = False,
     save_checkpoint(best_path, {
         "config": cfg.to_dict(), "params": params.physical(), "state_dict": model.state_dict(),
         "metrics": metrics, "history": history,
-        **provenance(cfg, opts, trajs, train_t, test_t, groups, incomplete, epoch + 1)})
+        **provenance(cfg, opts, trajs, train_t, test_t, groups[:n_labelled], incomplete, epoch + 1)})
     log(f"wrote {best_path}")
     return best_path

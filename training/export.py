@@ -31,7 +31,7 @@ from neqforce.atomic import atomic_path
 from neqforce.server.backends.integrity import REFERENCE_KEY
 from neqforce.server.backends.onnx import BATCH_INVARIANT_KEY
 
-from .calibration import SPREAD_DEFINITION
+from .calibration import DISTILLED_SPREAD_DEFINITION, SPREAD_DEFINITION
 from .checkpoint import load_model
 from .conv import ConvForceModel, ConvGraph
 from .folded import FoldedEnsemble
@@ -127,7 +127,9 @@ def check_onnx(path: str | os.PathLike[str], model: ForceModel, shapes=CHECK_SHA
     rng = np.random.default_rng(seed)
     outputs = [o.name for o in sess.get_outputs()]
     committee = "force_std" in outputs
-    if committee != (isinstance(model, EnsembleForceModel) and len(model.members) > 1):
+    spread_source = (isinstance(model, EnsembleForceModel) and len(model.members) > 1) or \
+        bool(getattr(model, "has_spread", False))
+    if committee != spread_source:
         raise ValueError(f"ONNX check failed: outputs {outputs} do not match the torch model")
     worst = 0.0
     for shape in shapes:
@@ -294,8 +296,19 @@ def export_checkpoint(checkpoint: str | os.PathLike[str] | list, out: str | os.P
 
             committee.update(calibrate_committee(model, ck, calibrate, spread_target or TARGET_RMSE_FORCE))
         meta[COMMITTEE_KEY] = json.dumps(committee, sort_keys=True)
+    elif getattr(model, "has_spread", False):  # one network distilled from a committee, with its spread
+        teacher = ck.get("teacher") or {}
+        committee = {"members": 1, "spread_threshold": None, "spread": DISTILLED_SPREAD_DEFINITION,
+                     "spread_definition": DISTILLED_SPREAD_DEFINITION, "distilled_from": teacher}
+        if calibrate:
+            from .calibration import TARGET_RMSE_FORCE, calibrate_committee
+
+            committee.update(calibrate_committee(model, ck, calibrate, spread_target or TARGET_RMSE_FORCE))
+            committee["spread_definition"] = DISTILLED_SPREAD_DEFINITION
+        meta[COMMITTEE_KEY] = json.dumps(committee, sort_keys=True)
     elif calibrate:
-        raise ValueError("--calibrate needs a committee: export two or more checkpoints together")
+        raise ValueError("--calibrate needs a committee: export two or more checkpoints together, or one "
+                         "network trained with --teacher (a spread head)")
     path, err = export_onnx(model, out, meta, check=check)
     return path, err, meta
 

@@ -79,6 +79,10 @@ class TrainOptions:
     allow_incomplete: bool = False  # train on trajectories still being generated (recorded as such)
     weight_long: float = 1.0  # loss weight of the sites of lattices longer than the shortest one
     init: str | None = None  # warm start: the weights (and normalization) of this model.pt, same architecture
+    teacher: tuple[str, ...] = ()  # distillation (conv presets): the committee's member checkpoints
+    distill_weight: float = 0.5  # share of the force loss on labelled frames fitted to the teacher's mean
+    transfer: tuple[str, ...] = ()  # unlabelled trajectories (ML-BD runs): teacher targets only
+    spread_weight: float = 1.0  # weight of the spread head's loss (log of the teacher's per-site std)
 
 
 def pick_device(name: str) -> torch.device:
@@ -260,11 +264,17 @@ def warm_start(model: torch.nn.Module, cfg, opts: TrainOptions, resuming: bool,
     ck = read_checkpoint(path)
     if "state_dict" not in ck or "config" not in ck:
         raise ValueError(f"--init {path}: not a model checkpoint (model.pt) of neqforce train")
-    if ck["config"] != cfg.to_dict():
+    want = cfg.to_dict()
+    # a student with a spread head may start from a network without one (the head starts untrained)
+    new_head = want.get("spread_head") and {**want, "spread_head": False} == {**ck["config"], "spread_head": False}
+    if ck["config"] != want and not new_head:
         raise ValueError(f"--init {path}: its architecture differs from this run's ({ck['config']} against "
-                         f"{cfg.to_dict()}); fine-tuning needs the same preset and overrides")
-    model.load_state_dict(ck["state_dict"])
-    log(f"starting from the weights of {path} (fine-tuning; new optimizer and learning-rate schedule)")
+                         f"{want}); fine-tuning needs the same preset and overrides")
+    missing, unexpected = model.load_state_dict(ck["state_dict"], strict=False)
+    if unexpected or any(not k.startswith("net.spread_") for k in missing):
+        raise ValueError(f"--init {path}: its weights do not fit this network ({(missing + unexpected)[:3]})")
+    log(f"starting from the weights of {path} (fine-tuning; new optimizer and learning-rate schedule"
+        f"{'; the spread head from scratch' if missing else ''})")
 
 
 def provenance(cfg, opts: TrainOptions, trajs: Sequence, train_t: Sequence, test_t: Sequence,
@@ -280,7 +290,10 @@ def provenance(cfg, opts: TrainOptions, trajs: Sequence, train_t: Sequence, test
         "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(opts).items()},
         "epochs_run": epochs_run, "neqforce_version": __version__, "torch_version": torch.__version__,
         "descriptor": cfg.descriptor_name,
-        **({"init_sha256": sha256_file(opts.init)} if opts.init else {})}
+        **({"init_sha256": sha256_file(opts.init)} if opts.init else {}),
+        **({"teacher": {"members": list(opts.teacher), "sha256": [sha256_file(p) for p in opts.teacher],
+                        "distill_weight": opts.distill_weight, "transfer": list(opts.transfer)}}
+           if opts.teacher else {})}
 
 
 def train(data: str | os.PathLike[str] | Sequence[str], out: str | os.PathLike[str], opts: TrainOptions,
@@ -301,6 +314,8 @@ def _train(data: str | os.PathLike[str] | Sequence[str], out: str | os.PathLike[
 
     if opts.preset in CONV_PRESETS:  # the device-wide convolutional model trains on whole frames
         return train_conv(data, out, opts, resume=resume, log=log)
+    if opts.teacher or opts.transfer:
+        raise ValueError(f"--teacher/--transfer (distillation) need a convolutional preset, not {opts.preset!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if opts.threads:
