@@ -175,7 +175,9 @@ def export_cmd(
         if "neqforce.committee" in meta:
             com = json.loads(meta["neqforce.committee"])
             thr = com.get("spread_threshold")
-            typer.echo(f"committee of {com['members']}: spread threshold "
+            what = (f"committee of {com['members']}" if com["members"] > 1 else
+                    "one network distilled from a committee (learned spread)")
+            typer.echo(f"{what}: spread threshold "
                        + (f"{thr:.4g} (force units; {com.get('threshold_rule')}; Spearman(spread, error) "
                           f"on validation sites {com.get('spearman_sites', float('nan')):.3f})"
                           if thr is not None else "not calibrated (pass --calibrate DATA)"))

@@ -161,14 +161,23 @@ class ConvNet(nn.Module):
         mirror = torch.remainder(-torch.arange(q.shape[-1], device=q.device), q.shape[-1])  # y → −y mod ly
         return 0.5 * (self.one(q, v) + self.one(q[..., mirror], v)[..., mirror])
 
+    def mirror_features(self, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The trunk's last features (2B, C, lx, ly) of the lattices and of their y-mirror images, stacked."""
+        mirror = torch.remainder(-torch.arange(q.shape[-1], device=q.device), q.shape[-1])
+        return self._trunk(torch.cat([q, q[..., mirror]]), torch.cat([v, v]))
+
+    def heads(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(normalized output, predicted normalized spread) from :meth:`mirror_features`, each averaged over
+        the lattice and its mirror image."""
+        b, ly = feat.shape[0] // 2, feat.shape[-1]
+        mirror = torch.remainder(-torch.arange(ly, device=feat.device), ly)
+        out, spread = self.out(feat)[:, 0], self._spread(feat)
+        return (0.5 * (out[:b] + out[b:][..., mirror]), 0.5 * (spread[:b] + spread[b:][..., mirror]))
+
     def forward_with_spread(self, q: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(normalized output, predicted normalized spread), both averaged over the y-mirror (one trunk
         pass per image, as :meth:`forward`)."""
-        mirror = torch.remainder(-torch.arange(q.shape[-1], device=q.device), q.shape[-1])
-        b = q.shape[0]
-        feat = self._trunk(torch.cat([q, q[..., mirror]]), torch.cat([v, v]))
-        out, spread = self.out(feat)[:, 0], self._spread(feat)
-        return (0.5 * (out[:b] + out[b:][..., mirror]), 0.5 * (spread[:b] + spread[b:][..., mirror]))
+        return self.heads(self.mirror_features(q, v))
 
     @property
     def strip_rows(self) -> int:

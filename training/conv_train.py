@@ -23,7 +23,7 @@ from neqforce.client.interrupt import safe_point
 
 from .calibration import F_NORM
 from .checkpoint import save_checkpoint
-from .conv import ConvConfig, ConvForceModel, build_conv_model
+from .conv import V_MID, ConvConfig, ConvForceModel, build_conv_model
 from .data import (
     Frames,
     frame_groups,
@@ -74,6 +74,23 @@ def _tensors(fr: Frames, idx: np.ndarray, dev: torch.device) -> tuple[torch.Tens
 #: Floor added to the normalized spreads before the log in the spread head's loss (force units / y_std
 #: at the bundled model's y_std ≈ 0.55: ~1e-3 force units, far below any spread that matters).
 SPREAD_FLOOR = 2e-3
+#: Learning rate of the spread head relative to the network's (its loss is on a log scale, its few weights
+#: start far from their values; the force network is never touched by it).
+SPREAD_LR_FACTOR = 10.0
+#: Epochs of the spread head alone on the kept (best-validation) network at the end of training.
+SPREAD_REFIT_EPOCHS = 3
+
+
+def _start_spread_head(model: ConvForceModel, targets: Sequence[tuple[np.ndarray, np.ndarray]],
+                       log: Callable[[str], None]) -> None:
+    """Start a fresh spread head at the teacher's typical spread: output bias softplus⁻¹(median normalized
+    std), output weights scaled down (the log loss then starts near its floor, not ~10 nats above it)."""
+    med = float(np.median(np.concatenate([t[1].ravel()[::97] for t in targets]))) / float(model.y_std)
+    med = max(med, 1e-4)
+    with torch.no_grad():
+        model.net.spread_out.bias.fill_(math.log(math.expm1(med)))
+        model.net.spread_out.weight.mul_(0.1)
+    log(f"spread head started at the teacher's median per-site std ({med * float(model.y_std):.2e} force units)")
 
 
 def load_teacher(paths: Sequence[str], params) -> torch.nn.Module:
@@ -173,8 +190,41 @@ def _distill_loss(model: ConvForceModel, q: torch.Tensor, y: torch.Tensor, v: to
     loss = torch.mean((h - t_n) ** 2)
     if labelled:
         loss = (1.0 - alpha) * torch.mean((h - (y - model.y_mean) / model.y_std) ** 2) + alpha * loss
-    spread_loss = torch.mean((torch.log(spread + SPREAD_FLOOR) - torch.log(t_std / model.y_std + SPREAD_FLOOR)) ** 2)
-    return loss, spread_loss
+    return loss, _spread_loss(model, spread, t_std)
+
+
+def _spread_loss(model: ConvForceModel, spread: torch.Tensor, t_std: torch.Tensor) -> torch.Tensor:
+    return torch.mean((torch.log(spread + SPREAD_FLOOR) - torch.log(t_std / model.y_std + SPREAD_FLOOR)) ** 2)
+
+
+def refit_spread_head(model: ConvForceModel, groups: Sequence[Frames], train_idx: Sequence[np.ndarray],
+                      targets: Sequence[tuple[np.ndarray, np.ndarray]], lr: float, epochs: int,
+                      rng: np.random.Generator, dev: torch.device, log: Callable[[str], None]) -> float:
+    """Fit the spread head alone on the final network's features (the force network frozen, its features
+    computed without gradients): the network kept is the best validation epoch's, and the head must
+    describe that network, not the last epoch's. Returns the last epoch's mean log-loss."""
+    params = [p for n, p in model.named_parameters() if n.startswith("net.spread_")]
+    opt = torch.optim.Adam(params, lr=lr)
+    batches = [_batches(groups, train_idx, rng) for _ in range(epochs)]
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(sum(map(len, batches)), 1),
+                                                       eta_min=lr * 0.01)
+    mean = float("nan")
+    for e, epoch_batches in enumerate(batches):
+        tot = 0.0
+        for g, idx in epoch_batches:
+            q, _, v = _tensors(groups[g], idx, dev)
+            with torch.no_grad():
+                feat = model.net.mirror_features(q, model.voltages(q, v) - V_MID)
+            loss = _spread_loss(model, model.net.heads(feat)[1], torch.from_numpy(targets[g][1][idx]).to(dev))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            tot += float(loss.detach())
+        mean = tot / max(len(epoch_batches), 1)
+        log(f"spread head refit on the kept network, epoch {e}: log-loss {mean:.3f}")
+        safe_point()
+    return mean
 
 
 def train_conv(data, out: str | Path, opts, resume: bool = False,
@@ -248,9 +298,16 @@ def train_conv(data, out: str | Path, opts, resume: bool = False,
     model.y_mean.fill_(float(y_all.mean()))
     model.y_std.fill_(float(y_all.std()))
     del y_all
-    warm_start(model, cfg, opts, resume and (out / "last.pt").exists(), log)
+    resuming = resume and (out / "last.pt").exists()
+    fresh = warm_start(model, cfg, opts, resuming, log)
+    if targets and not resuming and (not opts.init or fresh):
+        _start_spread_head(model, targets, log)
     model.to(dev).train()
-    opt = torch.optim.Adam(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    head = [p for n, p in model.named_parameters() if n.startswith("net.spread_")]
+    rest = [p for n, p in model.named_parameters() if not n.startswith("net.spread_")]
+    # the spread head (a few hundred weights fitting a log) learns at SPREAD_LR_FACTOR × the trunk's rate
+    opt = torch.optim.Adam([{"params": rest}] + ([{"params": head, "lr": opts.lr * SPREAD_LR_FACTOR}]
+                                                  if head else []), lr=opts.lr, weight_decay=opts.weight_decay)
     steps_per_epoch = sum(math.ceil(len(idx) / _frames_per_batch(fr))
                           for fr, idx in zip(groups, train_idx, strict=True))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(opts.epochs * steps_per_epoch, 1),
@@ -265,7 +322,7 @@ def train_conv(data, out: str | Path, opts, resume: bool = False,
     t_start = time.time()
     epoch = start_epoch - 1
     for epoch in range(start_epoch, opts.epochs):
-        tot, wsum = 0.0, 0.0
+        tot, wsum, s_tot, s_n = 0.0, 0.0, 0.0, 0
         for g, idx in _batches(groups, train_idx, rng):
             q, y, v = _tensors(groups[g], idx, dev)
             if targets:
@@ -273,6 +330,7 @@ def train_conv(data, out: str | Path, opts, resume: bool = False,
                                                                      for t in targets[g]],
                                                   labelled=g < n_labelled, alpha=opts.distill_weight)
                 total = loss * weights[g] + opts.spread_weight * spread_loss
+                s_tot, s_n = s_tot + float(spread_loss.detach()), s_n + 1
             else:
                 loss = torch.mean((model.head(q, v) - (y - model.y_mean) / model.y_std) ** 2)
                 total = loss * weights[g]
@@ -293,9 +351,11 @@ def train_conv(data, out: str | Path, opts, resume: bool = False,
             bad += 1
         val_mse = val * y_scale2 / F_NORM**2
         history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val, "val_mse_fnorm": val_mse,
-                        "lr": opt.param_groups[0]["lr"], "time_s": time.time() - t_start})
+                        "lr": opt.param_groups[0]["lr"], "time_s": time.time() - t_start,
+                        **({"spread_loss": s_tot / s_n} if s_n else {})})
         log(f"epoch {epoch:4d}  train {train_loss:.3e}  val {val:.3e}  val MSE (F_norm) {val_mse:.2e}"
-            f"{'  *' if improved else ''}  ({time.time() - t_start:.0f} s)")
+            + (f"  spread log-loss {s_tot / s_n:.3f}" if s_n else "")
+            + f"{'  *' if improved else ''}  ({time.time() - t_start:.0f} s)")
         save_checkpoint(last_path, last_checkpoint(cfg, params, model, opt, sched, epoch, best_val,
                                                    best_state, history, bad, rng))
         safe_point()  # a Ctrl-C of the job (`neqforce learn`) stops here, the epoch on disk
@@ -306,6 +366,9 @@ def train_conv(data, out: str | Path, opts, resume: bool = False,
             log(f"time limit of {opts.max_minutes} min reached")
             break
     model.load_state_dict(best_state)
+    if targets:
+        refit_spread_head(model, groups, train_idx, targets, opts.lr * SPREAD_LR_FACTOR, SPREAD_REFIT_EPOCHS,
+                          rng, dev, log)
     model.to("cpu").eval()
     metrics: dict = {"validation_mse_fnorm": best_val * y_scale2 / F_NORM**2, "f_norm": F_NORM}
     if test_t:

@@ -251,13 +251,14 @@ def last_checkpoint(cfg, params, model: torch.nn.Module, opt, sched, epoch: int,
 
 
 def warm_start(model: torch.nn.Module, cfg, opts: TrainOptions, resuming: bool,
-               log: Callable[[str], None]) -> None:
+               log: Callable[[str], None]) -> list[str]:
     """With ``opts.init``, load the weights and normalization buffers of that checkpoint into ``model``
     (fine-tuning: the optimizer and learning-rate schedule start afresh, a warm restart); nothing without it
     or when ``resuming`` from ``last.pt`` (which holds everything). ValueError when ``opts.init`` is not a
-    checkpoint of the same architecture."""
+    checkpoint of the same architecture. Returns the names of the parameters left at their initial values (a
+    spread head new to a network that had none)."""
     if not opts.init or resuming:
-        return
+        return []
     path = Path(opts.init)
     if not path.is_file():
         raise ValueError(f"--init {path}: no such file")
@@ -275,6 +276,7 @@ def warm_start(model: torch.nn.Module, cfg, opts: TrainOptions, resuming: bool,
         raise ValueError(f"--init {path}: its weights do not fit this network ({(missing + unexpected)[:3]})")
     log(f"starting from the weights of {path} (fine-tuning; new optimizer and learning-rate schedule"
         f"{'; the spread head from scratch' if missing else ''})")
+    return list(missing)
 
 
 def provenance(cfg, opts: TrainOptions, trajs: Sequence, train_t: Sequence, test_t: Sequence,

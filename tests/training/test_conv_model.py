@@ -255,3 +255,134 @@ def test_served_by_a_real_server(conv_committee):
         assert res.force_std_max == pytest.approx(float(s.max()), rel=1e-5)
     finally:
         srv.stop()
+
+
+# --- distillation: one network fitted to a committee, with a learned spread (rule 0.11) ---------------------
+
+def test_spread_head_cannot_change_the_force():
+    """The spread head learns from the trunk's features detached: its loss puts no gradient on the force
+    network, and the force output is the network's without the head."""
+    from neqforce.training.conv_train import _distill_loss
+
+    torch.manual_seed(0)
+    m = build_conv_model(ConvConfig(channels=4, dilations=(1, 2), spread_head=True), HolsteinParams().physical())
+    q, v = _q((3, 8, 6)), torch.tensor([2.5, 3.0, 3.5])
+    h, s = m.head_and_spread(q, v)
+    assert torch.allclose(h, m.head(q, v)) and bool((s > 0).all())
+    y = torch.zeros_like(q)
+    target = [torch.zeros_like(q), torch.full_like(q, 0.05)]
+    _, spread_loss = _distill_loss(m, q, y, v, target, labelled=True, alpha=0.5)
+    spread_loss.backward()
+    for name, p in m.net.named_parameters():
+        if name.startswith("spread_"):
+            assert p.grad is not None and float(p.grad.abs().sum()) > 0, name
+        else:
+            assert p.grad is None or float(p.grad.abs().sum()) == 0, name
+    # the force loss: α = 1 fits the teacher's mean only, α = 0 the labels only
+    a1, _ = _distill_loss(m, q, y, v, [torch.ones_like(q), target[1]], labelled=True, alpha=1.0)
+    a0, _ = _distill_loss(m, q, y, v, [torch.ones_like(q), target[1]], labelled=True, alpha=0.0)
+    with torch.no_grad():
+        h = m.head(q, v)
+        assert float(a1) == pytest.approx(float(((h - (1 - m.y_mean) / m.y_std) ** 2).mean()), rel=1e-5)
+        assert float(a0) == pytest.approx(float(((h - (0 - m.y_mean) / m.y_std) ** 2).mean()), rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def distilled(conv_committee, voltage_data, tmp_path_factory) -> dict:
+    """`neqforce train --teacher` (the two-member committee, an ML-BD transfer run of it) → export."""
+    runner = CliRunner()
+    out = tmp_path_factory.mktemp("distil")
+    transfer = out / "transfer"
+    res = runner.invoke(app, ["simulate", "--backend", "onnx", "--model", str(conv_committee["path"]),
+                              "--lx", "8", "--ly", "6", "--voltage", "3.0", "--steps", "40", "--save-every", "2",
+                              "--no-plots", "--out", str(transfer / "run")])
+    assert res.exit_code == 0, res.output
+    cks = conv_committee["checkpoints"]
+    run = out / "d"
+    res = runner.invoke(app, ["train", *voltage_data, "--out", str(run), "--preset", "conv", "--epochs", "20",
+                              "--lr", "2e-3", "--threads", "1", "--seed", "3", "--test-ids", TEST_ID, "--distill-weight", "1",
+                              "--init", cks[0], "--teacher", cks[0], "--teacher", cks[1],
+                              "--transfer", str(transfer)])
+    assert res.exit_code == 0, res.output
+    assert "21 unlabelled transfer frames" in res.output and "the spread head from scratch" in res.output
+    path = out / "d.onnx"
+    calib = [a for d in voltage_data for a in ("--calibrate", d)]
+    res = runner.invoke(app, ["export", str(run / "model.pt"), "--out", str(path), *calib,
+                              "--spread-target", "10"])
+    assert res.exit_code == 0 and "distilled from a committee" in res.output, res.output
+    return {"checkpoint": run / "model.pt", "path": path, "transfer": transfer}
+
+
+def test_distilled_network_learns_the_committee(distilled, conv_committee, voltage_data):
+    """Provenance names the teacher by sha256; the student's force is closer to the committee's mean and its
+    spread head closer to the committee's per-site std (log) than the best constant (it learned where the
+    members disagree)."""
+    from neqforce.hashing import sha256_file
+    from neqforce.training.checkpoint import load_model, read_checkpoint
+    from neqforce.training.conv_train import SPREAD_FLOOR, load_teacher, teacher_targets, transfer_frames
+    from neqforce.training.data import frame_groups, qualify_ids
+    from neqforce.training.dataset import load_dataset
+
+    ck = read_checkpoint(distilled["checkpoint"])
+    cks = conv_committee["checkpoints"]
+    assert ck["config"]["spread_head"] is True
+    assert ck["teacher"]["sha256"] == [sha256_file(c) for c in cks]
+    assert ck["teacher"]["transfer"] == [str(distilled["transfer"])]
+    student, _ = load_model(distilled["checkpoint"])
+    start, _ = load_model(cks[0])
+    teacher = load_teacher(cks, student_params := HolsteinParams())
+    frames = frame_groups(qualify_ids(load_dataset(voltage_data)))
+    frames += transfer_frames([str(distilled["transfer"])], student_params)
+    force_gap, start_gap, spread_gap, start_spread_gap = [], [], [], []
+    with torch.no_grad():
+        for fr in frames:
+            mean, std = teacher_targets(teacher, fr.q, fr.voltage)
+            q, v = torch.from_numpy(fr.q), torch.from_numpy(fr.voltage)
+            force_gap.append(float(((student.electronic(q, v).numpy() - mean) ** 2).mean()))
+            start_gap.append(float(((start.electronic(q, v).numpy() - mean) ** 2).mean()))
+            floor = SPREAD_FLOOR * float(student.y_std)
+            pred = student.member_std(q, v).numpy()
+            spread_gap.append(float(((np.log(pred + floor) - np.log(std + floor)) ** 2).mean()))
+            constant = np.median(std)  # the best guess that knows no configuration
+            start_spread_gap.append(float(((np.log(constant + floor) - np.log(std + floor)) ** 2).mean()))
+    assert np.mean(force_gap) < np.mean(start_gap)
+    assert np.mean(spread_gap) < 0.8 * np.mean(start_spread_gap)
+
+
+def test_distilled_network_exports_and_serves_with_a_spread(distilled):
+    from neqforce.server.app import ServerConfig, start_server
+    from neqforce.training.export import read_metadata
+
+    path = distilled["path"]
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [o.name for o in sess.get_outputs()] == ["force", "density", "force_std"]
+    com = json.loads(read_metadata(path)["neqforce.committee"])
+    assert com["members"] == 1 and com["spread_threshold"] > 0
+    assert com["distilled_from"]["members"] and "distilled" in com["spread_definition"]
+    srv = start_server(ServerConfig(host="127.0.0.1", port=0, models=[path], negf_pool="thread"))
+    try:
+        stub = pb_grpc.ForceServiceStub(grpc.insecure_channel(srv.address))
+        q = np.random.default_rng(4).normal(0, 1.0, (10, 6))
+        res = stub.ComputeForces(pb.ComputeForcesRequest(
+            q=encode_q(q), parameters={"lx": 10, "ly": 6, "voltage": 2.75}, backend=pb.BACKEND_ONNX,
+            want_force_std=True), timeout=60)
+        f, _, s = sess.run(None, {"q": q[None].astype(np.float32), "voltage": np.array([2.75], np.float32)})
+        np.testing.assert_allclose(decode(res.force), f[0], atol=1e-6)
+        assert res.force_std_max == pytest.approx(float(s.max()), rel=1e-5) and res.force_std_max > 0
+    finally:
+        srv.stop()
+
+
+def test_distillation_refuses_bad_options(conv_committee, voltage_data, tmp_path):
+    cks = conv_committee["checkpoints"]
+    base = ["train", *voltage_data, "--out", str(tmp_path / "x"), "--epochs", "1", "--threads", "1",
+            "--test-ids", TEST_ID]
+    for extra, said in ((["--preset", "conv", "--transfer", str(tmp_path)], "need a --teacher"),
+                        (["--preset", "conv", "--teacher", cks[0]], "two or more"),
+                        (["--preset", "conv", "--teacher", cks[0], "--teacher", str(tmp_path / "no.pt")],
+                         "no such file"),
+                        (["--preset", "compact", "--teacher", cks[0], "--teacher", cks[1]],
+                         "need a convolutional preset"),
+                        (["--preset", "gconv", "--teacher", cks[0], "--teacher", cks[1]], "mirror-averaged")):
+        res = CliRunner().invoke(app, base + extra)
+        assert res.exit_code == 2 and said in res.output and "Traceback" not in res.output, (extra, res.output)
