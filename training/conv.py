@@ -89,7 +89,8 @@ class ConvConfig:
         """Multiply-adds per site of one network pass (input conv, blocks, output), times 2 for the mirror
         average (one pass for an equivariant network)."""
         c = self.channels
-        one = 25 * 3 * c + len(self.dilations) * (9 * c * c + c * c) + c + (c * c + c if self.spread_head else 0)
+        one = 25 * 3 * c + len(self.dilations) * (9 * c * c + c * c) + c
+        one += c * c + c if self.spread_head else 0
         return one if self.mirror == "equivariant" else 2 * one
 
     def graph_macs_per_site(self) -> int:
@@ -326,7 +327,7 @@ class ConvForceModel(nn.Module):
 
     def head_and_spread(self, q: torch.Tensor, voltage: torch.Tensor | None = None
                         ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(normalized output, predicted normalized per-site committee std) of a network with a spread head."""
+        """(normalized output, predicted normalized per-site committee std); needs a spread head."""
         return self.net.forward_with_spread(q, self.voltages(q, voltage) - V_MID)
 
     @property

@@ -90,7 +90,8 @@ def _start_spread_head(model: ConvForceModel, targets: Sequence[tuple[np.ndarray
     with torch.no_grad():
         model.net.spread_out.bias.fill_(math.log(math.expm1(med)))
         model.net.spread_out.weight.mul_(0.1)
-    log(f"spread head started at the teacher's median per-site std ({med * float(model.y_std):.2e} force units)")
+    log(f"spread head started at the teacher's median per-site std ({med * float(model.y_std):.2e} force "
+        "units)")
 
 
 def load_teacher(paths: Sequence[str], params) -> torch.nn.Module:
@@ -110,7 +111,8 @@ def load_teacher(paths: Sequence[str], params) -> torch.nn.Module:
         mine = {k: v for k, v in params.physical().items() if k != "voltage"}
         theirs = {k: v for k, v in ck["params"].items() if k != "voltage"}
         if mine != theirs:
-            raise ValueError(f"--teacher {p}: trained for other physical parameters ({theirs} against {mine})")
+            raise ValueError(f"--teacher {p}: trained for other physical parameters ({theirs} against "
+                             f"{mine})")
         members.append(m)
     return EnsembleForceModel(members).eval()
 
@@ -180,7 +182,8 @@ def _val_sse(model: ConvForceModel, groups: Sequence[Frames], val_idx: Sequence[
 
 
 def _distill_loss(model: ConvForceModel, q: torch.Tensor, y: torch.Tensor, v: torch.Tensor,
-                  target: list[torch.Tensor], labelled: bool, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+                  target: list[torch.Tensor], labelled: bool,
+                  alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(force loss, spread loss) of a student on one minibatch, normalized units. Force: on labelled frames
     (1 − α)·MSE to the NEGF label + α·MSE to the teacher's mean; on transfer frames MSE to the teacher's
     mean. Spread: MSE of log(spread + floor) between the head and the teacher's per-site std."""
@@ -287,7 +290,8 @@ def train_conv(data, out: str | Path, opts, resume: bool = False,
         weights += [1.0] * len(extra)
     lattices = [[fr.params.lx, fr.params.ly] for fr in groups[:n_labelled]]
     n_train, n_val = sum(len(i) for i in train_idx[:n_labelled]), sum(len(i) for i in val_idx)
-    log(f"train {sum(len(fr.ids) for fr in groups[:n_labelled])} trajectories ({n_train} frames, {n_val} validation), "
+    log(f"train {sum(len(fr.ids) for fr in groups[:n_labelled])} trajectories ({n_train} frames, {n_val} "
+        "validation), "
         f"test {[traj_id(t) for t in test_t]}, lattices {', '.join(f'{a}x{b}' for a, b in lattices)}, "
         f"V = {', '.join(f'{v:g}' for v in voltages_of(train_t))}, preset {opts.preset}: {cfg.channels} "
         f"channels, reach ±{cfg.reach} columns, {cfg.macs_per_site()} MACs/site, device {dev}")
@@ -306,8 +310,8 @@ def train_conv(data, out: str | Path, opts, resume: bool = False,
     head = [p for n, p in model.named_parameters() if n.startswith("net.spread_")]
     rest = [p for n, p in model.named_parameters() if not n.startswith("net.spread_")]
     # the spread head (a few hundred weights fitting a log) learns at SPREAD_LR_FACTOR × the trunk's rate
-    opt = torch.optim.Adam([{"params": rest}] + ([{"params": head, "lr": opts.lr * SPREAD_LR_FACTOR}]
-                                                  if head else []), lr=opts.lr, weight_decay=opts.weight_decay)
+    groups_opt = [{"params": rest}] + ([{"params": head, "lr": opts.lr * SPREAD_LR_FACTOR}] if head else [])
+    opt = torch.optim.Adam(groups_opt, lr=opts.lr, weight_decay=opts.weight_decay)
     steps_per_epoch = sum(math.ceil(len(idx) / _frames_per_batch(fr))
                           for fr, idx in zip(groups, train_idx, strict=True))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(opts.epochs * steps_per_epoch, 1),

@@ -267,7 +267,8 @@ def warm_start(model: torch.nn.Module, cfg, opts: TrainOptions, resuming: bool,
         raise ValueError(f"--init {path}: not a model checkpoint (model.pt) of neqforce train")
     want = cfg.to_dict()
     # a student with a spread head may start from a network without one (the head starts untrained)
-    new_head = want.get("spread_head") and {**want, "spread_head": False} == {**ck["config"], "spread_head": False}
+    plain = {**want, "spread_head": False}
+    new_head = want.get("spread_head") and plain == {**ck["config"], "spread_head": False}
     if ck["config"] != want and not new_head:
         raise ValueError(f"--init {path}: its architecture differs from this run's ({ck['config']} against "
                          f"{want}); fine-tuning needs the same preset and overrides")
@@ -317,7 +318,8 @@ def _train(data: str | os.PathLike[str] | Sequence[str], out: str | os.PathLike[
     if opts.preset in CONV_PRESETS:  # the device-wide convolutional model trains on whole frames
         return train_conv(data, out, opts, resume=resume, log=log)
     if opts.teacher or opts.transfer:
-        raise ValueError(f"--teacher/--transfer (distillation) need a convolutional preset, not {opts.preset!r}")
+        raise ValueError("--teacher/--transfer (distillation) need a convolutional preset, not "
+                         f"{opts.preset!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if opts.threads:

@@ -265,7 +265,8 @@ def test_spread_head_cannot_change_the_force():
     from neqforce.training.conv_train import _distill_loss
 
     torch.manual_seed(0)
-    m = build_conv_model(ConvConfig(channels=4, dilations=(1, 2), spread_head=True), HolsteinParams().physical())
+    cfg = ConvConfig(channels=4, dilations=(1, 2), spread_head=True)
+    m = build_conv_model(cfg, HolsteinParams().physical())
     q, v = _q((3, 8, 6)), torch.tensor([2.5, 3.0, 3.5])
     h, s = m.head_and_spread(q, v)
     assert torch.allclose(h, m.head(q, v)) and bool((s > 0).all())
@@ -294,13 +295,15 @@ def distilled(conv_committee, voltage_data, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("distil")
     transfer = out / "transfer"
     res = runner.invoke(app, ["simulate", "--backend", "onnx", "--model", str(conv_committee["path"]),
-                              "--lx", "8", "--ly", "6", "--voltage", "3.0", "--steps", "40", "--save-every", "2",
+                              "--lx", "8", "--ly", "6", "--voltage", "3.0", "--steps", "40",
+                              "--save-every", "2",
                               "--no-plots", "--out", str(transfer / "run")])
     assert res.exit_code == 0, res.output
     cks = conv_committee["checkpoints"]
     run = out / "d"
     res = runner.invoke(app, ["train", *voltage_data, "--out", str(run), "--preset", "conv", "--epochs", "20",
-                              "--lr", "2e-3", "--threads", "1", "--seed", "3", "--test-ids", TEST_ID, "--distill-weight", "1",
+                              "--lr", "2e-3", "--threads", "1", "--seed", "3", "--test-ids", TEST_ID,
+                              "--distill-weight", "1",
                               "--init", cks[0], "--teacher", cks[0], "--teacher", cks[1],
                               "--transfer", str(transfer)])
     assert res.exit_code == 0, res.output
@@ -385,4 +388,5 @@ def test_distillation_refuses_bad_options(conv_committee, voltage_data, tmp_path
                          "need a convolutional preset"),
                         (["--preset", "gconv", "--teacher", cks[0], "--teacher", cks[1]], "mirror-averaged")):
         res = CliRunner().invoke(app, base + extra)
-        assert res.exit_code == 2 and said in res.output and "Traceback" not in res.output, (extra, res.output)
+        assert res.exit_code == 2 and said in res.output, (extra, res.output)
+        assert "Traceback" not in res.output
