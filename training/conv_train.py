@@ -237,6 +237,7 @@ def train_conv(data, out: str | Path, opts, resume: bool = False,
     from .evaluate import grouped_metrics
     from .metrics import format_metrics
     from .train import (
+        init_checkpoint,
         last_checkpoint,
         pick_device,
         predict_forces,
@@ -265,6 +266,14 @@ def train_conv(data, out: str | Path, opts, resume: bool = False,
     if overrides:
         raise ValueError(f"--{overrides[0].replace('_', '-')} does not apply to the convolutional preset "
                          f"{opts.preset!r} (descriptor presets only)")
+    if not (resume and (out / "last.pt").exists()):
+        init_checkpoint(cfg, opts)  # a wrong --init fails before the data load
+    for t in opts.teacher:
+        if not Path(t).is_file():
+            raise ValueError(f"--teacher {t}: no such file")
+    if opts.teacher and len(opts.teacher) < 2:
+        raise ValueError("--teacher needs the committee's members (two or more checkpoints): the spread "
+                         "head learns their disagreement")
     trajs = qualify_ids(select_voltage(load_dataset(data), opts.voltage, opts.voltage_range))
     incomplete = require_complete(trajs, opts.allow_incomplete)
     train_t, test_t = split_by_trajectory(trajs, opts.test_fraction, opts.test_ids or None)

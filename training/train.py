@@ -250,15 +250,12 @@ def last_checkpoint(cfg, params, model: torch.nn.Module, opt, sched, epoch: int,
             "torch_rng": torch.get_rng_state(), "numpy_rng_seed": int(rng.integers(2**63))}
 
 
-def warm_start(model: torch.nn.Module, cfg, opts: TrainOptions, resuming: bool,
-               log: Callable[[str], None]) -> list[str]:
-    """With ``opts.init``, load the weights and normalization buffers of that checkpoint into ``model``
-    (fine-tuning: the optimizer and learning-rate schedule start afresh, a warm restart); nothing without it
-    or when ``resuming`` from ``last.pt`` (which holds everything). ValueError when ``opts.init`` is not a
-    checkpoint of the same architecture. Returns the names of the parameters left at their initial values (a
-    spread head new to a network that had none)."""
-    if not opts.init or resuming:
-        return []
+def init_checkpoint(cfg, opts: TrainOptions) -> dict | None:
+    """The checkpoint ``opts.init`` names, checked against the run's architecture ``cfg`` (None without
+    ``--init``); ValueError when it is missing, not a model checkpoint or of another architecture. The
+    trainers call it before loading any data, so a wrong ``--init`` fails at once."""
+    if not opts.init:
+        return None
     path = Path(opts.init)
     if not path.is_file():
         raise ValueError(f"--init {path}: no such file")
@@ -272,6 +269,19 @@ def warm_start(model: torch.nn.Module, cfg, opts: TrainOptions, resuming: bool,
     if ck["config"] != want and not new_head:
         raise ValueError(f"--init {path}: its architecture differs from this run's ({ck['config']} against "
                          f"{want}); fine-tuning needs the same preset and overrides")
+    return ck
+
+
+def warm_start(model: torch.nn.Module, cfg, opts: TrainOptions, resuming: bool,
+               log: Callable[[str], None]) -> list[str]:
+    """With ``opts.init``, load the weights and normalization buffers of that checkpoint into ``model``
+    (fine-tuning: the optimizer and learning-rate schedule start afresh, a warm restart); nothing without it
+    or when ``resuming`` from ``last.pt`` (which holds everything). ValueError when ``opts.init`` is not a
+    checkpoint of the same architecture. Returns the names of the parameters left at their initial values (a
+    spread head new to a network that had none)."""
+    if not opts.init or resuming:
+        return []
+    path, ck = Path(opts.init), init_checkpoint(cfg, opts)
     missing, unexpected = model.load_state_dict(ck["state_dict"], strict=False)
     if unexpected or any(not k.startswith("net.spread_") for k in missing):
         raise ValueError(f"--init {path}: its weights do not fit this network ({(missing + unexpected)[:3]})")
@@ -328,7 +338,8 @@ def _train(data: str | os.PathLike[str] | Sequence[str], out: str | os.PathLike[
     rng = np.random.default_rng(opts.seed)
     dev = pick_device(opts.device)
     cfg = model_config(opts)
-
+    if not (resume and (Path(out) / "last.pt").exists()):
+        init_checkpoint(cfg, opts)  # a wrong --init fails before the data load
     trajs = qualify_ids(select_voltage(load_dataset(data), opts.voltage, opts.voltage_range))
     if len(voltages_of(trajs)) > 1 and not cfg.takes_voltage:
         raise ValueError(f"the data holds voltages {', '.join(f'{v:g}' for v in voltages_of(trajs))} but "

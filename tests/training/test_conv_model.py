@@ -390,3 +390,11 @@ def test_distillation_refuses_bad_options(conv_committee, voltage_data, tmp_path
         res = CliRunner().invoke(app, base + extra)
         assert res.exit_code == 2 and said in res.output, (extra, res.output)
         assert "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("preset", ["conv", "compact"])
+def test_a_wrong_init_fails_before_the_data_load(preset, tmp_path):
+    """A missing --init is named at once, before any dataset is read (here there is none to read)."""
+    res = CliRunner().invoke(app, ["train", str(tmp_path / "no_data"), "--out", str(tmp_path / "x"),
+                                   "--preset", preset, "--init", str(tmp_path / "none.pt")])
+    assert res.exit_code == 2 and "--init" in res.output and "no such file" in res.output, res.output
