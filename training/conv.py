@@ -187,14 +187,20 @@ class ConvNet(nn.Module):
 
     def on_strip(self, x: torch.Tensor, with_spread: bool = False
                  ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """One pass on input channels (B, 3, lx, ly + 2·strip_rows) already extended periodically in y, every
-        convolution zero-padded in x (the electrodes) and in y: the middle ly rows equal :meth:`one`'s
-        (and, ``with_spread``, the spread head's on the same rows)."""
-        h = nn.functional.conv2d(x, self.inp.weight, self.inp.bias, padding=(2, 2))
+        """One pass on input channels (B, 3, lx, ly + 2·strip_rows) already extended periodically in y
+        (the export graph): every convolution zero-padded in x (the electrodes) and *valid* in y, so the
+        strip loses two rows at the 5×5 input and one on either side per block and comes out with exactly
+        the ly rows of :meth:`one` (and, ``with_spread``, of the spread head). The residual's skip is
+        cropped by a fixed depthwise 1×3 convolution [0, 1, 0]: a Conv node, so ONNX Runtime keeps the
+        chain in its blocked layout (a Slice there costs 1.3× at 1000×1000, docs/ml_model.md)."""
+        conv = nn.functional.conv2d
+        c = int(self.inp.weight.shape[0])
+        crop = torch.zeros(c, 1, 1, 3, dtype=x.dtype, device=x.device)
+        crop[:, 0, 0, 1] = 1.0
+        h = conv(x, self.inp.weight, self.inp.bias, padding=(2, 0))
         for blk in self.blocks:
-            z = nn.functional.conv2d(blk.act(h), blk.conv1.weight, blk.conv1.bias, padding=(blk.d, 1),
-                                     dilation=(blk.d, 1))
-            h = h + blk.conv2(blk.act(z))
+            z = conv(blk.act(h), blk.conv1.weight, blk.conv1.bias, padding=(blk.d, 0), dilation=(blk.d, 1))
+            h = conv(h, crop, groups=c) + blk.conv2(blk.act(z))
         feat = self.act(h)
         if with_spread:
             return self.out(feat)[:, 0], self._spread(feat)
@@ -366,10 +372,11 @@ class ConvGraph(nn.Module):
 
     The same function as the members' ``forward`` (to float32 rounding), laid out for ONNX Runtime: the
     lattice and its y-mirror go through each member as one batch of 2B; the rows are extended periodically
-    once, by the network's reach in y (:meth:`ConvNet.strip_rows`), and every convolution then zero-pads in
-    both directions inside the Conv node. Zero rows only corrupt the strip's outer rows, one row per layer,
-    never the ly rows kept, so no gather or pad sits between convolutions and ONNX Runtime keeps the whole
-    chain in its blocked (NCHWc) layout: 2.4–2.7× faster than a gather per layer at 30×28 and 1000×1000.
+    once, by the network's reach in y (:meth:`ConvNet.strip_rows`), and every convolution is then valid in y
+    (the strip shrinks to the ly rows, :meth:`ConvNet.on_strip`) and zero-pads in x inside the Conv node, so
+    no gather or pad sits between convolutions and ONNX Runtime keeps the whole chain in its blocked
+    (NCHWc) layout: 2.4–2.7× faster than a gather per layer at 30×28 and 1000×1000 (package 0.8.1), and
+    valid rows another 1.15× at 30×28 over zero-padded ones (package 0.9.1; same speed at 1000×1000).
     A mirror-equivariant member (:class:`MirrorConvNet`) takes the lattice alone, in one pass. Every
     lattice of a batch is its own image: the answer does not depend on the batch."""
 
@@ -398,12 +405,11 @@ class ConvGraph(nn.Module):
             pad = m.net.strip_rows
             if plain is not None:  # equivariant: one pass, the lattice only
                 o = m.net.on_strip(x[:b][..., _rows(ly, pad, q.device)], plain)[..., pad:pad + ly]
-            elif self.distilled:
+            elif self.distilled:  # valid in y: on_strip returns the ly rows
                 o, s = m.net.on_strip(x[..., _rows(ly, pad, q.device)], with_spread=True)
-                o, s = o[..., pad:pad + ly], s[..., pad:pad + ly]
                 o, std = 0.5 * (o[:b] + o[b:][..., mirror]), 0.5 * (s[:b] + s[b:][..., mirror]) * m.y_std
             else:
-                o = m.net.on_strip(x[..., _rows(ly, pad, q.device)])[..., pad:pad + ly]
+                o = m.net.on_strip(x[..., _rows(ly, pad, q.device)])
                 o = 0.5 * (o[:b] + o[b:][..., mirror])
             outs.append(o * m.y_std + m.y_mean)
         each = torch.stack(outs)  # (M, B, lx, ly) electronic force per member
