@@ -5,4 +5,4 @@ Subpackages: :mod:`neqforce.physics` (exact NEGF, Brownian dynamics), :mod:`neqf
 :mod:`neqforce.client` (client library, simulation loop, CLI helpers).
 """
 
-__version__ = "0.9.0"
+__version__ = "0.9.1"
