@@ -1,6 +1,6 @@
 """Bundled surrogate models (ONNX, docs/physics.md contract), each with its model card (same stem, .json).
 
-* ``voltage.onnx`` — the default (0.8): a committee of three device-wide convolutional networks over
+* ``voltage.onnx`` — the default (0.10.1): a committee of three device-wide convolutional networks over
   V ∈ [2, 4] and devices of 30–120 columns (inputs ``q`` and ``voltage``; outputs ``force``, ``density``
   and the committee spread ``force_std``), docs/ml_model.md "The bundled voltage-range model".
 * ``voltage_fast.onnx`` — the default until 0.8 (0.7, descriptor + MLP committee, same domain): ~10×
