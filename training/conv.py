@@ -384,10 +384,9 @@ class ConvGraph(nn.Module):
         super().__init__()
         self.members = nn.ModuleList(members)
         self.takes_voltage = True
-        #: one member with a spread head (a distilled committee) outputs force_std as a committee does
+        #: one member with a spread head (a distilled committee) outputs force_std as a committee does; in a
+        #: committee of 2+ the spread is the members' std and their heads are not used
         self.distilled = len(members) == 1 and members[0].has_spread
-        if len(members) > 1 and any(m.has_spread for m in members):
-            raise ValueError("a committee of networks with spread heads is not supported: export one")
         self.committee = len(members) > 1 or self.distilled
         with torch.no_grad():  # equivariant members: their tied kernels as plain weights (graph constants)
             self.plain = [m.net.kernels() if getattr(m.net, "equivariant", False) else None for m in members]

@@ -398,3 +398,22 @@ def test_a_wrong_init_fails_before_the_data_load(preset, tmp_path):
     res = CliRunner().invoke(app, ["train", str(tmp_path / "no_data"), "--out", str(tmp_path / "x"),
                                    "--preset", preset, "--init", str(tmp_path / "none.pt")])
     assert res.exit_code == 2 and "--init" in res.output and "no such file" in res.output, res.output
+
+
+def test_a_committee_of_distilled_networks_uses_the_members_std(distilled, conv_committee, tmp_path):
+    """Distilled networks exported together are a plain committee: force = their mean, force_std = the
+    local spread of their std (the heads unused), checked against torch by the export itself."""
+    res = CliRunner().invoke(app, ["export", str(distilled["checkpoint"]), conv_committee["checkpoints"][1],
+                                   "--out", str(tmp_path / "c.onnx")])
+    assert res.exit_code == 0 and "committee of 2" in res.output, res.output
+    from neqforce.training.checkpoint import load_model
+    from neqforce.training.model import EnsembleForceModel, local_spread
+
+    members = [load_model(distilled["checkpoint"])[0], load_model(conv_committee["checkpoints"][1])[0]]
+    sess = ort.InferenceSession(str(tmp_path / "c.onnx"), providers=["CPUExecutionProvider"])
+    q, v = _q((2, 9, 6), seed=8), np.array([2.6, 3.4], np.float32)
+    f, _, s = sess.run(None, {"q": q.numpy(), "voltage": v})
+    with torch.no_grad():
+        each = EnsembleForceModel(members).member_electronic(q, torch.from_numpy(v))
+        np.testing.assert_allclose(s, local_spread(each.std(0, unbiased=False)).numpy(), atol=2e-6)
+        np.testing.assert_allclose(f, (each.mean(0) + members[0].elastic(q)).numpy(), atol=2e-5)
