@@ -94,25 +94,34 @@ def _start_spread_head(model: ConvForceModel, targets: Sequence[tuple[np.ndarray
         "units)")
 
 
+def _physics(physical: dict) -> dict:
+    """Physical parameters without the voltage (an input of these models, not a fixed parameter)."""
+    return {k: v for k, v in physical.items() if k != "voltage"}
+
+
+def check_teacher_paths(paths: Sequence[str]) -> None:
+    """ValueError unless ``paths`` name two or more existing files (called before any data is read)."""
+    for p in paths:
+        if not Path(p).is_file():
+            raise ValueError(f"--teacher {p}: no such file")
+    if len(paths) < 2:
+        raise ValueError("--teacher needs the committee's members (two or more checkpoints): the spread "
+                         "head learns their disagreement")
+
+
 def load_teacher(paths: Sequence[str], params) -> torch.nn.Module:
     """The committee to distil (:class:`~.model.EnsembleForceModel` of its member checkpoints); its members
     must be models of the same physical parameters as the training data (the voltage aside)."""
     from .checkpoint import load_model
     from .model import EnsembleForceModel
 
-    if len(paths) < 2:
-        raise ValueError("--teacher needs the committee's members (two or more checkpoints): the spread "
-                         "head learns their disagreement")
+    check_teacher_paths(paths)
     members = []
     for p in paths:
-        if not Path(p).is_file():
-            raise ValueError(f"--teacher {p}: no such file")
         m, ck = load_model(p)
-        mine = {k: v for k, v in params.physical().items() if k != "voltage"}
-        theirs = {k: v for k, v in ck["params"].items() if k != "voltage"}
-        if mine != theirs:
-            raise ValueError(f"--teacher {p}: trained for other physical parameters ({theirs} against "
-                             f"{mine})")
+        if _physics(ck["params"]) != _physics(params.physical()):
+            raise ValueError(f"--teacher {p}: trained for other physical parameters ({ck['params']} against "
+                             f"{params.physical()})")
         members.append(m)
     return EnsembleForceModel(members).eval()
 
@@ -143,12 +152,10 @@ def transfer_frames(paths: Sequence[str], params) -> list[Frames]:
         if not found:
             raise ValueError(f"--transfer {p}: no trajectory files (.h5)")
         files += found
-    mine = {k: v for k, v in params.physical().items() if k != "voltage"}
     by_shape: dict[tuple[int, int], list] = {}
     for f in files:
         t = read_trajectory(f)
-        if {k: v for k, v in t.params.physical().items() if k not in ("voltage", "lx", "ly")} != \
-                {k: v for k, v in mine.items() if k not in ("lx", "ly")}:
+        if _physics(t.params.physical()) != _physics(params.physical()):
             raise ValueError(f"--transfer {f}: other physical parameters than the training data's")
         fr = t.frames()
         if len(fr["q"]):
@@ -268,12 +275,8 @@ def train_conv(data, out: str | Path, opts, resume: bool = False,
                          f"{opts.preset!r} (descriptor presets only)")
     if not (resume and (out / "last.pt").exists()):
         init_checkpoint(cfg, opts)  # a wrong --init fails before the data load
-    for t in opts.teacher:
-        if not Path(t).is_file():
-            raise ValueError(f"--teacher {t}: no such file")
-    if opts.teacher and len(opts.teacher) < 2:
-        raise ValueError("--teacher needs the committee's members (two or more checkpoints): the spread "
-                         "head learns their disagreement")
+    if opts.teacher:
+        check_teacher_paths(opts.teacher)  # before the data load, as --init
     trajs = qualify_ids(select_voltage(load_dataset(data), opts.voltage, opts.voltage_range))
     incomplete = require_complete(trajs, opts.allow_incomplete)
     train_t, test_t = split_by_trajectory(trajs, opts.test_fraction, opts.test_ids or None)
