@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from neqforce.training.checkpoint import load_model
-from neqforce.training.conv import V_MID, ConvGraph, _channels, _rows
+from neqforce.training.conv import V_MID, ConvGraph, _channels, _mirror, _rows
 from neqforce.training.export import write_graph
 from neqforce.training.model import local_spread
 
@@ -43,7 +43,7 @@ class GroupedGraph(ConvGraph):
         nets = [m.net for m in members]
         n_m, c = len(nets), int(nets[0].inp.weight.shape[0])
         b, ly = q.shape[0], q.shape[-1]
-        mirror = torch.remainder(-torch.arange(ly), ly)
+        mirror = _mirror(ly, q.device)
         v = torch.as_tensor(voltage, dtype=q.dtype).reshape(-1).expand(b) - V_MID
         x = _channels(torch.cat([q, q[..., mirror]]), torch.cat([v, v]))
         x = x[..., _rows(ly, nets[0].strip_rows, q.device)]

@@ -104,6 +104,11 @@ def _channels(q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch.stack([q, torch.ones_like(q), v.reshape(b, 1, 1).expand(b, lx, ly)], 1)
 
 
+def _mirror(ly: int, device: torch.device) -> torch.Tensor:
+    """Row indices of the y-mirror image y → −y (mod ly)."""
+    return torch.remainder(-torch.arange(ly, device=device), ly)
+
+
 def _rows(ly: int, pad: int, device: torch.device) -> torch.Tensor:
     """Row indices of a lattice extended periodically by ``pad`` rows on either side (any ly ≥ 1)."""
     return torch.remainder(torch.arange(-pad, ly + pad, device=device), ly)
@@ -159,19 +164,19 @@ class ConvNet(nn.Module):
         return self.out(self._trunk(q, v))[:, 0]
 
     def forward(self, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        mirror = torch.remainder(-torch.arange(q.shape[-1], device=q.device), q.shape[-1])  # y → −y mod ly
+        mirror = _mirror(q.shape[-1], q.device)
         return 0.5 * (self.one(q, v) + self.one(q[..., mirror], v)[..., mirror])
 
     def mirror_features(self, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """The trunk's last features (2B, C, lx, ly) of the lattices and of their y-mirror images, stacked."""
-        mirror = torch.remainder(-torch.arange(q.shape[-1], device=q.device), q.shape[-1])
+        mirror = _mirror(q.shape[-1], q.device)
         return self._trunk(torch.cat([q, q[..., mirror]]), torch.cat([v, v]))
 
     def heads(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(normalized output, predicted normalized spread) from :meth:`mirror_features`, each averaged over
         the lattice and its mirror image."""
         b, ly = feat.shape[0] // 2, feat.shape[-1]
-        mirror = torch.remainder(-torch.arange(ly, device=feat.device), ly)
+        mirror = _mirror(ly, feat.device)
         out, spread = self.out(feat)[:, 0], self._spread(feat)
         return (0.5 * (out[:b] + out[b:][..., mirror]), 0.5 * (spread[:b] + spread[b:][..., mirror]))
 
@@ -395,7 +400,7 @@ class ConvGraph(nn.Module):
         from .model import local_spread
 
         b, ly = q.shape[0], q.shape[-1]
-        mirror = torch.remainder(-torch.arange(ly, device=q.device), ly)  # y → −y mod ly
+        mirror = _mirror(ly, q.device)
         averaged = any(p is None for p in self.plain)  # some member averages over the mirror
         v = torch.as_tensor(voltage, dtype=q.dtype, device=q.device).reshape(-1).expand(b) - V_MID
         x = _channels(torch.cat([q, q[..., mirror]]), torch.cat([v, v])) if averaged else _channels(q, v)

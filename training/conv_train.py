@@ -273,8 +273,8 @@ def train_conv(data, out: str | Path, opts, resume: bool = False,
     if overrides:
         raise ValueError(f"--{overrides[0].replace('_', '-')} does not apply to the convolutional preset "
                          f"{opts.preset!r} (descriptor presets only)")
-    if not (resume and (out / "last.pt").exists()):
-        init_checkpoint(cfg, opts)  # a wrong --init fails before the data load
+    resuming = resume and (out / "last.pt").exists()
+    init_ck = None if resuming else init_checkpoint(cfg, opts)  # a wrong --init fails before the data load
     if opts.teacher:
         check_teacher_paths(opts.teacher)  # before the data load, as --init
     trajs = qualify_ids(select_voltage(load_dataset(data), opts.voltage, opts.voltage_range))
@@ -314,9 +314,8 @@ def train_conv(data, out: str | Path, opts, resume: bool = False,
     model.y_mean.fill_(float(y_all.mean()))
     model.y_std.fill_(float(y_all.std()))
     del y_all
-    resuming = resume and (out / "last.pt").exists()
-    fresh = warm_start(model, cfg, opts, resuming, log)
-    if targets and not resuming and (not opts.init or fresh):
+    fresh = warm_start(model, init_ck, opts.init, log)
+    if targets and not resuming and (init_ck is None or fresh):
         _start_spread_head(model, targets, log)
     model.to(dev).train()
     head = [p for n, p in model.named_parameters() if n.startswith("net.spread_")]
@@ -330,7 +329,7 @@ def train_conv(data, out: str | Path, opts, resume: bool = False,
                                                        eta_min=opts.lr_min)
     start_epoch, best_val, best_state, history, bad = 0, math.inf, None, [], 0
     last_path, best_path = out / "last.pt", out / "model.pt"
-    if resume and last_path.exists():
+    if resuming:
         st = resume_state(last_path, model, opt, sched, log)
         start_epoch, best_val, history, bad = st["start_epoch"], st["best_val"], st["history"], st["bad"]
         best_state, rng = st["best_state"], st["rng"]

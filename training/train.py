@@ -272,16 +272,15 @@ def init_checkpoint(cfg, opts: TrainOptions) -> dict | None:
     return ck
 
 
-def warm_start(model: torch.nn.Module, cfg, opts: TrainOptions, resuming: bool,
+def warm_start(model: torch.nn.Module, ck: dict | None, path: str | None,
                log: Callable[[str], None]) -> list[str]:
-    """With ``opts.init``, load the weights and normalization buffers of that checkpoint into ``model``
-    (fine-tuning: the optimizer and learning-rate schedule start afresh, a warm restart); nothing without it
-    or when ``resuming`` from ``last.pt`` (which holds everything). ValueError when ``opts.init`` is not a
-    checkpoint of the same architecture. Returns the names of the parameters left at their initial values (a
-    spread head new to a network that had none)."""
-    if not opts.init or resuming:
+    """Load the weights and normalization buffers of the checkpoint ``ck`` (:func:`init_checkpoint` of
+    ``--init`` ``path``) into ``model`` (fine-tuning: the optimizer and learning-rate schedule start afresh,
+    a warm restart); nothing when ``ck`` is None (no ``--init``, or resuming from ``last.pt``, which holds
+    everything). Returns the names of the parameters left at their initial values (a spread head new to a
+    network that had none)."""
+    if ck is None:
         return []
-    path, ck = Path(opts.init), init_checkpoint(cfg, opts)
     missing, unexpected = model.load_state_dict(ck["state_dict"], strict=False)
     if unexpected or any(not k.startswith("net.spread_") for k in missing):
         raise ValueError(f"--init {path}: its weights do not fit this network ({(missing + unexpected)[:3]})")
@@ -338,8 +337,8 @@ def _train(data: str | os.PathLike[str] | Sequence[str], out: str | os.PathLike[
     rng = np.random.default_rng(opts.seed)
     dev = pick_device(opts.device)
     cfg = model_config(opts)
-    if not (resume and (Path(out) / "last.pt").exists()):
-        init_checkpoint(cfg, opts)  # a wrong --init fails before the data load
+    resuming = resume and (out / "last.pt").exists()
+    init_ck = None if resuming else init_checkpoint(cfg, opts)  # a wrong --init fails before the data load
     trajs = qualify_ids(select_voltage(load_dataset(data), opts.voltage, opts.voltage_range))
     if len(voltages_of(trajs)) > 1 and not cfg.takes_voltage:
         raise ValueError(f"the data holds voltages {', '.join(f'{v:g}' for v in voltages_of(trajs))} but "
@@ -365,7 +364,7 @@ def _train(data: str | os.PathLike[str] | Sequence[str], out: str | os.PathLike[
     t0 = time.time()
     (s_tr, a_tr, y_tr), (s_va, a_va, y_va) = split_features(model, groups, vmasks)
     set_normalization(model, s_tr, a_tr, y_tr)
-    warm_start(model, cfg, opts, resume and (out / "last.pt").exists(), log)
+    warm_start(model, init_ck, opts.init, log)
     yn_tr = (y_tr - model.y_mean) / model.y_std
     yn_va = (y_va - model.y_mean) / model.y_std
     log(f"features: {tuple(s_tr.shape)} + {tuple(a_tr.shape)} in {time.time() - t0:.1f} s")
@@ -380,7 +379,7 @@ def _train(data: str | os.PathLike[str] | Sequence[str], out: str | os.PathLike[
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(opts.epochs, 1), eta_min=opts.lr_min)
     start_epoch, best_val, best_state, history, bad = 0, math.inf, None, [], 0
     last_path, best_path = out / "last.pt", out / "model.pt"
-    if resume and last_path.exists():
+    if resuming:
         st = resume_state(last_path, model, opt, sched, log)
         start_epoch, best_val, history, bad = st["start_epoch"], st["best_val"], st["history"], st["bad"]
         best_state, rng = st["best_state"], st["rng"]

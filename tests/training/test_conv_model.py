@@ -238,23 +238,30 @@ def test_exported_committee_keeps_the_contract(conv_committee):
     assert json.loads(meta["neqforce.batch_invariant"]) is True
 
 
-def test_served_by_a_real_server(conv_committee):
+def _served_like_ort(path: Path, q: np.ndarray, voltage: float):
+    """A real server on 127.0.0.1 with the model at ``path`` answers ``q`` at ``voltage`` (backend ONNX,
+    per-site spread requested) with ONNX Runtime's force and the largest of its force_std; the response."""
     from neqforce.server.app import ServerConfig, start_server
 
-    srv = start_server(ServerConfig(host="127.0.0.1", port=0, models=[conv_committee["path"]],
-                                    negf_pool="thread"))
+    srv = start_server(ServerConfig(host="127.0.0.1", port=0, models=[path], negf_pool="thread"))
     try:
         stub = pb_grpc.ForceServiceStub(grpc.insecure_channel(srv.address))
-        q = np.random.default_rng(3).normal(0, 1.0, (8, 6))
+        lx, ly = q.shape
         res = stub.ComputeForces(pb.ComputeForcesRequest(
-            q=encode_q(q), parameters={"lx": 8, "ly": 6, "voltage": 3.25}, backend=pb.BACKEND_ONNX,
+            q=encode_q(q), parameters={"lx": lx, "ly": ly, "voltage": voltage}, backend=pb.BACKEND_ONNX,
             want_force_std=True), timeout=60)
-        sess = ort.InferenceSession(str(conv_committee["path"]), providers=["CPUExecutionProvider"])
-        f, _, s = sess.run(None, {"q": q[None].astype(np.float32), "voltage": np.array([3.25], np.float32)})
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        feeds = {"q": q[None].astype(np.float32), "voltage": np.array([voltage], np.float32)}
+        f, _, s = sess.run(None, feeds)
         np.testing.assert_allclose(decode(res.force), f[0], atol=1e-6)
         assert res.force_std_max == pytest.approx(float(s.max()), rel=1e-5)
+        return res
     finally:
         srv.stop()
+
+
+def test_served_by_a_real_server(conv_committee):
+    _served_like_ort(conv_committee["path"], np.random.default_rng(3).normal(0, 1.0, (8, 6)), 3.25)
 
 
 # --- distillation: one network fitted to a committee, with a learned spread (rule 0.11) ---------------------
@@ -353,7 +360,6 @@ def test_distilled_network_learns_the_committee(distilled, conv_committee, volta
 
 
 def test_distilled_network_exports_and_serves_with_a_spread(distilled):
-    from neqforce.server.app import ServerConfig, start_server
     from neqforce.training.export import read_metadata
 
     path = distilled["path"]
@@ -362,18 +368,8 @@ def test_distilled_network_exports_and_serves_with_a_spread(distilled):
     com = json.loads(read_metadata(path)["neqforce.committee"])
     assert com["members"] == 1 and com["spread_threshold"] > 0
     assert com["distilled_from"]["members"] and "distilled" in com["spread_definition"]
-    srv = start_server(ServerConfig(host="127.0.0.1", port=0, models=[path], negf_pool="thread"))
-    try:
-        stub = pb_grpc.ForceServiceStub(grpc.insecure_channel(srv.address))
-        q = np.random.default_rng(4).normal(0, 1.0, (10, 6))
-        res = stub.ComputeForces(pb.ComputeForcesRequest(
-            q=encode_q(q), parameters={"lx": 10, "ly": 6, "voltage": 2.75}, backend=pb.BACKEND_ONNX,
-            want_force_std=True), timeout=60)
-        f, _, s = sess.run(None, {"q": q[None].astype(np.float32), "voltage": np.array([2.75], np.float32)})
-        np.testing.assert_allclose(decode(res.force), f[0], atol=1e-6)
-        assert res.force_std_max == pytest.approx(float(s.max()), rel=1e-5) and res.force_std_max > 0
-    finally:
-        srv.stop()
+    res = _served_like_ort(path, np.random.default_rng(4).normal(0, 1.0, (10, 6)), 2.75)
+    assert res.force_std_max > 0
 
 
 def test_distillation_refuses_bad_options(conv_committee, voltage_data, tmp_path):
